@@ -1,0 +1,1 @@
+from herdrt._pure import HashRing, md5_shard, jump_hash  # TEMPORARY placeholder

@@ -1,0 +1,1 @@
+from herdrt._pure import OnlineStats, QuantileSketch  # TEMPORARY placeholder

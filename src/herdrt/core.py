@@ -1,0 +1,75 @@
+"""The core: framing, hash ring, online statistics — chosen once, here.
+
+Two implementations share one public API:
+
+* ``herdrt._fast``, compiled from ``_fast.pyx`` by Cython (the default), and
+* ``herdrt._pure``, its pure-Python twin (same results; the baseline it is benchmarked against).
+
+Set ``HERDRT_PURE=1`` to force the twin. If the compiled core cannot be imported, the twin is used
+with a warning — unless ``HERDRT_REQUIRE_COMPILED=1``, which makes that an error (CI sets it, so a
+broken build can never pass as a slow one). ``IMPLEMENTATION`` says which one is active.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from .errors import CompiledCoreMissing, EmptyRingError, FrameError, FrameTooLarge
+
+#: The names every implementation of the core must provide (checked by the tests).
+PUBLIC_NAMES = (
+    "encode_frame",
+    "encode_frames",
+    "FrameDecoder",
+    "HashRing",
+    "md5_shard",
+    "jump_hash",
+    "OnlineStats",
+    "QuantileSketch",
+    "DEFAULT_MAX_FRAME_SIZE",
+)
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _load():
+    if _truthy("HERDRT_PURE"):
+        from . import _pure
+
+        return _pure, "pure"
+    try:
+        from . import _fast
+    except ImportError as exc:
+        if _truthy("HERDRT_REQUIRE_COMPILED"):
+            raise CompiledCoreMissing(
+                f"the compiled core herdrt._fast cannot be imported ({exc}); rebuild it with "
+                "`pip install -e '.[dev]'`, or unset HERDRT_REQUIRE_COMPILED to allow the pure twin"
+            ) from exc
+        warnings.warn(
+            f"herdrt: compiled core unavailable ({exc}); using the slower pure-Python twin. "
+            "Rebuild with `pip install -e '.[dev]'`.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        from . import _pure
+
+        return _pure, "pure"
+    return _fast, "compiled"
+
+
+_impl, IMPLEMENTATION = _load()
+
+encode_frame = _impl.encode_frame
+encode_frames = _impl.encode_frames
+FrameDecoder = _impl.FrameDecoder
+HashRing = _impl.HashRing
+md5_shard = _impl.md5_shard
+jump_hash = _impl.jump_hash
+OnlineStats = _impl.OnlineStats
+QuantileSketch = _impl.QuantileSketch
+DEFAULT_MAX_FRAME_SIZE = _impl.DEFAULT_MAX_FRAME_SIZE
+
+__all__ = [*PUBLIC_NAMES, "IMPLEMENTATION", "FrameError", "FrameTooLarge", "EmptyRingError"]

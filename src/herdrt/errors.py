@@ -1,0 +1,81 @@
+"""Every error herdrt raises, in one importable place.
+
+Both implementations of the core (compiled ``_fast`` and the pure twin ``_pure``) raise these very
+classes, so ``except herdrt.FrameError`` works whichever one is active.
+"""
+
+__all__ = [
+    "HerdError",
+    "FrameError",
+    "FrameTooLarge",
+    "EmptyRingError",
+    "CompiledCoreMissing",
+    "ActorError",
+    "ActorNotFound",
+    "ActorStopped",
+    "MailboxFull",
+    "AskTimeout",
+    "RemoteError",
+    "NodeUnavailable",
+]
+
+
+class HerdError(Exception):
+    """Base class of herdrt's own errors."""
+
+
+class FrameError(HerdError, ValueError):
+    """A frame could not be decoded: its body is not valid msgpack, leaves trailing bytes, or the
+    stream ended inside a frame. The decoder that raised it refuses further input."""
+
+
+class FrameTooLarge(FrameError):
+    """A frame's length prefix is over the decoder's ``max_frame_size``. Raised from the 4-byte
+    header alone, before anything of that size is allocated."""
+
+
+class EmptyRingError(HerdError, LookupError):
+    """A lookup on a hash ring that has no nodes."""
+
+
+class CompiledCoreMissing(HerdError, ImportError):
+    """``HERDRT_REQUIRE_COMPILED=1`` is set but the compiled core ``herdrt._fast`` cannot be imported."""
+
+
+# --- actors and the herd -------------------------------------------------------------------------
+
+
+class ActorError(HerdError):
+    """Base class of errors about delivering to, or asking, an actor."""
+
+
+class ActorNotFound(ActorError, LookupError):
+    """No actor by that name (or ref) lives on the node asked."""
+
+
+class ActorStopped(ActorError):
+    """The actor stopped (or its node shut down) before it could take or answer the message."""
+
+
+class MailboxFull(ActorError):
+    """The actor's bounded mailbox is full and its overflow policy is ``reject``."""
+
+
+class AskTimeout(ActorError, TimeoutError):
+    """No reply came within the ask's timeout (the target may be busy, or waiting on the asker)."""
+
+
+class RemoteError(ActorError):
+    """The handler raised while answering an ask; carries the remote exception's type name and message."""
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self):
+        return (type(self), (self.type_name, self.message))
+
+
+class NodeUnavailable(ActorError):
+    """The node that hosts the target is down or unreachable; raised at once, not after a timeout."""
