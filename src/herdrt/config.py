@@ -1,0 +1,246 @@
+"""The herd file: which nodes make up a herd, how they link, and the tunables they share.
+
+A herd file is TOML (read with the stdlib ``tomllib``)::
+
+    [herd]
+    secret_env = "HERDRT_SECRET"     # exactly one of: secret, secret_file, secret_env
+    links = [["Clark", "Jaquez"], ["Clark", "Bona"]]   # the neighbor graph; omit for a full mesh
+    heartbeat_interval = 0.5         # seconds between heartbeats on each link
+    failure_threshold = 8.0          # phi above which a silent node is declared down
+    max_frame_size = 1048576         # bytes, per frame, on every link
+    mailbox_size = 1024              # default bound of an actor's mailbox
+    mailbox_overflow = "reject"      # block | reject | drop_oldest | drop_newest
+
+    [[nodes]]
+    name = "Clark"
+    host = "127.0.0.1"               # default 127.0.0.1: nodes bind to loopback unless told otherwise
+    port = 11003                     # herd links
+    app_port = 12003                 # optional: the node's application (e.g. the location proxy)
+    bridge_port = 13003              # optional: the ZMQ bridge for services in other languages
+
+Every validation error is a :class:`ConfigError` naming the file, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .errors import HerdError
+
+__all__ = ["ConfigError", "NodeConfig", "HerdConfig", "load_config", "loads_config", "parse_config", "bundled_config_text"]
+
+OVERFLOW_POLICIES = ("block", "reject", "drop_oldest", "drop_newest")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(HerdError, ValueError):
+    """A herd file is missing, unreadable or invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node of the herd: where its links, application and bridge listen."""
+
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    app_port: int | None = None
+    bridge_port: int | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+
+@dataclass(frozen=True)
+class HerdConfig:
+    """A whole herd: its nodes, its neighbor graph and the settings every node shares."""
+
+    nodes: dict[str, NodeConfig]
+    links: frozenset[frozenset[str]]
+    secret: bytes = field(repr=False)
+    heartbeat_interval: float = 0.5
+    failure_threshold: float = 8.0
+    max_frame_size: int = 1 << 20
+    mailbox_size: int = 1024
+    mailbox_overflow: str = "reject"
+    source: str = "<herd config>"
+
+    def node(self, name: str) -> NodeConfig:
+        """The node called ``name``; a :class:`ConfigError` listing the known names otherwise."""
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise ConfigError(f"{self.source}: no node named {name!r} (nodes: {', '.join(self.nodes)})") from None
+
+    def neighbors(self, name: str) -> list[str]:
+        """The nodes linked to ``name``, sorted."""
+        self.node(name)
+        return sorted(other for link in self.links if name in link for other in link if other != name)
+
+
+def _fail(source: str, key: str, problem: str):
+    raise ConfigError(f"{source}: {key}: {problem}")
+
+
+def _get(table: dict, key: str, kind, source: str, where: str, default=None, required=False):
+    if key not in table:
+        if required:
+            _fail(source, f"{where}{key}", "is required")
+        return default
+    value = table[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        _fail(source, f"{where}{key}", f"must be {names}, not {type(value).__name__} {value!r}")
+    return value
+
+
+def _port(table: dict, key: str, source: str, where: str, required=False):
+    value = _get(table, key, int, source, where, required=required)
+    if value is not None and not 1 <= value <= 65535:
+        _fail(source, f"{where}{key}", f"must be a TCP port between 1 and 65535, not {value}")
+    return value
+
+
+def _positive(herd: dict, key: str, kind, default, source: str):
+    value = _get(herd, key, kind, source, "herd.", default)
+    if value <= 0:
+        _fail(source, f"herd.{key}", f"must be positive, not {value}")
+    return value
+
+
+def _secret(herd: dict, source: str, base: Path | None) -> bytes:
+    given = [k for k in ("secret", "secret_file", "secret_env") if k in herd]
+    if len(given) != 1:
+        _fail(source, "herd.secret", "give exactly one of secret, secret_file, secret_env"
+              + (f" (found {', '.join(given)})" if given else ""))
+    key = given[0]
+    value = _get(herd, key, str, source, "herd.")
+    if key == "secret":
+        secret = value
+    elif key == "secret_file":
+        path = Path(value).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        try:
+            secret = path.read_text("utf-8").strip()
+        except OSError as exc:
+            _fail(source, "herd.secret_file", f"cannot read {path}: {exc.strerror or exc}")
+    else:
+        secret = os.environ.get(value, "")
+        if not secret:
+            _fail(source, "herd.secret_env", f"environment variable {value} is unset or empty; export it first")
+    if len(secret) < 8:
+        _fail(source, f"herd.{key}", "the shared secret must be at least 8 characters")
+    return secret.encode("utf-8")
+
+
+def parse_config(data: dict, source: str = "<herd config>", base: Path | None = None) -> HerdConfig:
+    """Validate a parsed herd file (a dict as ``tomllib`` returns it)."""
+    known_top = {"herd", "nodes"}
+    for key in data:
+        if key not in known_top:
+            _fail(source, key, f"unknown key (expected {', '.join(sorted(known_top))})")
+    herd = _get(data, "herd", dict, source, "", default={})
+    known_herd = {"secret", "secret_file", "secret_env", "links", "heartbeat_interval", "failure_threshold",
+                  "max_frame_size", "mailbox_size", "mailbox_overflow"}
+    for key in herd:
+        if key not in known_herd:
+            _fail(source, f"herd.{key}", f"unknown key (expected one of {', '.join(sorted(known_herd))})")
+
+    node_tables = _get(data, "nodes", list, source, "", required=True)
+    if not node_tables:
+        _fail(source, "nodes", "a herd needs at least one [[nodes]] entry")
+    nodes: dict[str, NodeConfig] = {}
+    seen_addresses: dict[tuple[str, int], str] = {}
+    for i, table in enumerate(node_tables):
+        where = f"nodes[{i}]."
+        if not isinstance(table, dict):
+            _fail(source, f"nodes[{i}]", "must be a table ([[nodes]])")
+        for key in table:
+            if key not in ("name", "host", "port", "app_port", "bridge_port"):
+                _fail(source, f"{where}{key}", "unknown key (expected name, host, port, app_port, bridge_port)")
+        name = _get(table, "name", str, source, where, required=True)
+        if not _NAME.match(name):
+            _fail(source, f"{where}name", f"{name!r} is not a valid node name (letters, digits, '_', '.', '-'; 1-64)")
+        if name in nodes:
+            _fail(source, f"{where}name", f"duplicate node name {name!r}")
+        node = NodeConfig(
+            name=name,
+            host=_get(table, "host", str, source, where, default="127.0.0.1"),
+            port=_port(table, "port", source, where, required=True),
+            app_port=_port(table, "app_port", source, where),
+            bridge_port=_port(table, "bridge_port", source, where),
+        )
+        for key in ("port", "app_port", "bridge_port"):
+            port = getattr(node, key)
+            if port is None:
+                continue
+            taken = seen_addresses.get((node.host, port))
+            if taken:
+                _fail(source, f"{where}{key}", f"{node.host}:{port} is already used by {taken}")
+            seen_addresses[(node.host, port)] = f"{name}.{key}"
+        nodes[name] = node
+
+    raw_links = _get(herd, "links", list, source, "herd.")
+    if raw_links is None:
+        names = list(nodes)
+        links = frozenset(frozenset((a, b)) for i, a in enumerate(names) for b in names[i + 1:])
+    else:
+        found = set()
+        for i, pair in enumerate(raw_links):
+            key = f"herd.links[{i}]"
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+                _fail(source, key, f"must be a pair of node names like [\"A\", \"B\"], not {pair!r}")
+            for p in pair:
+                if p not in nodes:
+                    _fail(source, key, f"names unknown node {p!r} (nodes: {', '.join(nodes)})")
+            if pair[0] == pair[1]:
+                _fail(source, key, f"links node {pair[0]!r} to itself")
+            found.add(frozenset(pair))
+        links = frozenset(found)
+
+    overflow = _get(herd, "mailbox_overflow", str, source, "herd.", "reject")
+    if overflow not in OVERFLOW_POLICIES:
+        _fail(source, "herd.mailbox_overflow", f"must be one of {', '.join(OVERFLOW_POLICIES)}, not {overflow!r}")
+    return HerdConfig(
+        nodes=nodes,
+        links=links,
+        secret=_secret(herd, source, base),
+        heartbeat_interval=float(_positive(herd, "heartbeat_interval", (int, float), 0.5, source)),
+        failure_threshold=float(_positive(herd, "failure_threshold", (int, float), 8.0, source)),
+        max_frame_size=_positive(herd, "max_frame_size", int, 1 << 20, source),
+        mailbox_size=_positive(herd, "mailbox_size", int, 1024, source),
+        mailbox_overflow=overflow,
+        source=source,
+    )
+
+
+def load_config(path: str | os.PathLike) -> HerdConfig:
+    """Read and validate the herd file at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the herd file: {exc.strerror or exc}") from None
+    return loads_config(text, str(path), path.parent)
+
+
+def loads_config(text: str, source: str = "<herd config>", base: Path | None = None) -> HerdConfig:
+    """Parse and validate herd-file text."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return parse_config(data, source, base)
+
+
+def bundled_config_text() -> str:
+    """The bundled five-node herd (the location proxy herd), as TOML text."""
+    return resources.files("herdrt").joinpath("data/herd.toml").read_text("utf-8")

@@ -1,0 +1,118 @@
+"""The herd file: valid files load; every invalid one names the file, the key and the problem."""
+
+import pytest
+
+from herdrt.config import ConfigError, bundled_config_text, load_config, loads_config
+
+GOOD = """
+[herd]
+secret = "s3cret-s3cret"
+links = [["a", "b"], ["b", "c"]]
+heartbeat_interval = 0.25
+
+[[nodes]]
+name = "a"
+port = 7001
+app_port = 8001
+
+[[nodes]]
+name = "b"
+host = "127.0.0.2"
+port = 7002
+
+[[nodes]]
+name = "c"
+port = 7003
+bridge_port = 9003
+"""
+
+
+def test_good_file_loads(tmp_path):
+    path = tmp_path / "herd.toml"
+    path.write_text(GOOD)
+    cfg = load_config(path)
+    assert list(cfg.nodes) == ["a", "b", "c"]
+    assert cfg.node("b").address == ("127.0.0.2", 7002)
+    assert cfg.node("a").host == "127.0.0.1"  # loopback unless told otherwise
+    assert cfg.node("a").app_port == 8001 and cfg.node("c").bridge_port == 9003
+    assert cfg.neighbors("b") == ["a", "c"] and cfg.neighbors("a") == ["b"]
+    assert cfg.secret == b"s3cret-s3cret"
+    assert cfg.heartbeat_interval == 0.25 and cfg.failure_threshold == 8.0
+    assert cfg.mailbox_overflow == "reject" and cfg.max_frame_size == 1 << 20
+    assert "s3cret" not in repr(cfg)  # secrets stay out of logs
+
+
+def test_links_default_to_a_full_mesh():
+    cfg = loads_config(GOOD.replace('links = [["a", "b"], ["b", "c"]]', ""))
+    assert cfg.neighbors("a") == ["b", "c"] and len(cfg.links) == 3
+
+
+def test_secret_from_file_and_environment(tmp_path, monkeypatch):
+    (tmp_path / "secret.txt").write_text("from-a-file-123\n")
+    path = tmp_path / "herd.toml"
+    path.write_text(GOOD.replace('secret = "s3cret-s3cret"', 'secret_file = "secret.txt"'))
+    assert load_config(path).secret == b"from-a-file-123"  # relative to the herd file
+    monkeypatch.setenv("MY_HERD_SECRET", "from-the-env-456")
+    cfg = loads_config(GOOD.replace('secret = "s3cret-s3cret"', 'secret_env = "MY_HERD_SECRET"'))
+    assert cfg.secret == b"from-the-env-456"
+
+
+def test_bundled_herd(monkeypatch):
+    monkeypatch.setenv("HERDRT_SECRET", "bundled-test-secret")
+    cfg = loads_config(bundled_config_text(), "bundled")
+    assert list(cfg.nodes) == ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"]
+    assert [cfg.node(n).app_port for n in cfg.nodes] == [12000, 12001, 12002, 12003, 12004]
+    assert cfg.neighbors("Campbell") == ["Bailey", "Bona", "Jaquez"]
+    assert cfg.neighbors("Clark") == ["Bona", "Jaquez"]
+    assert len(cfg.links) == 6
+
+
+@pytest.mark.parametrize(
+    "old, new, key, problem",
+    [
+        ('port = 7001', 'port = "7001"', "nodes[0].port", "must be int"),
+        ('port = 7001', 'port = 70001', "nodes[0].port", "between 1 and 65535"),
+        ('port = 7001\n', '', "nodes[0].port", "is required"),
+        ('name = "b"', 'name = "a"', "nodes[1].name", "duplicate node name"),
+        ('name = "b"', 'name = "b b"', "nodes[1].name", "not a valid node name"),
+        ('port = 7003', 'port = 7001', "nodes[2].port", "already used by a.port"),
+        ('["b", "c"]', '["b", "z"]', "herd.links[1]", "unknown node 'z'"),
+        ('["b", "c"]', '["b"]', "herd.links[1]", "pair of node names"),
+        ('["b", "c"]', '["c", "c"]', "herd.links[1]", "to itself"),
+        ('heartbeat_interval = 0.25', 'heartbeat_interval = -1', "herd.heartbeat_interval", "positive"),
+        ('heartbeat_interval = 0.25', 'mailbox_overflow = "explode"', "herd.mailbox_overflow", "block, reject"),
+        ('heartbeat_interval = 0.25', 'heartbeat = 1', "herd.heartbeat", "unknown key"),
+        ('secret = "s3cret-s3cret"', 'secret = "short"', "herd.secret", "at least 8"),
+        ('secret = "s3cret-s3cret"', '', "herd.secret", "exactly one of"),
+        ('secret = "s3cret-s3cret"', 'secret = "s3cret-s3cret"\nsecret_env = "X"', "herd.secret", "found secret, secret_env"),
+        ('secret = "s3cret-s3cret"', 'secret_env = "HERDRT_TEST_UNSET_VAR"', "herd.secret_env", "unset or empty"),
+        ('secret = "s3cret-s3cret"', 'secret_file = "/nonexistent/secret"', "herd.secret_file", "cannot read"),
+        ('app_port = 8001', 'colour = "red"', "nodes[0].colour", "unknown key"),
+    ],
+)
+def test_invalid_files_name_file_key_and_problem(tmp_path, old, new, key, problem):
+    assert old in GOOD
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}: "), message
+    assert problem in message, message
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the herd file"):
+        load_config(tmp_path / "missing.toml")
+    path = tmp_path / "broken.toml"
+    path.write_text("[herd\nsecret=")
+    with pytest.raises(ConfigError, match=f"{path}: not valid TOML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="at least one"):
+        loads_config('nodes = []\n[herd]\nsecret = "s3cret-s3cret"\n')
+
+
+def test_unknown_node_lookup_lists_the_names():
+    cfg = loads_config(GOOD)
+    with pytest.raises(ConfigError, match="no node named 'zz' \\(nodes: a, b, c\\)"):
+        cfg.node("zz")
