@@ -1,0 +1,126 @@
+"""Failure detection and link-state routing (pure logic; the process-level tests live with the herd)."""
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from herdrt.membership import LinkState, PhiAccrualDetector, next_hops
+
+# The bundled herd's neighbor graph.
+BUNDLED = [("Clark", "Jaquez"), ("Clark", "Bona"), ("Campbell", "Bailey"), ("Campbell", "Bona"),
+           ("Campbell", "Jaquez"), ("Bona", "Bailey")]
+
+
+def _graph(edges):
+    g = {}
+    for a, b in edges:
+        g.setdefault(a, set()).add(b)
+        g.setdefault(b, set()).add(a)
+    return g
+
+
+def test_phi_stays_low_while_heartbeats_are_regular():
+    det = PhiAccrualDetector(interval=0.5)
+    rng = random.Random(1)
+    t = 0.0
+    for _ in range(200):
+        t += 0.5 + rng.uniform(-0.05, 0.05)
+        det.heartbeat(t)
+        assert det.phi(t) < 1e-3
+        assert det.is_available(t + 0.6)  # one late heartbeat is no failure
+    assert abs(det.intervals.mean - 0.5) < 0.01
+
+
+def test_silent_peer_is_suspected_within_the_bound():
+    det = PhiAccrualDetector(interval=0.5, threshold=8.0)
+    t = 0.0
+    for _ in range(50):
+        t += 0.5
+        det.heartbeat(t)
+    phis = [det.phi(t + s / 10) for s in range(0, 40)]
+    assert phis == sorted(phis)  # suspicion only grows with silence
+    declared = next(s / 10 for s in range(0, 40) if not det.is_available(t + s / 10))
+    assert 1.0 <= declared <= 2.5  # not hair-triggered, but well inside the 3 s bound
+    assert det.phi(t + 3600) == float("inf") or det.phi(t + 3600) > 100
+
+
+def test_phi_before_any_heartbeat_and_bad_interval():
+    det = PhiAccrualDetector(interval=1.0)
+    assert det.phi(123.0) == 0.0 and det.last_heard is None
+    with pytest.raises(ValueError):
+        PhiAccrualDetector(interval=0)
+
+
+def test_next_hops_on_the_bundled_herd():
+    g = _graph(BUNDLED)
+    hops = next_hops(g, "Clark")
+    assert hops == {"Bona": "Bona", "Jaquez": "Jaquez", "Bailey": "Bona", "Campbell": "Bona"}
+    g2 = _graph([e for e in BUNDLED if "Bona" not in e])  # Bona down: go round by Jaquez
+    assert next_hops(g2, "Clark") == {"Jaquez": "Jaquez", "Campbell": "Jaquez", "Bailey": "Jaquez"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 7)), max_size=20), st.integers(0, 7))
+def test_next_hops_are_first_steps_of_shortest_paths(edges, src):
+    edges = [(f"n{a}", f"n{b}") for a, b in edges if a != b]
+    g = _graph(edges)
+    source = f"n{src}"
+    hops = next_hops(g, source)
+    # BFS distances, independently
+    dist = {source: 0}
+    frontier = [source]
+    while frontier:
+        nxt = []
+        for u in frontier:
+            for v in g.get(u, ()):
+                if v not in dist:
+                    dist[v] = dist[u] + 1
+                    nxt.append(v)
+        frontier = nxt
+    assert set(hops) == set(dist) - {source}
+    for dest, hop in hops.items():
+        assert hop in g[source]
+        # going through hop is a shortest path: dist(hop -> dest) == dist(source -> dest) - 1
+        d2 = {hop: 0}
+        frontier = [hop]
+        while frontier:
+            nxt = []
+            for u in frontier:
+                for v in g.get(u, ()):
+                    if v not in d2:
+                        d2[v] = d2[u] + 1
+                        nxt.append(v)
+            frontier = nxt
+        assert d2[dest] == dist[dest] - 1
+
+
+def test_link_state_needs_both_ends_and_newer_reports():
+    ls = LinkState("Clark")
+    ls.local_report(["Bona", "Jaquez"])
+    assert ls.live() == {"Clark"}  # nobody confirmed the links yet
+    assert ls.apply("Bona", 1, ["Clark", "Bailey", "Campbell"])
+    assert ls.live() == {"Clark", "Bona"} and ls.next_hop("Bona") == "Bona"
+    assert ls.apply("Bailey", 1, ["Bona", "Campbell"])
+    assert ls.next_hop("Bailey") == "Bona"
+    assert not ls.apply("Bona", 1, ["Clark"])  # same seq: a flood echo, ignored
+    assert not ls.apply("Clark", 99, [])  # our own report coming back
+    assert ls.apply("Bona", 2, ["Clark"])  # Bona lost its link to Bailey
+    assert ls.next_hop("Bailey") is None and "Bailey" not in ls.live()
+    ls.forget("Bona")
+    assert ls.live() == {"Clark"} and ls.seq_of("Bona") is None
+
+
+def test_whole_herd_converges_to_the_same_live_view():
+    names = sorted({n for e in BUNDLED for n in e})
+    g = _graph(BUNDLED)
+    states = {n: LinkState(n) for n in names}
+    reports = {n: states[n].local_report(g[n]) for n in names}
+    for n in names:
+        for origin in names:
+            seq, nbrs = reports[origin]
+            states[n].apply(origin, seq, nbrs)
+    for n in names:
+        assert states[n].live() == set(names)
+        assert set(states[n].graph()) == set(names)
