@@ -10,6 +10,8 @@ extensions = [
         "herdrt._fast",
         ["src/herdrt/_fast.pyx"],
         include_dirs=["src/herdrt"],
+        # Cython tracks .pxi includes itself, but not C headers.
+        depends=["src/herdrt/_md5.h", "src/herdrt/_msgpack.h"],
         extra_compile_args=["-O3"],
     )
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 import struct
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
@@ -202,6 +203,7 @@ class HashRing:
     __slots__ = ("_vnodes", "_weights", "_points", "_owners")
 
     def __init__(self, nodes: Iterable[str] = (), vnodes: int = 160, weights: Mapping[str, int] | None = None):
+        vnodes = operator.index(vnodes)
         if vnodes < 4 or vnodes % 4:
             raise ValueError(f"vnodes must be a positive multiple of 4, not {vnodes}")
         self._vnodes = vnodes
@@ -254,6 +256,7 @@ class HashRing:
 
     def lookup_n(self, key, n: int) -> list[str]:
         """Up to ``n`` distinct nodes for ``key`` in ring order, the owner first (for replicas)."""
+        n = operator.index(n)
         if n < 0:
             raise ValueError(f"lookup_n needs n >= 0, not {n}")
         want = min(n, len(self._weights))
@@ -275,7 +278,12 @@ class HashRing:
         """Add ``node`` with an integer ``weight`` (its share relative to the others)."""
         self._check_new(node, weight)
         self._weights[node] = weight
-        self._rebuild()
+        try:
+            self._rebuild()
+        except BaseException:  # e.g. a name with a lone surrogate cannot be UTF-8 encoded
+            del self._weights[node]
+            self._rebuild()
+            raise
 
     def remove(self, node: str) -> None:
         """Remove ``node``; its keys move to the nodes that follow its points."""
