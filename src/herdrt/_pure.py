@@ -469,6 +469,8 @@ class OnlineStats:
             raise ValueError(f"not an OnlineStats state: {exc!r}") from None
         if not isinstance(n, int) or n < 0 or not isinstance(skipped, int) or skipped < 0:
             raise ValueError("OnlineStats state: count and skipped must be non-negative integers")
+        if n > _INT64_MAX or skipped > _INT64_MAX:
+            raise ValueError("OnlineStats state: count and skipped must fit in 64 bits")
         self = cls()
         self._n, self._skipped = n, skipped
         self._mean, self._m2, self._min, self._max, self._sum = floats
@@ -481,16 +483,52 @@ class OnlineStats:
         )
 
 
+class _Buckets:
+    """One store of a sketch: counts by bucket index, within a window of ``max_bins`` below the top."""
+
+    __slots__ = ("counts", "top", "max_bins")
+
+    def __init__(self, max_bins: int):
+        self.counts: dict[int, int] = {}
+        self.top: int | None = None
+        self.max_bins = max_bins
+
+    def put(self, index: int, count: int) -> None:
+        top = self.top
+        if top is None or index > top:
+            self.top = top = index
+            floor = top - self.max_bins + 1
+            low = [i for i in self.counts if i < floor]
+            if low:
+                self.counts[floor] = self.counts.get(floor, 0) + sum(self.counts.pop(i) for i in low)
+        floor = top - self.max_bins + 1
+        if index < floor:
+            index = floor
+        self.counts[index] = self.counts.get(index, 0) + count
+
+    def put_checked(self, index: int, count: int) -> None:
+        """``put`` for state from elsewhere: positive counts, indices within +-2**61."""
+        if count < 1:
+            raise ValueError(f"bucket {index} has count {count}; counts must be positive")
+        if not -_INDEX_LIMIT <= index <= _INDEX_LIMIT:
+            raise ValueError(f"bucket index {index} is out of range")
+        self.put(index, count)
+
+    def pairs(self) -> list[list[int]]:
+        return [[i, self.counts[i]] for i in sorted(self.counts)]
+
+
 class QuantileSketch:
     """A mergeable quantile sketch with bounded relative error (DDSketch-style log buckets).
 
     A value ``x > 0`` falls in bucket ``ceil(log(x) / log(gamma))`` with
     ``gamma = (1 + a) / (1 - a)`` for relative accuracy ``a`` (default 1%); negative values use the
     same buckets of ``-x`` in a second store; zero (and subnormals) are counted apart. Each store
-    keeps at most ``max_bins`` consecutive buckets ending at the highest one seen; lower ones fold
-    into its lowest bucket (so only the smallest magnitudes can lose accuracy). ``quantile(q)``
-    returns a value within relative error ``a`` of the true ``q``-quantile (rank ``q * (n - 1)``,
-    lower), clamped to the exact min and max (which ``q`` = 0 and 1 return). Non-finite samples are skipped and counted.
+    keeps at most ``max_bins`` (at most 2**20) consecutive buckets ending at the highest one seen;
+    lower ones fold into its lowest bucket (so only the smallest magnitudes can lose accuracy).
+    ``quantile(q)`` returns a value within relative error ``a`` of the true ``q``-quantile (rank
+    ``q * (n - 1)``, lower), clamped to the exact min and max (which ``q`` = 0 and 1 return).
+    Non-finite samples are skipped and counted.
     """
 
     __slots__ = ("_a", "_gamma", "_lg", "_max_bins", "_pos", "_neg", "_zero", "_n", "_min", "_max", "_skipped")
@@ -498,14 +536,17 @@ class QuantileSketch:
     def __init__(self, relative_accuracy: float = 0.01, max_bins: int = 2048):
         if not 0.0 < relative_accuracy < 1.0:
             raise ValueError(f"relative_accuracy must be in (0, 1), not {relative_accuracy}")
+        max_bins = operator.index(max_bins)
         if max_bins < 1:
             raise ValueError(f"max_bins must be positive, not {max_bins}")
+        if max_bins > _MAX_BINS:
+            raise ValueError(f"max_bins must be at most {_MAX_BINS}, not {max_bins}")
         self._a = float(relative_accuracy)
         self._gamma = (1.0 + self._a) / (1.0 - self._a)
         self._lg = math.log(self._gamma)
         self._max_bins = max_bins
-        self._pos: dict[int, int] = {}
-        self._neg: dict[int, int] = {}
+        self._pos = _Buckets(max_bins)
+        self._neg = _Buckets(max_bins)
         self._zero = 0
         self._n = 0
         self._min = _INF
@@ -524,34 +565,18 @@ class QuantileSketch:
     def skipped(self) -> int:
         return self._skipped
 
-    def _store(self, store: dict[int, int], index: int, count: int) -> None:
-        top = max(store) if store else index
-        if index > top:
-            top = index
-            floor = top - self._max_bins + 1
-            low = [i for i in store if i < floor]
-            if low:
-                store[floor] = store.get(floor, 0) + sum(store.pop(i) for i in low)
-        floor = top - self._max_bins + 1
-        if index < floor:
-            index = floor
-        store[index] = store.get(index, 0) + count
-
-    def _add(self, x: float, count: int) -> None:
-        if x >= _TINY:
-            self._store(self._pos, math.ceil(math.log(x) / self._lg), count)
-        elif x <= -_TINY:
-            self._store(self._neg, math.ceil(math.log(-x) / self._lg), count)
-        else:
-            self._zero += count
-
     def add(self, x: float) -> None:
         """Add one sample."""
         x = float(x)
         if not _finite(x):
             self._skipped += 1
             return
-        self._add(x, 1)
+        if x >= _TINY:
+            self._pos.put(math.ceil(math.log(x) / self._lg), 1)
+        elif x <= -_TINY:
+            self._neg.put(math.ceil(math.log(-x) / self._lg), 1)
+        else:
+            self._zero += 1
         self._n += 1
         if x < self._min:
             self._min = x
@@ -564,7 +589,10 @@ class QuantileSketch:
             self.add(x)
 
     def _value(self, index: int) -> float:
-        return 2.0 * math.pow(self._gamma, index) / (self._gamma + 1.0)
+        try:
+            return 2.0 * math.pow(self._gamma, index) / (self._gamma + 1.0)
+        except OverflowError:  # a bucket next to the largest double; the caller clamps to max
+            return _INF
 
     def quantile(self, q: float) -> float:
         """The ``q``-quantile (0 <= q <= 1), e.g. 0.5, 0.9, 0.99; NaN when empty."""
@@ -580,8 +608,9 @@ class QuantileSketch:
         seen = 0
         value = self._max
         done = False
-        for i in sorted(self._neg, reverse=True):
-            seen += self._neg[i]
+        neg = self._neg.counts
+        for i in sorted(neg, reverse=True):
+            seen += neg[i]
             if seen > rank:
                 value, done = -self._value(i), True
                 break
@@ -590,8 +619,9 @@ class QuantileSketch:
             if seen > rank:
                 value, done = 0.0, True
         if not done:
-            for i in sorted(self._pos):
-                seen += self._pos[i]
+            pos = self._pos.counts
+            for i in sorted(pos):
+                seen += pos[i]
                 if seen > rank:
                     value = self._value(i)
                     break
@@ -601,10 +631,9 @@ class QuantileSketch:
         """Fold ``other`` (same accuracy and bins) into this sketch, in place; returns ``self``."""
         if other._a != self._a or other._max_bins != self._max_bins:
             raise ValueError("can only merge sketches with the same relative_accuracy and max_bins")
-        for i in sorted(other._pos):
-            self._store(self._pos, i, other._pos[i])
-        for i in sorted(other._neg):
-            self._store(self._neg, i, other._neg[i])
+        for mine, theirs in ((self._pos, other._pos), (self._neg, other._neg)):
+            for i, c in theirs.pairs():
+                mine.put(i, c)
         self._zero += other._zero
         self._n += other._n
         self._skipped += other._skipped
@@ -617,8 +646,8 @@ class QuantileSketch:
         return {
             "relative_accuracy": self._a,
             "max_bins": self._max_bins,
-            "pos": [[i, self._pos[i]] for i in sorted(self._pos)],
-            "neg": [[i, self._neg[i]] for i in sorted(self._neg)],
+            "pos": self._pos.pairs(),
+            "neg": self._neg.pairs(),
             "zero": self._zero,
             "count": self._n,
             "min": self._min,
@@ -628,25 +657,43 @@ class QuantileSketch:
 
     @classmethod
     def from_dict(cls, state: Mapping) -> QuantileSketch:
-        """Rebuild from ``to_dict()`` output."""
+        """Rebuild from ``to_dict()`` output.
+
+        Stricter than a plain read (this state arrives from other nodes): bucket counts must be
+        positive, ``zero``, ``count`` and ``skipped`` non-negative, all within 64 bits, and bucket
+        indexes within +-2**61.
+        """
         try:
             self = cls(state["relative_accuracy"], state["max_bins"])
             for i, c in state["pos"]:
-                self._store(self._pos, int(i), int(c))
+                self._pos.put_checked(int(i), int(c))
             for i, c in state["neg"]:
-                self._store(self._neg, int(i), int(c))
-            self._zero = int(state["zero"])
-            self._n = int(state["count"])
+                self._neg.put_checked(int(i), int(c))
+            self._zero = _count(state["zero"], "zero")
+            self._n = _count(state["count"], "count")
             self._min = float(state["min"])
             self._max = float(state["max"])
-            self._skipped = int(state["skipped"])
-        except (KeyError, TypeError, ValueError) as exc:
+            self._skipped = _count(state["skipped"], "skipped")
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"not a QuantileSketch state: {exc!r}") from None
         return self
 
     def __repr__(self) -> str:
         return f"QuantileSketch(count={self._n}, p50={self.quantile(0.5):.6g}, p99={self.quantile(0.99):.6g})"
 
+
+def _count(value, name: str) -> int:
+    value = int(value)
+    if value < 0:
+        raise ValueError(f"{name} must be non-negative, not {value}")
+    if value > _INT64_MAX:
+        raise OverflowError(f"{name} must fit in 64 bits, not {value}")
+    return value
+
+
+_MAX_BINS = 1 << 20
+_INDEX_LIMIT = 1 << 61
+_INT64_MAX = (1 << 63) - 1
 
 #: Magnitudes below this (zero and subnormals) count in the zero bucket.
 _TINY = 2.2250738585072014e-308
