@@ -1,0 +1,404 @@
+"""Herd links on loopback: one-way tell throughput and one-in-flight echo round trips.
+
+Each group compares the herdrt link (authenticated, heartbeats on, per-envelope dispatch) with a raw
+baseline measured in the same run: length-prefixed msgpack frames (the same core ``encode_frames`` /
+``FrameDecoder``) over plain asyncio Protocols with batched writes and no per-envelope work on the
+receiving side — the framing floor. ``extra_info`` holds messages per second.
+
+    pytest bench/bench_links.py --benchmark-only --benchmark-group-by=group \
+        --benchmark-columns=min,mean,ops,rounds
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import uvloop
+
+import herdrt
+from herdrt.core import FrameDecoder, encode_frame, encode_frames
+from herdrt.links import LinkServer, LinkSettings, connect
+
+SECRET = b"bench secret, not for production"
+TELL = [2, "actor-17", None, b"0123456789abcdef"]  # a small TELL-shaped envelope
+CHUNK = 1000  # envelopes queued per loop turn by the sender
+
+
+def _count(benchmark, full: int) -> int:
+    return 2000 if benchmark.disabled else full
+
+
+def _settings(name: str) -> LinkSettings:
+    return LinkSettings(name, SECRET, frozenset({"A", "B"}), heartbeat_interval=0.5)
+
+
+# --- loops ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
+def loop(request):
+    lp = uvloop.new_event_loop() if request.param == "uvloop" else asyncio.new_event_loop()
+    lp.flavour = request.param
+    yield lp
+    lp.run_until_complete(lp.shutdown_asyncgens())
+    lp.close()
+
+
+# --- raw baseline --------------------------------------------------------------------------------
+
+
+class _RawSender(asyncio.Protocol):
+    """Batched writes: queue, one encode_frames + one write per loop turn (as the link does)."""
+
+    def __init__(self):
+        self.queue: list = []
+        self.paused = False
+        self.resumed: asyncio.Future | None = None
+        self.on_message = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.decoder = FrameDecoder()
+        self.loop = asyncio.get_running_loop()
+
+    def send(self, env):
+        self.queue.append(env)
+        if len(self.queue) == 1:
+            self.loop.call_soon(self.flush)
+
+    def flush(self):
+        q, self.queue = self.queue, []
+        self.transport.write(encode_frames(q))
+
+    def pause_writing(self):
+        self.paused = True
+        self.resumed = self.loop.create_future()
+
+    def resume_writing(self):
+        self.paused = False
+        self.resumed.set_result(None)
+
+    def data_received(self, data):
+        for env in self.decoder.feed(data):
+            self.on_message(env)
+
+
+class _RawCounter(asyncio.Protocol):
+    """Counts frames; the floor does no per-envelope work beyond decoding."""
+
+    def __init__(self, owner):
+        self.owner = owner
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.decoder = FrameDecoder()
+
+    def data_received(self, data):
+        self.owner.received(len(self.decoder.feed(data)))
+
+
+class _RawEcho(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+        self.decoder = FrameDecoder()
+
+    def data_received(self, data):
+        for env in self.decoder.feed(data):
+            env[0] = 6
+            self.transport.write(encode_frame(env))
+
+
+class _Target:
+    """Completes a future when ``count`` messages have arrived."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.count = 0
+        self.goal = 0
+        self.done: asyncio.Future | None = None
+
+    def arm(self, n):
+        self.goal = self.count + n
+        self.done = self.loop.create_future()
+
+    def received(self, n):
+        self.count += n
+        if self.count >= self.goal and not self.done.done():
+            self.done.set_result(None)
+
+    def on_envelopes(self, _link, envs):
+        self.count += len(envs)
+        if self.count >= self.goal and not self.done.done():
+            self.done.set_result(None)
+
+
+async def _pump(send, n, is_paused, wait_writable):
+    env = TELL
+    sent = 0
+    while sent < n:
+        for _ in range(min(CHUNK, n - sent)):
+            send(env)
+        sent += CHUNK
+        if is_paused():
+            await wait_writable()
+        else:
+            await asyncio.sleep(0)
+
+
+# --- link-tell-throughput ------------------------------------------------------------------------
+
+
+@pytest.mark.benchmark(group="link-tell-throughput")
+def test_tell_herdrt_link(benchmark, loop):
+    n = _count(benchmark, 200_000)
+    target = _Target(loop)
+
+    async def setup():
+        server = await LinkServer(_settings("B"), target.on_envelopes).start()
+        link = await connect(*server.address, _settings("A"), lambda _l, _es: None)
+        return server, link
+
+    server, link = loop.run_until_complete(setup())
+
+    async def run_once():
+        target.arm(n)
+        await _pump(link.send, n, lambda: link._paused, link.drain)
+        await target.done
+
+    benchmark.pedantic(lambda: loop.run_until_complete(run_once()), rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["messages"] = n
+    benchmark.extra_info["loop"] = loop.flavour
+    benchmark.extra_info["msgs_per_s"] = round(n / benchmark.stats.stats.min) if not benchmark.disabled else None
+    assert link.overflows == 0 and target.count >= n
+
+    async def teardown():
+        link.close()
+        await server.close()
+
+    loop.run_until_complete(teardown())
+
+
+@pytest.mark.benchmark(group="link-tell-throughput")
+def test_tell_raw_baseline(benchmark, loop):
+    n = _count(benchmark, 200_000)
+    target = _Target(loop)
+
+    async def setup():
+        server = await loop.create_server(lambda: _RawCounter(target), "127.0.0.1", 0)
+        _, sender = await loop.create_connection(_RawSender, *server.sockets[0].getsockname()[:2])
+        return server, sender
+
+    server, sender = loop.run_until_complete(setup())
+
+    async def wait_writable():
+        await sender.resumed
+
+    async def run_once():
+        target.arm(n)
+        await _pump(sender.send, n, lambda: sender.paused, wait_writable)
+        await target.done
+
+    benchmark.pedantic(lambda: loop.run_until_complete(run_once()), rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["messages"] = n
+    benchmark.extra_info["loop"] = loop.flavour
+    benchmark.extra_info["msgs_per_s"] = round(n / benchmark.stats.stats.min) if not benchmark.disabled else None
+
+    sender.transport.close()
+    server.close()
+    loop.run_until_complete(server.wait_closed())
+
+
+# --- two processes: the receiver in a child process ---------------------------------------------
+
+_RECEIVER = textwrap.dedent(
+    """
+    import asyncio, sys
+    import uvloop
+    from herdrt.core import FrameDecoder, encode_frame
+    from herdrt.links import LinkServer, LinkSettings
+
+    class Raw(asyncio.Protocol):
+        count = 0
+        def connection_made(self, t):
+            self.t = t
+            self.d = FrameDecoder()
+        def data_received(self, data):
+            for env in self.d.feed(data):
+                if env[1] == "mark":
+                    self.t.write(encode_frame([6, self.count]))
+                else:
+                    self.count += 1
+
+    async def main(kind):
+        count = 0
+        def on_envelopes(link, envs):
+            nonlocal count
+            for env in envs:
+                if env[1] == "mark":
+                    link.send([6, count])
+                else:
+                    count += 1
+        if kind == "link":
+            settings = LinkSettings("B", %r, frozenset({"A", "B"}), heartbeat_interval=0.5)
+            server = await LinkServer(settings, on_envelopes).start()
+            port = server.address[1]
+        else:
+            server = await asyncio.get_running_loop().create_server(Raw, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+        print(port, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        server.close()
+
+    uvloop.run(main(sys.argv[1]))
+    """
+    % (SECRET,)
+)
+
+
+def _child(kind: str):
+    env = dict(os.environ)
+    here = os.path.dirname(os.path.dirname(herdrt.__file__))  # the child imports the same herdrt
+    env["PYTHONPATH"] = os.pathsep.join([here, env.get("PYTHONPATH", "")])
+    child = subprocess.Popen([sys.executable, "-c", _RECEIVER, kind], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=env)
+    return child, int(child.stdout.readline())
+
+
+@pytest.mark.benchmark(group="link-tell-throughput-2proc")
+@pytest.mark.parametrize("kind", ["link", "raw"])
+def test_tell_two_processes(benchmark, kind):
+    """Sender here, receiver in a child process (both uvloop); the child acknowledges a final marker."""
+    n = _count(benchmark, 200_000)
+    loop = uvloop.new_event_loop()
+    child, port = _child(kind)
+    try:
+        acks: list = []
+        state = {}
+
+        def on_reply(_link, envs):
+            for env in envs:
+                acks.append(env[1])
+                state["done"].set_result(None)
+
+        async def setup():
+            if kind == "link":
+                link = await connect("127.0.0.1", port, _settings("A"), on_reply)
+                return link.send, (lambda: link._paused), link.drain
+            _, sender = await loop.create_connection(_RawSender, "127.0.0.1", port)
+            sender.on_message = lambda env: on_reply(None, [env])
+
+            async def wait_writable():
+                await sender.resumed
+
+            return sender.send, (lambda: sender.paused), wait_writable
+
+        send, is_paused, wait_writable = loop.run_until_complete(setup())
+
+        async def run_once():
+            state["done"] = loop.create_future()
+            await _pump(send, n, is_paused, wait_writable)
+            send([2, "mark"])
+            await state["done"]
+
+        benchmark.pedantic(lambda: loop.run_until_complete(run_once()), rounds=3, iterations=1, warmup_rounds=1)
+        assert acks[-1] == n * len(acks)  # every message of every round arrived
+        benchmark.extra_info["messages"] = n
+        benchmark.extra_info["msgs_per_s"] = round(n / benchmark.stats.stats.min) if not benchmark.disabled else None
+    finally:
+        child.stdin.close()
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.close()
+
+
+# --- link-echo-rtt -------------------------------------------------------------------------------
+
+
+@pytest.mark.benchmark(group="link-echo-rtt")
+def test_echo_herdrt_link(benchmark, loop):
+    n = _count(benchmark, 20_000)
+    state = {}
+
+    def echo(link, envs):
+        for env in envs:
+            env[0] = 6
+            link.send(env)
+
+    def on_reply(link, envs):
+        for _env in envs:
+            state["left"] -= 1
+            if state["left"]:
+                link.send([3, state["left"], b"ping"])
+            else:
+                state["done"].set_result(None)
+
+    async def setup():
+        server = await LinkServer(_settings("B"), echo).start()
+        link = await connect(*server.address, _settings("A"), on_reply)
+        return server, link
+
+    server, link = loop.run_until_complete(setup())
+
+    async def run_once():
+        state["left"] = n
+        state["done"] = loop.create_future()
+        link.send([3, n, b"ping"])
+        await state["done"]
+
+    benchmark.pedantic(lambda: loop.run_until_complete(run_once()), rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["round_trips"] = n
+    benchmark.extra_info["rtt_per_s"] = round(n / benchmark.stats.stats.min) if not benchmark.disabled else None
+
+    async def teardown():
+        link.close()
+        await server.close()
+
+    loop.run_until_complete(teardown())
+
+
+@pytest.mark.benchmark(group="link-echo-rtt")
+def test_echo_raw_baseline(benchmark, loop):
+    n = _count(benchmark, 20_000)
+    state = {}
+
+    class Client(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            self.decoder = FrameDecoder()
+
+        def data_received(self, data):
+            for _env in self.decoder.feed(data):
+                state["left"] -= 1
+                if state["left"]:
+                    self.transport.write(encode_frame([3, state["left"], b"ping"]))
+                else:
+                    state["done"].set_result(None)
+
+    async def setup():
+        server = await loop.create_server(_RawEcho, "127.0.0.1", 0)
+        _, client = await loop.create_connection(Client, *server.sockets[0].getsockname()[:2])
+        return server, client
+
+    server, client = loop.run_until_complete(setup())
+
+    async def run_once():
+        state["left"] = n
+        state["done"] = loop.create_future()
+        client.transport.write(encode_frame([3, n, b"ping"]))
+        await state["done"]
+
+    benchmark.pedantic(lambda: loop.run_until_complete(run_once()), rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["round_trips"] = n
+    benchmark.extra_info["rtt_per_s"] = round(n / benchmark.stats.stats.min) if not benchmark.disabled else None
+    client.transport.close()
+    server.close()
+    loop.run_until_complete(server.wait_closed())

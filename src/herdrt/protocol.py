@@ -1,0 +1,256 @@
+"""The herd wire protocol: envelope kinds, the link-level envelopes, error codes.
+
+An *envelope* is a msgpack array whose first element is a small integer, its *kind*. Arrays are
+smaller and faster to encode than maps, and Go reads them into ``as_array`` structs. On a TCP link
+each envelope travels as one frame (4-byte big-endian length, then the msgpack body; see
+:mod:`herdrt.core`).
+
+This module defines the link-level part — the handshake (HELLO, AUTH), ERROR, HEARTBEAT and BYE —
+as plain constructors (they return lists ready for ``encode_frames``) and validators (they take a
+decoded envelope and return its fields, or raise :class:`ProtocolError`). The node-layer kinds
+(TELL, ASK, REPLY, MEMBERSHIP, FLOOD) are reserved here by number only. ``docs/protocol-links.md``
+is the byte-level description; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+from .errors import HerdError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AUTH_CONTEXT",
+    "NONCE_SIZE",
+    "MAC_SIZE",
+    "HELLO",
+    "AUTH",
+    "TELL",
+    "ASK",
+    "ERROR",
+    "HEARTBEAT",
+    "REPLY",
+    "MEMBERSHIP",
+    "FLOOD",
+    "BYE",
+    "KIND_NAMES",
+    "LINK_KINDS",
+    "E_VERSION",
+    "E_UNKNOWN_NODE",
+    "E_AUTH",
+    "E_FRAME",
+    "E_OVERFLOW",
+    "E_PROTOCOL",
+    "E_TIMEOUT",
+    "E_DUPLICATE",
+    "ERROR_CODES",
+    "ProtocolError",
+    "kind_name",
+    "new_nonce",
+    "auth_mac",
+    "verify_auth",
+    "hello",
+    "auth",
+    "error",
+    "heartbeat",
+    "bye",
+    "parse_hello",
+    "parse_auth",
+    "parse_error",
+    "parse_heartbeat",
+    "parse_bye",
+]
+
+#: The version every HELLO carries; a peer speaking another version is refused with ERROR "version".
+PROTOCOL_VERSION = 1
+
+#: Domain-separation prefix of the AUTH MAC (so the MAC can never be mistaken for another use of the secret).
+AUTH_CONTEXT = b"herdrt-link-v1"
+NONCE_SIZE = 16
+MAC_SIZE = 32
+
+# --- kinds ---------------------------------------------------------------------------------------
+HELLO = 0  #: ``[0, version:int, node_name:str, nonce:bin16]`` — first envelope on a link, both ways
+AUTH = 1  #: ``[1, mac:bin32]`` — proof of the shared secret over the peer's nonce
+TELL = 2  #: node layer (reserved here)
+ASK = 3  #: node layer (reserved here)
+ERROR = 4  #: ``[4, corr_id|nil, code:str, message:str]``
+HEARTBEAT = 5  #: ``[5, seq:int, sent_time:float]`` or ``[5, seq, sent_time, echo_time:float, hold:float]``
+REPLY = 6  #: node layer (reserved here)
+MEMBERSHIP = 7  #: node layer (reserved here)
+FLOOD = 8  #: node layer (reserved here)
+BYE = 9  #: ``[9, reason:str]`` — the sender is closing the link on purpose
+
+KIND_NAMES = {
+    HELLO: "HELLO",
+    AUTH: "AUTH",
+    TELL: "TELL",
+    ASK: "ASK",
+    ERROR: "ERROR",
+    HEARTBEAT: "HEARTBEAT",
+    REPLY: "REPLY",
+    MEMBERSHIP: "MEMBERSHIP",
+    FLOOD: "FLOOD",
+    BYE: "BYE",
+}
+
+#: Kinds the link layer consumes itself (an ERROR with a correlation id goes up to the node layer).
+LINK_KINDS = frozenset((HELLO, AUTH, ERROR, HEARTBEAT, BYE))
+
+# --- error codes (the third element of an ERROR) -------------------------------------------------
+E_VERSION = "version"  #: the peer speaks another protocol version
+E_UNKNOWN_NODE = "unknown_node"  #: the peer's name is not a node (or neighbor) of this herd, or is our own
+E_AUTH = "auth"  #: the AUTH MAC did not verify: the shared secret differs
+E_FRAME = "frame"  #: a corrupt or oversized frame
+E_OVERFLOW = "overflow"  #: the receiver could not take the envelope (a full queue or mailbox)
+E_PROTOCOL = "protocol"  #: a well-formed frame holding the wrong envelope (e.g. TELL before the handshake)
+E_TIMEOUT = "timeout"  #: the handshake did not finish in time
+E_DUPLICATE = "duplicate"  #: simultaneous dials: this link loses to the one dialled by the lower name
+
+ERROR_CODES = frozenset(
+    (E_VERSION, E_UNKNOWN_NODE, E_AUTH, E_FRAME, E_OVERFLOW, E_PROTOCOL, E_TIMEOUT, E_DUPLICATE)
+)
+
+
+class ProtocolError(HerdError, ValueError):
+    """A decoded envelope does not have the shape its kind requires; ``code`` is the ERROR code to answer with."""
+
+    def __init__(self, message: str, code: str = E_PROTOCOL):
+        super().__init__(message)
+        self.code = code
+
+
+def kind_name(kind) -> str:
+    """``"HELLO"`` for 0 and so on; ``"kind 42"`` for a kind this version does not know."""
+    return KIND_NAMES.get(kind, f"kind {kind!r}") if isinstance(kind, int) else f"kind {kind!r}"
+
+
+# --- authentication ------------------------------------------------------------------------------
+
+
+def new_nonce() -> bytes:
+    """A fresh random 16-byte nonce for a HELLO."""
+    return os.urandom(NONCE_SIZE)
+
+
+def auth_mac(secret: bytes, peer_nonce: bytes, own_name: str, peer_name: str) -> bytes:
+    """The MAC this node sends in AUTH: HMAC-SHA256(secret, AUTH_CONTEXT + peer_nonce + own_name + 0x00 + peer_name).
+
+    The zero byte cannot occur in a node name, so the two names cannot be re-split to forge a MAC
+    for another pair of nodes; the order of the names binds the MAC to its direction."""
+    msg = AUTH_CONTEXT + peer_nonce + own_name.encode("utf-8") + b"\x00" + peer_name.encode("utf-8")
+    return hmac.new(secret, msg, hashlib.sha256).digest()
+
+
+def verify_auth(secret: bytes, own_nonce: bytes, own_name: str, peer_name: str, mac: bytes) -> bool:
+    """Whether ``mac`` (the peer's AUTH) proves the peer knows ``secret``; constant-time compare."""
+    expected = auth_mac(secret, own_nonce, peer_name, own_name)
+    return hmac.compare_digest(expected, mac)
+
+
+# --- constructors --------------------------------------------------------------------------------
+
+
+def hello(node_name: str, nonce: bytes, version: int = PROTOCOL_VERSION) -> list:
+    """``[HELLO, version, node_name, nonce]``."""
+    return [HELLO, version, node_name, nonce]
+
+
+def auth(mac: bytes) -> list:
+    """``[AUTH, mac]``."""
+    return [AUTH, mac]
+
+
+def error(code: str, message: str, corr_id=None) -> list:
+    """``[ERROR, corr_id, code, message]``; ``corr_id`` is nil for link-level errors."""
+    return [ERROR, corr_id, code, message]
+
+
+def heartbeat(seq: int, sent_time: float, echo_time: float | None = None, hold: float = 0.0) -> list:
+    """``[HEARTBEAT, seq, sent_time]``, or with ``echo_time`` (the peer's last ``sent_time``) and
+    ``hold`` (seconds since it arrived) appended, from which the peer computes the round-trip time."""
+    if echo_time is None:
+        return [HEARTBEAT, seq, sent_time]
+    return [HEARTBEAT, seq, sent_time, echo_time, hold]
+
+
+def bye(reason: str) -> list:
+    """``[BYE, reason]``."""
+    return [BYE, reason]
+
+
+# --- validators ----------------------------------------------------------------------------------
+
+
+def _shape(env, kind: int, sizes: tuple[int, ...]) -> None:
+    if not isinstance(env, (list, tuple)) or not env or env[0] != kind or isinstance(env[0], bool):
+        raise ProtocolError(f"expected a {KIND_NAMES[kind]} envelope, got {_describe(env)}")
+    if len(env) not in sizes:
+        want = " or ".join(str(n) for n in sizes)
+        raise ProtocolError(f"{KIND_NAMES[kind]} must have {want} elements, not {len(env)}")
+
+
+def _describe(env) -> str:
+    if isinstance(env, (list, tuple)) and env:
+        return f"{kind_name(env[0])} with {len(env)} elements"
+    return f"a {type(env).__name__}"
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def parse_hello(env) -> tuple[int, str, bytes]:
+    """``(version, node_name, nonce)`` of a HELLO."""
+    _shape(env, HELLO, (4,))
+    _, version, name, nonce = env
+    if not _is_int(version):
+        raise ProtocolError(f"HELLO version must be an integer, not {type(version).__name__}")
+    if not isinstance(name, str) or not 0 < len(name) <= 64:
+        raise ProtocolError(f"HELLO node name must be a string of 1-64 characters, not {name!r:.80}")
+    if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
+        raise ProtocolError(f"HELLO nonce must be {NONCE_SIZE} bytes (msgpack bin)")
+    return version, name, nonce
+
+
+def parse_auth(env) -> bytes:
+    """The MAC of an AUTH."""
+    _shape(env, AUTH, (2,))
+    mac = env[1]
+    if not isinstance(mac, bytes) or len(mac) != MAC_SIZE:
+        raise ProtocolError(f"AUTH mac must be {MAC_SIZE} bytes (msgpack bin)")
+    return mac
+
+
+def parse_error(env) -> tuple[object, str, str]:
+    """``(corr_id, code, message)`` of an ERROR (codes this version does not know are passed through)."""
+    _shape(env, ERROR, (4,))
+    _, corr_id, code, message = env
+    if not isinstance(code, str) or not isinstance(message, str):
+        raise ProtocolError("ERROR code and message must be strings")
+    return corr_id, code, message
+
+
+def parse_heartbeat(env) -> tuple[int, float, float | None, float]:
+    """``(seq, sent_time, echo_time or None, hold)`` of a HEARTBEAT."""
+    _shape(env, HEARTBEAT, (3, 5))
+    seq, sent = env[1], env[2]
+    if not _is_int(seq) or not isinstance(sent, (int, float)) or isinstance(sent, bool):
+        raise ProtocolError("HEARTBEAT needs an integer seq and a numeric sent_time")
+    if len(env) == 5:
+        echo, hold = env[3], env[4]
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (echo, hold)):
+            raise ProtocolError("HEARTBEAT echo_time and hold must be numbers")
+        return seq, float(sent), float(echo), float(hold)
+    return seq, float(sent), None, 0.0
+
+
+def parse_bye(env) -> str:
+    """The reason of a BYE."""
+    _shape(env, BYE, (2,))
+    reason = env[1]
+    if not isinstance(reason, str):
+        raise ProtocolError("BYE reason must be a string")
+    return reason

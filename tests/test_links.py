@@ -1,0 +1,621 @@
+"""Herd links over real sockets on 127.0.0.1, each test run on stdlib asyncio and on uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import msgpack
+import pytest
+import uvloop
+
+import herdrt
+from herdrt import protocol as P
+from herdrt.config import HerdConfig, NodeConfig
+from herdrt.core import FrameDecoder, encode_frame, encode_frames
+from herdrt.links import (
+    LinkClosed,
+    LinkManager,
+    LinkOverflow,
+    LinkRefused,
+    LinkServer,
+    LinkSettings,
+    connect,
+)
+
+SECRET = b"correct horse battery"
+NODES = ("A", "B", "C")
+
+
+# --- harness -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    """Run an async test body on a fresh loop of the given flavour; fail if it leaves tasks behind."""
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+
+    def runner(body, timeout: float = 10.0):
+        async def wrapped():
+            async with asyncio.timeout(timeout):
+                await body()
+            await asyncio.sleep(0)
+            left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            assert not left, f"tasks left behind: {left}"
+
+        with asyncio.Runner(loop_factory=factory) as r:
+            r.run(wrapped())
+
+    runner.flavour = request.param
+    return runner
+
+
+def settings(name: str, **kw) -> LinkSettings:
+    kw.setdefault("secret", SECRET)
+    kw.setdefault("known_nodes", frozenset(NODES))
+    kw.setdefault("heartbeat_interval", 0.05)
+    kw.setdefault("handshake_timeout", 2.0)
+    return LinkSettings(name=name, **kw)
+
+
+class Inbox:
+    """Records envelopes and link events; lets a test wait for a count."""
+
+    def __init__(self):
+        self.envs: list = []
+        self.ups: list = []
+        self.downs: list = []
+        self._changed = asyncio.Event()
+
+    def on_envelopes(self, link, envs):
+        self.envs.extend(envs)
+        self._changed.set()
+
+    def on_up(self, link):
+        self.ups.append(link)
+        self._changed.set()
+
+    def on_down(self, link, reason):
+        self.downs.append((link, reason))
+        self._changed.set()
+
+    async def until(self, predicate, timeout: float = 5.0):
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def herd(*names: str, links=None) -> HerdConfig:
+    nodes = {n: NodeConfig(n, "127.0.0.1", free_port()) for n in names}
+    if links is None:
+        links = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    return HerdConfig(nodes=nodes, links=frozenset(frozenset(p) for p in links), secret=SECRET,
+                      heartbeat_interval=0.05)
+
+
+def manager(config, name, inbox, **kw) -> LinkManager:
+    kw.setdefault("reconnect_min", 0.02)
+    kw.setdefault("reconnect_max", 0.2)
+    return LinkManager(config, name, inbox.on_envelopes, on_link_up=inbox.on_up, on_link_down=inbox.on_down, **kw)
+
+
+async def raw_read(reader, count: int, timeout: float = 3.0) -> tuple[list, bool]:
+    """Read up to ``count`` envelopes from a raw socket; returns (envelopes, saw_eof)."""
+    decoder = FrameDecoder(1 << 16)
+    out: list = []
+    async with asyncio.timeout(timeout):
+        while len(out) < count:
+            data = await reader.read(65536)
+            if not data:
+                return out, True
+            out.extend(decoder.feed(data))
+    return out, False
+
+
+async def raw_eof(reader, timeout: float = 3.0) -> bool:
+    async with asyncio.timeout(timeout):
+        while await reader.read(65536):
+            pass
+    return True
+
+
+async def raw_handshake(address, name: str = "C", secret: bytes = SECRET):
+    """Authenticate as node ``name`` by hand over a plain stream; returns (reader, writer)."""
+    reader, writer = await asyncio.open_connection(*address)
+    (hello,), _ = await raw_read(reader, 1)
+    _, server_name, server_nonce = P.parse_hello(hello)
+    nonce = P.new_nonce()
+    writer.write(encode_frames([P.hello(name, nonce), P.auth(P.auth_mac(secret, server_nonce, name, server_name))]))
+    (auth,), _ = await raw_read(reader, 1)
+    assert P.verify_auth(secret, nonce, name, server_name, P.parse_auth(auth))
+    return reader, writer
+
+
+# --- protocol ------------------------------------------------------------------------------------
+
+
+def test_kinds_and_codes_are_the_documented_numbers():
+    assert (P.HELLO, P.AUTH, P.TELL, P.ASK, P.ERROR, P.HEARTBEAT, P.REPLY, P.MEMBERSHIP, P.FLOOD, P.BYE) == tuple(range(10))
+    assert P.LINK_KINDS == {0, 1, 4, 5, 9}
+    assert {"version", "unknown_node", "auth", "frame", "overflow"} <= P.ERROR_CODES
+
+
+def test_hello_frame_bytes_match_the_spec_example():
+    frame = encode_frame(P.hello("Clark", bytes(range(16))))
+    # docs/protocol-links.md shows exactly these bytes
+    assert frame.hex(" ") == "00 00 00 1b 94 00 01 a5 43 6c 61 72 6b c4 10 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
+
+
+def test_auth_frame_bytes_match_the_spec_example():
+    mac = P.auth_mac(b"correct horse battery", bytes(range(16, 32)), "Clark", "Bona")
+    assert mac.hex() == "6501784d1d9162b74d8b0662542d19f9d65cc0bdfd2f647c44454f15a36f111c"
+    assert encode_frame(P.auth(mac))[:7].hex(" ") == "00 00 00 24 92 01 c4"
+    assert encode_frame(P.bye("shutdown")).hex(" ") == "00 00 00 0b 92 09 a8 73 68 75 74 64 6f 77 6e"
+
+
+def test_auth_mac_is_bound_to_direction_nonce_and_secret():
+    nonce = bytes(16)
+    mac = P.auth_mac(SECRET, nonce, "A", "B")
+    assert len(mac) == P.MAC_SIZE
+    assert P.verify_auth(SECRET, nonce, "B", "A", mac)  # B checks A's MAC over B's nonce
+    assert not P.verify_auth(SECRET, nonce, "A", "B", mac)  # reflected back to A: refused
+    assert not P.verify_auth(b"other secret", nonce, "B", "A", mac)
+    assert not P.verify_auth(SECRET, bytes([1]) + bytes(15), "B", "A", mac)
+    assert P.auth_mac(SECRET, nonce, "AB", "C") != P.auth_mac(SECRET, nonce, "A", "BC")
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        [0, 1, "A"],
+        [0, "1", "A", bytes(16)],
+        [0, 1, "A", bytes(15)],
+        [0, 1, "", bytes(16)],
+        [1, "A", bytes(16)],
+        [1, bytes(31)],
+        [4, None, 3, "x"],
+        [5, 1],
+        [5, 1, "now"],
+        [5, 1, 2.0, 3.0],
+        [9, 7],
+        "hello",
+    ],
+)
+def test_validators_reject_malformed_envelopes(env):
+    parsers = {0: P.parse_hello, 1: P.parse_auth, 4: P.parse_error, 5: P.parse_heartbeat, 9: P.parse_bye}
+    parser = parsers.get(env[0], P.parse_hello) if isinstance(env, list) else P.parse_hello
+    with pytest.raises(P.ProtocolError):
+        parser(env)
+
+
+def test_validators_roundtrip_through_msgpack():
+    def rt(env):
+        return msgpack.unpackb(msgpack.packb(env, use_bin_type=True), raw=False)
+
+    nonce = P.new_nonce()
+    assert P.parse_hello(rt(P.hello("A", nonce))) == (P.PROTOCOL_VERSION, "A", nonce)
+    assert P.parse_auth(rt(P.auth(bytes(32)))) == bytes(32)
+    assert P.parse_error(rt(P.error("auth", "nope", 7))) == (7, "auth", "nope")
+    assert P.parse_heartbeat(rt(P.heartbeat(3, 1.5))) == (3, 1.5, None, 0.0)
+    assert P.parse_heartbeat(rt(P.heartbeat(3, 1.5, 1.25, 0.01))) == (3, 1.5, 1.25, 0.01)
+    assert P.parse_bye(rt(P.bye("shutdown"))) == "shutdown"
+
+
+# --- handshake -----------------------------------------------------------------------------------
+
+
+def test_envelopes_flow_both_ways_in_order(run):
+    async def body():
+        server_in, client_in = Inbox(), Inbox()
+        srv = await LinkServer(settings("B"), server_in.on_envelopes, on_link_up=server_in.on_up).start()
+        link = await connect(*srv.address, settings("A"), client_in.on_envelopes, peer="B")
+        await server_in.until(lambda: server_in.ups)
+        back = server_in.ups[0]
+        assert (link.peer, back.peer, link.dialer, back.dialer) == ("B", "A", "A", "A")
+        for i in range(2000):
+            link.send([P.TELL, "echo", i])
+            back.send([P.TELL, "reply", -i])
+        await server_in.until(lambda: len(server_in.envs) == 2000)
+        await client_in.until(lambda: len(client_in.envs) == 2000)
+        assert server_in.envs == [[P.TELL, "echo", i] for i in range(2000)]
+        assert client_in.envs == [[P.TELL, "reply", -i] for i in range(2000)]
+        # writes were coalesced: far fewer socket writes than envelopes (frames_out counts envelopes)
+        assert link.stats()["frames_out"] >= 2001
+        link.close()
+        await link.wait_closed()
+        await srv.close()
+
+    run(body)
+
+
+def test_wrong_secret_is_refused_on_both_sides_and_nothing_is_delivered(run, caplog):
+    caplog.set_level(logging.WARNING, "herdrt.links")
+
+    async def body():
+        inbox = Inbox()
+        srv = await LinkServer(settings("B"), inbox.on_envelopes, on_link_up=inbox.on_up).start()
+        with pytest.raises(LinkRefused) as info:
+            await connect(*srv.address, settings("A", secret=b"not the secret"), inbox.on_envelopes)
+        assert info.value.code == "auth"
+        assert "authentication failed: the shared secret differs" in str(info.value)
+        await asyncio.sleep(0.05)
+        assert inbox.envs == [] and inbox.ups == []
+        assert not srv.links
+        await srv.close()
+
+    run(body)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("A -> B refused (auth)" in m for m in lines), lines
+    assert any("B <- A refused (auth)" in m for m in lines), lines
+
+
+def test_wrong_version_is_refused_naming_both_versions(run):
+    async def body():
+        inbox = Inbox()
+        srv = await LinkServer(settings("B"), inbox.on_envelopes, on_link_up=inbox.on_up).start()
+        with pytest.raises(LinkRefused) as info:
+            await connect(*srv.address, settings("A", version=2), inbox.on_envelopes)
+        assert info.value.code == "version"
+        assert "version 2" in info.value.reason and "version 1" in info.value.reason
+        # a raw peer sees the ERROR envelope, then the close
+        reader, writer = await asyncio.open_connection(*srv.address)
+        writer.write(encode_frame(P.hello("A", P.new_nonce(), 99)))
+        envs, eof = await raw_read(reader, 3)
+        assert [e[0] for e in envs] == [P.HELLO, P.ERROR] and eof
+        assert envs[1][2] == "version" and "99" in envs[1][3]
+        writer.close()
+        assert inbox.ups == []
+        await srv.close()
+
+    run(body)
+
+
+def test_unknown_node_and_self_connection_are_refused(run):
+    async def body():
+        inbox = Inbox()
+        srv = await LinkServer(settings("B"), inbox.on_envelopes, on_link_up=inbox.on_up).start()
+        stranger = settings("Z", known_nodes=frozenset({"B", "Z"}))
+        with pytest.raises(LinkRefused) as info:
+            await connect(*srv.address, stranger, inbox.on_envelopes)
+        assert info.value.code == "unknown_node" and "'Z' is not a node of this herd" in info.value.reason
+        with pytest.raises(LinkRefused) as info:
+            await connect(*srv.address, settings("B"), inbox.on_envelopes)
+        assert info.value.code == "unknown_node" and "itself" in info.value.reason
+        with pytest.raises(LinkRefused) as info:  # dialled B, but someone else answers
+            await connect(*srv.address, settings("A"), inbox.on_envelopes, peer="C")
+        assert info.value.code == "unknown_node"
+        assert inbox.ups == []
+        await srv.close()
+
+    run(body)
+
+
+def test_envelope_before_auth_is_refused(run):
+    async def body():
+        inbox = Inbox()
+        srv = await LinkServer(settings("B"), inbox.on_envelopes, on_link_up=inbox.on_up).start()
+        reader, writer = await asyncio.open_connection(*srv.address)
+        writer.write(encode_frames([P.hello("A", P.new_nonce()), [P.TELL, "sneaky"]]))
+        envs, eof = await raw_read(reader, 4)
+        assert [e[0] for e in envs] == [P.HELLO, P.AUTH, P.ERROR] and eof
+        assert envs[2][2] == "protocol"
+        writer.close()
+        assert inbox.envs == [] and inbox.ups == []
+        await srv.close()
+
+    run(body)
+
+
+def test_silent_connection_is_dropped_after_the_handshake_timeout(run):
+    async def body():
+        inbox = Inbox()
+        srv = await LinkServer(settings("B", handshake_timeout=0.2), inbox.on_envelopes).start()
+        reader, writer = await asyncio.open_connection(*srv.address)
+        envs, eof = await raw_read(reader, 3)
+        assert [e[0] for e in envs] == [P.HELLO, P.ERROR] and eof
+        assert envs[1][2] == "timeout"
+        writer.close()
+        await asyncio.sleep(0)
+        assert not srv.links
+        await srv.close()
+
+    run(body)
+
+
+def test_bad_frames_close_only_their_own_connection(run):
+    async def body():
+        inbox, client_in = Inbox(), Inbox()
+        srv = await LinkServer(settings("B"), inbox.on_envelopes, on_link_up=inbox.on_up,
+                               on_link_down=inbox.on_down).start()
+        good = await connect(*srv.address, settings("A"), client_in.on_envelopes)
+        good.send([P.TELL, "before"])
+        await inbox.until(lambda: len(inbox.envs) == 1)
+
+        # 1. garbage (a frame whose body is not msgpack) before authenticating
+        reader, writer = await asyncio.open_connection(*srv.address)
+        writer.write(b"\x00\x00\x00\x03\xc1\xc1\xc1")
+        envs, eof = await raw_read(reader, 3)
+        assert [e[2] for e in envs if e[0] == P.ERROR] == ["frame"] and eof
+        writer.close()
+
+        # 2. an oversized length prefix before authenticating (handshake limit: 4 KiB)
+        reader, writer = await asyncio.open_connection(*srv.address)
+        writer.write(b"\x00\x01\x00\x00" + b"x" * 100)
+        envs, eof = await raw_read(reader, 3)
+        assert envs[-1][2] == "frame" and "handshake limit" in envs[-1][3] and eof
+        writer.close()
+
+        # 3. an authenticated peer that sends a length prefix over max_frame_size
+        reader, writer = await raw_handshake(srv.address, "C")
+        await inbox.until(lambda: len(inbox.ups) == 2)
+        writer.write(encode_frame([P.TELL, "fine"]) + b"\x7f\xff\xff\xff")
+        await inbox.until(lambda: inbox.downs)
+        bad_link, reason = inbox.downs[0]
+        assert bad_link.peer == "C" and "frame" in reason
+        assert bad_link.errors == {"frame": 1}
+        assert await raw_eof(reader)
+        writer.close()
+
+        # the established link kept working throughout
+        good.send([P.TELL, "after"])
+        await inbox.until(lambda: len(inbox.envs) == 3)
+        assert inbox.envs == [[P.TELL, "before"], [P.TELL, "fine"], [P.TELL, "after"]]
+        assert good.is_up and len(inbox.downs) == 1
+        good.close()
+        await srv.close()
+
+    run(body)
+
+
+def test_malformed_envelope_after_handshake_closes_the_link(run):
+    async def body():
+        inbox = Inbox()
+        srv = await LinkServer(settings("B"), inbox.on_envelopes, on_link_down=inbox.on_down).start()
+        reader, writer = await raw_handshake(srv.address, "C")
+        writer.write(encode_frames([[P.TELL, 1], {"not": "an array"}, [P.TELL, 2]]))
+        await inbox.until(lambda: inbox.downs)
+        assert inbox.envs == [[P.TELL, 1]]
+        assert inbox.downs[0][0].errors == {"protocol": 1}
+        envs, eof = await raw_read(reader, 5)
+        assert envs[-1][0] == P.ERROR and envs[-1][2] == "protocol" and eof
+        writer.close()
+        await srv.close()
+
+    run(body)
+
+
+# --- running links -------------------------------------------------------------------------------
+
+
+def test_heartbeats_arrive_and_update_the_stats(run):
+    async def body():
+        inbox = Inbox()
+        srv = await LinkServer(settings("B", heartbeat_interval=0.03), inbox.on_envelopes, on_link_up=inbox.on_up).start()
+        link = await connect(*srv.address, settings("A", heartbeat_interval=0.03), inbox.on_envelopes)
+        await inbox.until(lambda: inbox.ups)
+        await asyncio.sleep(0.4)
+        for side in (link, inbox.ups[0]):
+            st = side.stats()
+            assert st["heartbeats_in"] >= 4
+            assert st["heartbeat_intervals"]["count"] == st["heartbeats_in"] - 1
+            assert 0.0 < side.heartbeat_intervals.mean < 0.3
+            assert side.rtt.count >= 2 and 0.0 <= side.rtt.mean < 0.3
+            assert st["silent_for"] < 0.3
+            msgpack.packb(st)  # msgpack-ready
+        assert inbox.envs == []  # heartbeats never reach the layer above
+        link.close()
+        await srv.close()
+
+    run(body)
+
+
+def test_slow_reader_makes_the_sender_overflow_with_bounded_memory(run):
+    async def body():
+        inbox = Inbox()
+
+        def stop_reading(link):
+            inbox.on_up(link)
+            link.transport.pause_reading()
+
+        srv = await LinkServer(settings("B"), inbox.on_envelopes, on_link_up=stop_reading).start()
+        high = 64 * 1024
+        link = await connect(*srv.address, settings("A", max_queued=500, write_buffer_high=high), inbox.on_envelopes)
+        await inbox.until(lambda: inbox.ups)
+        payload = b"x" * 1000
+        sent = 0
+        with pytest.raises(LinkOverflow, match="max_queued=500"):
+            for _ in range(100_000):  # far more than kernel buffers + our bounds can hold
+                for _ in range(100):
+                    link.send([P.TELL, sent, payload])
+                    sent += 1
+                await asyncio.sleep(0)
+        assert link.overflows == 1
+        assert link.queued == 500
+        assert link.transport.get_write_buffer_size() <= high + 500 * 1100
+        assert sent < 20_000  # it stopped early: kernel buffers + transport buffer + queue, not "forever"
+
+        # a sender that prefers to wait: drain() returns once the reader resumes
+        drained = asyncio.ensure_future(link.drain())
+        await asyncio.sleep(0.05)
+        assert not drained.done()
+        inbox.ups[0].transport.resume_reading()
+        await drained
+        link.send([P.TELL, sent, payload])
+        await inbox.until(lambda: len(inbox.envs) == sent + 1)
+        assert [e[1] for e in inbox.envs] == list(range(sent + 1))
+        link.close()
+        await srv.close()
+
+    run(body, timeout=20)
+
+
+def test_send_on_a_closed_link_raises(run):
+    async def body():
+        inbox = Inbox()
+        srv = await LinkServer(settings("B"), inbox.on_envelopes, on_link_down=inbox.on_down, on_link_up=inbox.on_up).start()
+        link = await connect(*srv.address, settings("A"), inbox.on_envelopes)
+        await inbox.until(lambda: inbox.ups)
+        link.close("done here")
+        with pytest.raises(LinkClosed):
+            link.send([P.TELL, 1])
+        await inbox.until(lambda: inbox.downs)
+        assert inbox.downs[0][1] == "closed by the peer: done here"
+        await srv.close()
+
+    run(body)
+
+
+# --- the manager ---------------------------------------------------------------------------------
+
+
+def test_manager_reconnects_after_the_peer_restarts(run):
+    async def body():
+        config = herd("A", "B")
+        a_in, b_in = Inbox(), Inbox()
+        a = await manager(config, "A", a_in).start()
+        b = await manager(config, "B", b_in).start()
+        await a.wait_up("B", 5)
+        await b.wait_up("A", 5)
+        await b.close()
+        await a_in.until(lambda: a_in.downs)
+        assert a.link("B") is None
+        failures = a.dial_failures
+        await asyncio.sleep(0.3)  # A keeps trying, with backoff
+        assert a.dial_failures > failures
+
+        b2_in = Inbox()
+        b2 = await manager(config, "B", b2_in).start()
+        link = await a.wait_up("B", 5)
+        await b2.wait_up("A", 5)
+        a.send("B", [P.TELL, "hello again"])
+        await b2_in.until(lambda: b2_in.envs)
+        assert b2_in.envs == [[P.TELL, "hello again"]]
+        assert len(a_in.ups) == 2 and link.is_up
+        await a.close()
+        await b2.close()
+
+    run(body)
+
+
+def test_simultaneous_dials_end_with_exactly_one_link(run):
+    async def body():
+        for _ in range(4):
+            config = herd("A", "B")
+            a_in, b_in = Inbox(), Inbox()
+            a = await manager(config, "A", a_in).start(dial=False)
+            b = await manager(config, "B", b_in).start(dial=False)
+            a.dial_neighbors()
+            b.dial_neighbors()
+            la = await a.wait_up("B", 5)
+            lb = await b.wait_up("A", 5)
+            await asyncio.sleep(0.15)  # let any loser finish dying
+            assert a.link("B") is la and b.link("A") is lb
+            # the same TCP connection seen from both ends
+            assert la.transport.get_extra_info("sockname") == lb.transport.get_extra_info("peername")
+            assert la.dialer == lb.dialer
+            assert len(a_in.ups) == 1 and len(b_in.ups) == 1
+            assert a_in.downs == [] and b_in.downs == []
+            assert sum(len(s) for s in a._live.values()) == 1
+            await a.close()
+            await b.close()
+
+    run(body, timeout=20)
+
+
+def test_manager_refuses_a_known_node_that_is_not_a_neighbor(run):
+    async def body():
+        config = herd("A", "B", "C", links=[("A", "B")])
+        a_in = Inbox()
+        a = await manager(config, "A", a_in).start(dial=False)
+        with pytest.raises(LinkRefused) as info:
+            await connect(*a.address, LinkSettings.from_config(config, "C"), a_in.on_envelopes)
+        assert info.value.code == "unknown_node" and "not a neighbor" in info.value.reason
+        assert a_in.ups == []
+        await a.close()
+
+    run(body)
+
+
+def test_clean_shutdown_says_bye_and_leaves_no_tasks(run):
+    async def body():
+        config = herd("A", "B", "C")
+        inboxes = {n: Inbox() for n in "ABC"}
+        mgrs = {n: await manager(config, n, inboxes[n]).start() for n in "ABC"}
+        for n, m in mgrs.items():
+            for peer in m.neighbors:
+                await m.wait_up(peer, 5)
+        await mgrs["C"].close()
+        for n in "AB":
+            await inboxes[n].until(lambda n=n: inboxes[n].downs)
+            assert [(link.peer, reason) for link, reason in inboxes[n].downs] == [("C", "closed by the peer: shutdown")]
+        await mgrs["A"].close()
+        await mgrs["B"].close()
+        assert all(not m.up for m in mgrs.values())
+        # the harness asserts that no task is left
+
+    run(body)
+
+
+# --- two processes -------------------------------------------------------------------------------
+
+_PEER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from herdrt.links import LinkServer, LinkSettings
+    import uvloop
+
+    async def main():
+        done = asyncio.Event()
+        def on_envelopes(link, envs):
+            for env in envs:
+                if env[1] == "stop":
+                    done.set()
+                else:
+                    link.send([env[0], "echo", env[2]])
+        settings = LinkSettings("B", b"correct horse battery", frozenset({"A", "B"}), heartbeat_interval=0.05)
+        srv = await LinkServer(settings, on_envelopes).start("127.0.0.1", 0)
+        print(srv.address[1], flush=True)
+        await asyncio.wait_for(done.wait(), 20)
+        await srv.close()
+
+    (uvloop.run if sys.argv[1] == "uvloop" else asyncio.run)(main())
+    """
+)
+
+
+def test_link_between_two_processes(run):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(herdrt.__file__)), env.get("PYTHONPATH", "")])
+    child = subprocess.Popen([sys.executable, "-c", _PEER, run.flavour], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        port = int(child.stdout.readline())
+
+        async def body():
+            inbox = Inbox()
+            link = await connect("127.0.0.1", port, settings("A", known_nodes=frozenset({"A", "B"})), inbox.on_envelopes, peer="B")
+            for i in range(5000):
+                link.send([P.TELL, "ping", i])
+            await inbox.until(lambda: len(inbox.envs) == 5000)
+            assert [e[2] for e in inbox.envs] == list(range(5000))
+            link.send([P.TELL, "stop", None])
+            await link.wait_closed()  # the child says BYE when it shuts down
+            assert link.close_reason == "closed by the peer: shutdown"
+
+        run(body)
+        assert child.wait(10) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
