@@ -16,7 +16,24 @@ from .core import (
     jump_hash,
     md5_shard,
 )
-from .errors import EmptyRingError, FrameError, FrameTooLarge, HerdError
+from .errors import (
+    ActorError,
+    ActorNotFound,
+    ActorStopped,
+    AskDeadlock,
+    AskTimeout,
+    EmptyRingError,
+    FrameError,
+    FrameTooLarge,
+    HerdError,
+    MailboxFull,
+    NodeUnavailable,
+    RemoteError,
+)
+from .actor import Actor, Context, Supervision, Terminated, Timer
+from .mailbox import Overflow
+from .node import Node, run
+from .ref import ActorRef
 
 __version__ = "0.1.0"
 
@@ -35,4 +52,22 @@ __all__ = [
     "FrameError",
     "FrameTooLarge",
     "EmptyRingError",
+    # the actor runtime
+    "Actor",
+    "ActorRef",
+    "Context",
+    "Node",
+    "Overflow",
+    "Supervision",
+    "Terminated",
+    "Timer",
+    "run",
+    "ActorError",
+    "ActorNotFound",
+    "ActorStopped",
+    "AskDeadlock",
+    "AskTimeout",
+    "MailboxFull",
+    "NodeUnavailable",
+    "RemoteError",
 ]

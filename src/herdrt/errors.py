@@ -15,6 +15,7 @@ __all__ = [
     "ActorStopped",
     "MailboxFull",
     "AskTimeout",
+    "AskDeadlock",
     "RemoteError",
     "NodeUnavailable",
 ]
@@ -59,6 +60,11 @@ class ActorStopped(ActorError):
 
 class MailboxFull(ActorError):
     """The actor's bounded mailbox is full and its overflow policy is ``reject``."""
+
+
+class AskDeadlock(ActorError):
+    """An ask that could never be answered: an actor asking itself, or closing a cycle of actors
+    that wait on each other's replies. Raised at once instead of waiting for the timeout."""
 
 
 class AskTimeout(ActorError, TimeoutError):

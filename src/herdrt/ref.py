@@ -1,0 +1,71 @@
+"""Actor references: the only handle user code holds on an actor."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["ActorRef"]
+
+
+class ActorRef:
+    """A handle on one actor, ``name@node``; cheap to copy, hashable, compares by path.
+
+    * ``ref.tell(message)`` — fire and forget. Raises :class:`~herdrt.errors.MailboxFull` (a full
+      mailbox under the ``block`` or ``reject`` policy; the ``drop_*`` policies drop and count) or
+      :class:`~herdrt.errors.ActorStopped`.
+    * ``await ref.ask(message, timeout=None)`` — the reply (the handler's return value or
+      ``ctx.reply``). Raises :class:`~herdrt.errors.AskTimeout` after ``timeout`` seconds (the
+      node's ``ask_timeout`` by default), :class:`~herdrt.errors.RemoteError` if the handler
+      raised, :class:`~herdrt.errors.ActorStopped` if the actor stopped first. An actor asking
+      itself, or closing a cycle of waiting actors on its node, gets
+      :class:`~herdrt.errors.ActorError` at once instead of a deadlock.
+    * ``await ref.send(message)`` — like ``tell``, but waits while the mailbox is full.
+
+    A ref is resolved once, when it is made, to a *poster* ``post(message, corr=0)`` chosen by the
+    node: the actor's own mailbox for a local actor, a link for a remote one, so a remote ref
+    behaves exactly like a local one. ``tell`` *is* that poster and ``ask`` is bound to the node
+    (attributes, not methods: no extra call on the hot path). A ref names one incarnation: after
+    the actor stops, telling it raises ``ActorStopped`` even if a new actor took the name.
+    """
+
+    __slots__ = ("name", "node_name", "path", "tell", "ask", "_node", "_cell", "__weakref__")
+
+    tell: Callable[[Any], None]
+    ask: Callable[..., Awaitable[Any]]
+
+    def __init__(self, node: Node, name: str, node_name: str, post: Callable[..., None], cell=None):
+        self.name = name
+        self.node_name = node_name
+        self.path = f"{name}@{node_name}"
+        self._node = node
+        self._cell = cell
+        self.tell = post
+        self.ask = partial(node._ask, self)
+
+    async def send(self, message: Any) -> None:
+        """Like :meth:`tell`, but waits while the mailbox is full (``block`` policy)."""
+        cell = self._cell
+        if cell is None:
+            self.tell(message)
+        else:
+            await cell.send(message)
+
+    @property
+    def is_local(self) -> bool:
+        return self._cell is not None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorRef) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def __str__(self) -> str:
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"ActorRef({self.path!r})"
