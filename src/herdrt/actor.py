@@ -157,6 +157,16 @@ class Actor:
         """Called on the fresh instance after a restart; by default runs ``on_start``."""
         return self.on_start()
 
+    # -- keyed actors in a herd -----------------------------------------------------------------
+
+    def on_handoff(self) -> Any:
+        """A keyed actor whose key moves to another node (membership changed): return state to
+        carry over (msgpack-able), or None. Called just before this copy stops."""
+        return None
+
+    def on_takeover(self, state: Any) -> None:
+        """On the new owner, before the first message: the state ``on_handoff`` returned."""
+
     # -- context ---------------------------------------------------------------------------------
 
     @property

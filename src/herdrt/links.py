@@ -104,6 +104,8 @@ class LinkSettings:
     write_buffer_high: int = 1 << 20
     #: The version sent in HELLO (only tests change it).
     version: int = P.PROTOCOL_VERSION
+    #: Admit clients (names starting with ``~``) that prove the secret, besides known nodes.
+    accept_clients: bool = False
 
     @classmethod
     def from_config(cls, config: HerdConfig, name: str, **overrides) -> LinkSettings:
@@ -191,6 +193,7 @@ class Link(asyncio.Protocol):
         self.bytes_out = 0
         self.heartbeats_in = 0
         self.overflows = 0
+        self.lost_on_close = 0  # envelopes still queued when the connection went away
         self.pauses = 0
         self.errors: dict[str, int] = {}
 
@@ -284,6 +287,7 @@ class Link(asyncio.Protocol):
         if not self._closed_future.done():
             self._closed_future.set_result(self.close_reason)
         self._wake_drainers()
+        self.lost_on_close = len(self._queue)
         self._queue = []
         self._on_down(self, self.close_reason)
 
@@ -361,7 +365,7 @@ class Link(asyncio.Protocol):
         if name == s.name:
             self._refuse(P.E_UNKNOWN_NODE, f"node {s.name!r} cannot link to itself (self-connection)")
             return
-        if name not in s.known_nodes:
+        if name not in s.known_nodes and not (s.accept_clients and name.startswith(P.CLIENT_PREFIX)):
             known = ", ".join(sorted(s.known_nodes))
             self._refuse(P.E_UNKNOWN_NODE, f"{name!r} is not a node of this herd (nodes: {known})")
             return
@@ -942,6 +946,9 @@ class LinkManager:
         peer = link.peer
         if self._closing:
             return ("closed", f"{self.name} is shutting down")
+        if peer.startswith(P.CLIENT_PREFIX) and self.settings.accept_clients:
+            self._live.setdefault(peer, set()).add(link)
+            return None
         if peer not in self.neighbors:
             return (P.E_UNKNOWN_NODE, f"{peer!r} is not a neighbor of {self.name} (herd.links)")
         winner = min(self.name, peer)
@@ -979,6 +986,8 @@ class LinkManager:
         if self._up.get(peer) is link:
             del self._up[peer]
             self._on_link_down(link, reason)
+        if peer not in self.neighbors and not self._live[peer]:
+            del self._live[peer]  # a client that left
         self._notify(peer)
 
     def _notify(self, peer: str) -> None:

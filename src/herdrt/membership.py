@@ -161,6 +161,10 @@ class LinkState:
         """Nodes reachable from here, this node included."""
         return {self.me, *self._hops}
 
+    def reports(self) -> list[tuple[str, object, frozenset[str]]]:
+        """Every report held, as ``(origin, seq, live_neighbors)`` (to bring a new neighbor up to date)."""
+        return [(origin, seq, nbrs) for origin, (seq, nbrs) in self._reports.items()]
+
     def seq_of(self, origin: str) -> int | None:
         report = self._reports.get(origin)
         return None if report is None else report[0]

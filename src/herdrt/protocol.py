@@ -22,6 +22,7 @@ from .errors import HerdError
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "CLIENT_PREFIX",
     "AUTH_CONTEXT",
     "NONCE_SIZE",
     "MAC_SIZE",
@@ -35,6 +36,7 @@ __all__ = [
     "MEMBERSHIP",
     "FLOOD",
     "BYE",
+    "HANDOFF",
     "KIND_NAMES",
     "LINK_KINDS",
     "E_VERSION",
@@ -63,6 +65,10 @@ __all__ = [
     "parse_bye",
 ]
 
+#: Names starting with this are *clients* (e.g. the ``herdrt`` CLI): they authenticate with the herd
+#: secret like nodes, but are no members: they talk only to the node they dial.
+CLIENT_PREFIX = "~"
+
 #: The version every HELLO carries; a peer speaking another version is refused with ERROR "version".
 PROTOCOL_VERSION = 1
 
@@ -74,14 +80,15 @@ MAC_SIZE = 32
 # --- kinds ---------------------------------------------------------------------------------------
 HELLO = 0  #: ``[0, version:int, node_name:str, nonce:bin16]`` — first envelope on a link, both ways
 AUTH = 1  #: ``[1, mac:bin32]`` — proof of the shared secret over the peer's nonce
-TELL = 2  #: node layer (reserved here)
-ASK = 3  #: node layer (reserved here)
+TELL = 2  #: ``[2, dest_node, target, body]`` — target: actor name, or ``[kind, key]`` of a keyed actor
+ASK = 3  #: ``[3, dest_node, target, body, src_node, corr]``
 ERROR = 4  #: ``[4, corr_id|nil, code:str, message:str]``
 HEARTBEAT = 5  #: ``[5, seq:int, sent_time:float]`` or ``[5, seq, sent_time, echo_time:float, hold:float]``
-REPLY = 6  #: node layer (reserved here)
-MEMBERSHIP = 7  #: node layer (reserved here)
-FLOOD = 8  #: node layer (reserved here)
+REPLY = 6  #: ``[6, dest_node, corr, ok:bool, value]`` — value: the result, or ``[type_name, message]``
+MEMBERSHIP = 7  #: ``[7, origin, incarnation, seq, [live neighbors]]`` — flooded link state
+FLOOD = 8  #: ``[8, origin, incarnation, seq, topic, body]`` — a broadcast, flooded along links
 BYE = 9  #: ``[9, reason:str]`` — the sender is closing the link on purpose
+HANDOFF = 10  #: ``[10, dest_node, kind, key, state]`` — a keyed actor's state, to its new owner
 
 KIND_NAMES = {
     HELLO: "HELLO",
@@ -94,6 +101,7 @@ KIND_NAMES = {
     MEMBERSHIP: "MEMBERSHIP",
     FLOOD: "FLOOD",
     BYE: "BYE",
+    HANDOFF: "HANDOFF",
 }
 
 #: Kinds the link layer consumes itself (an ERROR with a correlation id goes up to the node layer).

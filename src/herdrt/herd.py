@@ -1,0 +1,614 @@
+"""A herd node: a :class:`~herdrt.node.Node` whose actors reach every other node of the herd.
+
+What it adds to a plain node:
+
+* **Links** to its neighbors (:class:`~herdrt.links.LinkManager`: authenticated TCP, framed,
+  coalesced writes), and remote refs (``node.lookup("name@Other")``) whose ``tell``/``ask`` become
+  TELL/ASK envelopes, answered by REPLY envelopes.
+* **Membership**: every node floods its live links (MEMBERSHIP, newest incarnation and sequence
+  wins); each node derives the live graph and routes a message for a non-neighbor through the next
+  hop on it. No route: :class:`~herdrt.errors.NodeUnavailable` at once, not a timeout.
+* **Failure detection**: a dropped TCP connection takes its link down at once; a peer that stays
+  connected but silent is caught by a phi-accrual detector over the link's arrivals. When a node
+  leaves the live set, asks waiting on it fail with ``NodeUnavailable`` and it leaves the ring.
+* **Broadcast**: ``broadcast(topic, message)`` floods along the links; each node delivers it once
+  to its ``subscribe``-rs (deduplicated by origin, incarnation and sequence) and passes it on.
+* **Keyed actors**: ``register_kind(kind, cls)`` then ``ref_for(kind, key)``: the MD5 ring over
+  the live nodes picks the owner, which activates the actor on its first message. When membership
+  changes, a node stops the keyed actors it no longer owns, after ``on_handoff()``, whose state
+  travels (HANDOFF) to the new owner and reaches the new copy's ``on_takeover(state)``.
+* **Clients** (the ``herdrt`` CLI): links from names starting with ``~`` that prove the herd
+  secret may send TELL/ASK; the node they dial performs them on their behalf.
+* An admin actor, ``$node``, answers ``"status"`` and ``"ping"`` asks.
+
+Delivery is at-most-once. Tells to a node that is unreachable raise ``NodeUnavailable`` and are
+counted in ``undeliverable``; envelopes still queued on a link that drops are counted in
+``lost_on_links``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from . import protocol as P
+from .actor import Actor
+from .config import HerdConfig
+from .core import HashRing
+from .errors import (
+    ActorNotFound,
+    ActorStopped,
+    AskDeadlock,
+    AskTimeout,
+    HerdError,
+    MailboxFull,
+    NodeUnavailable,
+)
+from .links import Link, LinkClosed, LinkManager, LinkSettings
+from .mailbox import check_msgpack
+from .membership import LinkState, PhiAccrualDetector
+from .node import Node
+from .ref import ActorRef
+
+__all__ = ["HerdNode", "ADMIN_ACTOR", "placement_key", "ring_shares"]
+
+log = logging.getLogger("herdrt.herd")
+
+#: The admin actor every herd node runs.
+ADMIN_ACTOR = "$node"
+
+# Errors that keep their type when they cross the herd (anything else arrives as RemoteError).
+_TYPED = {cls.__name__: cls for cls in (ActorNotFound, ActorStopped, MailboxFull, NodeUnavailable, AskTimeout, AskDeadlock)}
+_SEEN_FLOODS = 65536  # broadcast ids remembered for de-duplication
+_MISSING = object()
+
+
+def placement_key(kind: str, key: str) -> str:
+    """The ring key of keyed actor ``(kind, key)``: ``"<kind>:<key>"`` (PROTOCOL.md, Placement)."""
+    return f"{kind}:{key}"
+
+
+def _keyed_name(kind: str, key: str) -> str:
+    # A local actor name may not hold "@" (refs are "name@node"); escape it reversibly.
+    return placement_key(kind, key).replace("%", "%25").replace("@", "%40")
+
+
+def ring_shares(ring: HashRing) -> dict[str, float]:
+    """The fraction of the 32-bit hash space each node of ``ring`` owns."""
+    points = ring.points()
+    shares = {node: 0 for node in ring.nodes}
+    if not points:
+        return {}
+    prev = points[-1][0] - (1 << 32)
+    for point, node in points:
+        shares[node] += point - prev
+        prev = point
+    return {node: span / (1 << 32) for node, span in shares.items()}
+
+
+class _Admin(Actor):
+    """Answers the CLI: ``"status"`` (membership, links, ring shares, counters) and ``"ping"``."""
+
+    def receive(self, message, ctx):
+        op = message.get("op") if isinstance(message, dict) else message
+        if op == "status":
+            return self.node.herd_status()
+        if op == "ping":
+            return {"pong": self.node.name}
+        raise ValueError(f"unknown admin request {op!r}; ask 'status' or 'ping'")
+
+
+class HerdNode(Node):
+    """One node of a herd, configured by a :class:`~herdrt.config.HerdConfig`.
+
+    ``async with HerdNode(config, "Bona") as node:`` listens for links, dials its neighbors and
+    runs until the block ends. ``listen`` and ``addresses`` override where it listens and where it
+    dials its neighbors (tests use port 0). Other keyword arguments go to :class:`Node`.
+    """
+
+    def __init__(
+        self,
+        config: HerdConfig,
+        name: str,
+        *,
+        listen: tuple[str, int] | None = None,
+        addresses: dict[str, tuple[str, int]] | None = None,
+        **node_options: Any,
+    ):
+        config.node(name)  # a clear error for an unknown name
+        node_options.setdefault("mailbox_size", config.mailbox_size)
+        node_options.setdefault("overflow", config.mailbox_overflow)
+        super().__init__(name, **node_options)
+        self.config = config
+        self.incarnation = time.time_ns()
+        self.links: LinkManager | None = None
+        self.membership = LinkState(name)
+        self._listen = listen
+        self._addresses = addresses
+        self._live: set[str] = {name}
+        self._ring = HashRing([name])
+        self._kinds: dict[str, tuple[type[Actor], tuple, dict]] = {}
+        self._keyed: dict[str, tuple[str, str]] = {}  # local actor name -> (kind, key)
+        self._handoffs: dict[tuple[str, str], Any] = {}
+        self._remote_asks: dict[int, str] = {}  # corr -> node asked
+        self._subscribers: dict[str, list] = {}
+        self._flood_seq = 0
+        self._seen: OrderedDict[tuple, None] = OrderedDict()
+        self._detectors: dict[str, PhiAccrualDetector] = {}
+        self._fd_timer: asyncio.TimerHandle | None = None
+        self._started = False
+        self.counters = {
+            "tells_out": 0, "asks_out": 0, "tells_in": 0, "asks_in": 0, "replies_in": 0,
+            "forwarded": 0, "undeliverable": 0, "lost_on_links": 0, "unknown_actor": 0,
+            "bad_envelopes": 0, "broadcasts": 0, "floods_delivered": 0, "activations": 0,
+            "handoffs_out": 0, "handoffs_in": 0, "rebalances": 0, "suspected": 0,
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> HerdNode:
+        """Listen for links, dial the neighbors, start the admin actor and the failure detector."""
+        if self._started:
+            return self
+        loop = self._bind()
+        settings = LinkSettings.from_config(self.config, self.name, accept_clients=True)
+        self.links = LinkManager(
+            self.config, self.name, self._on_envelopes,
+            on_link_up=self._link_up, on_link_down=self._link_down,
+            settings=settings, listen=self._listen, addresses=self._addresses,
+        )
+        await self.links.start()
+        self._started = True
+        self.spawn(_Admin, name=ADMIN_ACTOR, mailbox_size=256)
+        self._report()
+        self._fd_timer = loop.call_later(self.config.heartbeat_interval / 2, self._check_failures)
+        host, port = self.links.address
+        log.info("node %s listening for herd links on %s:%d (neighbors: %s)",
+                 self.name, host, port, ", ".join(sorted(self.links.neighbors)) or "none")
+        return self
+
+    async def __aenter__(self) -> HerdNode:
+        return await self.start()
+
+    async def shutdown(self) -> None:
+        """Stop every actor, then close every link (with BYE)."""
+        if self._fd_timer is not None:
+            self._fd_timer.cancel()
+            self._fd_timer = None
+        await super().shutdown()
+        if self.links is not None:
+            await self.links.close("node shutdown")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where this node listens for herd links."""
+        return self.links.address
+
+    # -- routing -------------------------------------------------------------------------------
+
+    def _link_to(self, dest: str) -> Link:
+        """The link a message for ``dest`` leaves by: direct, else the next hop; NodeUnavailable."""
+        links = self.links
+        link = links.link(dest) if links is not None else None
+        if link is None:
+            hop = self.membership.next_hop(dest)
+            link = links.link(hop) if hop is not None and links is not None else None
+            if link is None:
+                self.counters["undeliverable"] += 1
+                if dest not in self.config.nodes:
+                    raise NodeUnavailable(f"{dest!r} is not a node of this herd (nodes: {', '.join(self.config.nodes)})")
+                raise NodeUnavailable(
+                    f"node {dest} is unreachable from {self.name} (live: {', '.join(sorted(self._live))})"
+                )
+        return link
+
+    def _send(self, dest: str, env: list) -> None:
+        link = self._link_to(dest)
+        try:
+            link.send(env)
+        except LinkClosed as exc:
+            self.counters["undeliverable"] += 1
+            raise NodeUnavailable(f"node {dest}: {exc}") from None
+
+    def _remote_poster(self, name: str, node_name: str):
+        """Posters for ``name@node_name``: TELL and ASK envelopes routed over the herd."""
+        send = self._send
+        me = self.name
+        remote_asks = self._remote_asks
+        counters = self.counters
+        strict = self.strict_messages
+
+        def post(message: Any, corr: int = 0) -> None:
+            if strict:
+                check_msgpack(message)
+            if corr:
+                remote_asks[corr] = node_name
+                try:
+                    send(node_name, [P.ASK, node_name, name, message, me, corr])
+                except BaseException:
+                    del remote_asks[corr]
+                    raise
+                counters["asks_out"] += 1
+            else:
+                send(node_name, [P.TELL, node_name, name, message])
+                counters["tells_out"] += 1
+
+        return post
+
+    def resolve(self, corr: int, ok: bool, value: Any) -> None:
+        """Complete a remote ask; herdrt's own errors keep their type across the herd."""
+        self._remote_asks.pop(corr, None)
+        if not ok:
+            try:
+                type_name, message = value
+            except (TypeError, ValueError):
+                type_name, message = "RemoteError", repr(value)
+            cls = _TYPED.get(type_name)
+            if cls is not None:
+                self._fail(corr, cls(str(message)))
+                return
+            value = (type_name, message)
+        super().resolve(corr, ok, value)
+
+    def _reply_to(self, src: str, corr: int) -> Callable[[bool, Any], None]:
+        def reply(ok: bool, value: Any) -> None:
+            if src == self.name:
+                self.resolve(corr, ok, value)
+                return
+            try:
+                self._send(src, [P.REPLY, src, corr, ok, value])
+            except NodeUnavailable:
+                log.debug("%s: reply to %s (ask %d) lost: node unreachable", self.name, src, corr)
+
+        return reply
+
+    # -- inbound ---------------------------------------------------------------------------------
+
+    def _on_envelopes(self, link: Link, envs: list) -> None:
+        me = self.name
+        client = link.peer.startswith(P.CLIENT_PREFIX)
+        for env in envs:
+            try:
+                kind = env[0]
+                if client:
+                    self._from_client(link, env)
+                elif kind == P.TELL or kind == P.ASK or kind == P.REPLY or kind == P.HANDOFF:
+                    if env[1] == me:
+                        self._arrived(kind, env)
+                    else:
+                        self.counters["forwarded"] += 1
+                        self._forward(env)
+                elif kind == P.MEMBERSHIP:
+                    self._on_membership(link, env)
+                elif kind == P.FLOOD:
+                    self._on_flood(link, env)
+                elif kind == P.ERROR:
+                    _, code, message = P.parse_error(env)
+                    self.resolve(env[1], False, ("NodeUnavailable" if code == P.E_OVERFLOW else "RemoteError", message))
+                else:
+                    raise ValueError(f"unexpected envelope kind {kind!r}")
+            except (IndexError, TypeError, ValueError, KeyError, P.ProtocolError) as exc:
+                self.counters["bad_envelopes"] += 1
+                log.warning("%s: bad envelope from %s dropped (%s): %.200r", me, link.peer, exc, env)
+
+    def _forward(self, env: list) -> None:
+        try:
+            self._send(env[1], env)
+        except NodeUnavailable as exc:
+            if env[0] == P.ASK:  # tell the asker now rather than let it time out
+                self._reply_to(env[4], env[5])(False, ("NodeUnavailable", str(exc)))
+
+    def _arrived(self, kind: int, env: list) -> None:
+        if kind == P.TELL:
+            self.counters["tells_in"] += 1
+            try:
+                self._deliver_to(env[2], env[3], None)
+            except HerdError as exc:
+                self.counters["unknown_actor" if isinstance(exc, ActorNotFound) else "undeliverable"] += 1
+                log.info("%s: tell to %r dropped: %s", self.name, env[2], exc)
+        elif kind == P.ASK:
+            self.counters["asks_in"] += 1
+            reply = self._reply_to(env[4], env[5])
+            try:
+                self._deliver_to(env[2], env[3], reply)
+            except HerdError as exc:
+                if isinstance(exc, ActorNotFound):
+                    self.counters["unknown_actor"] += 1
+                reply(False, (type(exc).__name__, str(exc)))
+        elif kind == P.REPLY:
+            self.counters["replies_in"] += 1
+            self.resolve(env[2], bool(env[3]), env[4])
+        else:  # HANDOFF
+            _, _, kind_name, key, state = env
+            self.counters["handoffs_in"] += 1
+            self._handoffs[(kind_name, key)] = state
+
+    def _deliver_to(self, target, message: Any, reply) -> None:
+        if target.__class__ is str:
+            self.deliver(target, message, reply)
+            return
+        kind, key = target
+        self.deliver(self._activate(kind, key).ref.name, message, reply)
+
+    def _from_client(self, link: Link, env: list) -> None:
+        """A client's TELL/ASK: performed by this node on the client's behalf."""
+        kind = env[0]
+        if kind not in (P.TELL, P.ASK):
+            raise ValueError(f"clients may send TELL and ASK only, not {P.kind_name(kind)}")
+        dest, target, body = env[1], env[2], env[3]
+        ref = self.ref_for(*target) if target.__class__ is list else self.lookup(f"{target}@{dest}")
+        if kind == P.TELL:
+            try:
+                ref.tell(body)
+            except HerdError as exc:
+                log.info("%s: client %s tell to %s failed: %s", self.name, link.peer, ref, exc)
+            return
+        corr = env[5]
+
+        def answer(fut: asyncio.Future) -> None:
+            if fut.cancelled():
+                outcome = [False, ["ActorStopped", "the ask was cancelled"]]
+            elif fut.exception() is not None:
+                exc = fut.exception()
+                name = getattr(exc, "type_name", type(exc).__name__)
+                outcome = [False, [name, getattr(exc, "message", str(exc))]]
+            else:
+                outcome = [True, fut.result()]
+            if link.is_up:
+                link.send([P.REPLY, link.peer, corr, *outcome])
+
+        try:
+            fut = asyncio.ensure_future(ref.ask(body))
+        except HerdError as exc:
+            link.send([P.REPLY, link.peer, corr, False, [type(exc).__name__, str(exc)]])
+            return
+        fut.add_done_callback(answer)
+
+    # -- links and membership ----------------------------------------------------------------------
+
+    def _link_up(self, link: Link) -> None:
+        peer = link.peer
+        if peer.startswith(P.CLIENT_PREFIX):
+            log.info("%s: client %s connected", self.name, peer)
+            return
+        det = self._detectors[peer] = PhiAccrualDetector(self.config.heartbeat_interval, self.config.failure_threshold)
+        det.heartbeat(link.last_heard)
+        log.info("%s: link to %s up", self.name, peer)
+        # Bring the new neighbor up to date with everything we know, then tell all about the link.
+        for origin, seq, nbrs in self.membership.reports():
+            if origin != self.name:
+                link.send([P.MEMBERSHIP, origin, seq[0], seq[1], sorted(nbrs)])
+        self._report()
+
+    def _link_down(self, link: Link, reason: str) -> None:
+        peer = link.peer
+        self.counters["lost_on_links"] += getattr(link, "lost_on_close", 0)
+        if peer.startswith(P.CLIENT_PREFIX):
+            return
+        self._detectors.pop(peer, None)
+        log.warning("%s: link to %s down: %s", self.name, peer, reason)
+        if not self._closing:
+            self._report()
+
+    def _neighbor_links(self):
+        return [(peer, link) for peer, link in self.links.up.items() if not peer.startswith(P.CLIENT_PREFIX)]
+
+    def _report(self) -> None:
+        """Flood this node's live links (after any link change)."""
+        live = [peer for peer, _ in self._neighbor_links()]
+        seq, nbrs = self.membership.local_report(live)
+        env = [P.MEMBERSHIP, self.name, self.incarnation, seq, sorted(nbrs)]
+        for _, link in self._neighbor_links():
+            link.send(env)
+        self._membership_changed()
+
+    def _on_membership(self, link: Link, env: list) -> None:
+        _, origin, incarnation, seq, nbrs = env
+        if self.membership.apply(origin, (incarnation, seq), nbrs):
+            for peer, other in self._neighbor_links():
+                if peer != link.peer and peer != origin:
+                    other.send(env)
+            self._membership_changed()
+
+    def _membership_changed(self) -> None:
+        live = self.membership.live()
+        if live == self._live:
+            return
+        gone, came = self._live - live, live - self._live
+        self._live = live
+        for node in sorted(came):
+            log.info("%s: node %s up", self.name, node)
+        for node in sorted(gone):
+            log.warning("%s: node %s down (no live route)", self.name, node)
+        if gone:
+            for corr, dest in list(self._remote_asks.items()):
+                if dest in gone:
+                    del self._remote_asks[corr]
+                    self._fail(corr, NodeUnavailable(f"node {dest} went down before it replied"))
+        self._ring = HashRing(sorted(live), vnodes=self._ring.vnodes)
+        self._rebalance()
+
+    def _check_failures(self) -> None:
+        self._fd_timer = self._loop.call_later(self.config.heartbeat_interval / 2, self._check_failures)
+        now = self._loop.time()
+        for peer, link in self._neighbor_links():
+            det = self._detectors.get(peer)
+            if det is None:
+                continue
+            if det.last_heard is None or link.last_heard > det.last_heard:
+                det.heartbeat(link.last_heard)
+            if not det.is_available(now):
+                self.counters["suspected"] += 1
+                silent = now - det.last_heard
+                log.warning("%s: %s silent for %.2fs (phi %.1f): dropping the link", self.name, peer, silent, det.phi(now))
+                link.abort(f"failure detector: silent for {silent:.2f}s")
+
+    # -- broadcast -------------------------------------------------------------------------------
+
+    def subscribe(self, topic: str, target: ActorRef | Callable[[Any], Any]) -> None:
+        """Deliver every broadcast on ``topic`` (from any node, this one included) to ``target``:
+        an actor ref (told the message) or a plain callable."""
+        self._subscribers.setdefault(topic, []).append(target)
+
+    def unsubscribe(self, topic: str, target) -> None:
+        subs = self._subscribers.get(topic, [])
+        if target in subs:
+            subs.remove(target)
+
+    def broadcast(self, topic: str, message: Any) -> None:
+        """Flood ``message`` to every reachable node's subscribers of ``topic``, once each."""
+        if self.strict_messages:
+            check_msgpack(message)
+        self._flood_seq += 1
+        env = [P.FLOOD, self.name, self.incarnation, self._flood_seq, topic, message]
+        self._seen_before((self.name, self.incarnation, self._flood_seq))
+        self.counters["broadcasts"] += 1
+        for _, link in self._neighbor_links():
+            link.send(env)
+        self._deliver_flood(topic, message)
+
+    def _seen_before(self, key: tuple) -> bool:
+        seen = self._seen
+        if key in seen:
+            return True
+        seen[key] = None
+        if len(seen) > _SEEN_FLOODS:
+            seen.popitem(last=False)
+        return False
+
+    def _on_flood(self, link: Link, env: list) -> None:
+        _, origin, incarnation, seq, topic, message = env
+        if self._seen_before((origin, incarnation, seq)):
+            return
+        for peer, other in self._neighbor_links():
+            if peer != link.peer and peer != origin:
+                other.send(env)
+        self._deliver_flood(topic, message)
+
+    def _deliver_flood(self, topic: str, message: Any) -> None:
+        for target in list(self._subscribers.get(topic, ())):
+            try:
+                if isinstance(target, ActorRef):
+                    target.tell(message)
+                else:
+                    target(message)
+                self.counters["floods_delivered"] += 1
+            except Exception:
+                log.exception("%s: subscriber %r of %r failed", self.name, target, topic)
+
+    # -- keyed actors ----------------------------------------------------------------------------
+
+    def register_kind(self, kind: str, actor_cls: type[Actor], *args: Any, **spawn_options: Any) -> None:
+        """Make ``kind`` activatable here: ``actor_cls(*args)`` on the first message for a key this
+        node owns. Register the same kinds on every node."""
+        if not (isinstance(actor_cls, type) and issubclass(actor_cls, Actor)):
+            raise TypeError(f"register_kind needs an Actor subclass, not {actor_cls!r}")
+        self._kinds[kind] = (actor_cls, args, spawn_options)
+
+    def owner(self, kind: str, key: str) -> str:
+        """The live node that owns keyed actor ``(kind, key)`` now."""
+        return self._ring.lookup(placement_key(kind, str(key)))
+
+    def ref_for(self, kind: str, key: str) -> ActorRef:
+        """A ref to keyed actor ``(kind, key)``, wherever the ring places it at each message."""
+        if kind not in self._kinds:
+            raise ActorNotFound(f"no actor kind {kind!r} is registered on {self.name}; call register_kind first")
+        key = str(key)
+        ring_key = placement_key(kind, key)
+        target = [kind, key]
+        send = self._send
+        remote_asks = self._remote_asks
+        me = self.name
+
+        def post(message: Any, corr: int = 0) -> None:
+            owner = self._ring.lookup(ring_key)
+            if owner == me:
+                poster = self._activate(kind, key).ref.tell
+                poster(message, corr) if corr else poster(message)
+            elif corr:
+                remote_asks[corr] = owner
+                try:
+                    send(owner, [P.ASK, owner, target, message, me, corr])
+                except BaseException:
+                    del remote_asks[corr]
+                    raise
+            else:
+                send(owner, [P.TELL, owner, target, message])
+
+        return ActorRef(self, ring_key, "*", post)
+
+    def _activate(self, kind: str, key: str):
+        name = _keyed_name(kind, key)
+        cell = self._cells.get(name)
+        if cell is None:
+            try:
+                cls, args, options = self._kinds[kind]
+            except KeyError:
+                raise ActorNotFound(f"no actor kind {kind!r} is registered on {self.name}") from None
+            self.spawn(cls, *args, name=name, **options)
+            cell = self._cells[name]
+            self._keyed[name] = (kind, key)
+            self.counters["activations"] += 1
+            state = self._handoffs.pop((kind, key), _MISSING)
+            if state is not _MISSING:
+                cell.actor.on_takeover(state)
+        return cell
+
+    def _rebalance(self) -> None:
+        """Stop the keyed actors this node no longer owns, handing their state to the new owner."""
+        moved = 0
+        for name, (kind, key) in list(self._keyed.items()):
+            owner = self._ring.lookup(placement_key(kind, key))
+            if owner == self.name:
+                continue
+            del self._keyed[name]
+            cell = self._cells.get(name)
+            if cell is None:
+                continue
+            moved += 1
+            try:
+                state = cell.actor.on_handoff() if cell.actor is not None else None
+            except Exception:
+                log.exception("%s: on_handoff of %s failed; its state is not handed over", self.name, name)
+                state = None
+            if state is not None:
+                try:
+                    self._send(owner, [P.HANDOFF, owner, kind, key, state])
+                    self.counters["handoffs_out"] += 1
+                except NodeUnavailable as exc:
+                    log.warning("%s: hand-off of %s to %s lost: %s", self.name, name, owner, exc)
+            self._track(asyncio.ensure_future(self.stop(cell.ref)))
+        if moved:
+            self.counters["rebalances"] += 1
+            log.info("%s: rebalance: %d keyed actors moved to their new owners", self.name, moved)
+        if self._remote_asks and len(self._remote_asks) > 2 * len(self._pending) + 1024:
+            # asks that timed out leave their route behind; sweep now and then
+            for corr in [c for c in self._remote_asks if c not in self._pending]:
+                del self._remote_asks[corr]
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def herd_status(self) -> dict:
+        """This node's view of the herd (msgpack-ready): membership, links, ring shares, stats."""
+        links = self.links.stats()["links"] if self.links is not None else {}
+        return {
+            "node": self.name,
+            "incarnation": self.incarnation,
+            "address": list(self.address) if self.links is not None else None,
+            "live": sorted(self._live),
+            "nodes": list(self.config.nodes),
+            "links": {
+                peer: {k: v for k, v in s.items() if k in ("frames_in", "frames_out", "bytes_in", "bytes_out",
+                                                         "queued", "overflows", "rtt", "errors")}
+                for peer, s in links.items()
+            },
+            "ring_share": ring_shares(self._ring),
+            "actors": len(self._cells),
+            "keyed_actors": len(self._keyed),
+            "counters": dict(self.counters),
+            "stats": self.stats()["total"],
+        }
