@@ -29,3 +29,29 @@ def core():
     from herdrt import core
 
     return core
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def run(request):
+    """Run an async test body on a fresh loop of each flavour (uvloop and stdlib asyncio), under a
+    timeout; fail if it leaves tasks behind. ``run(main, timeout=...)`` returns main's result."""
+    import asyncio
+
+    import uvloop
+
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+
+    def runner(main, timeout: float = 30.0):
+        async def checked():
+            async with asyncio.timeout(timeout):
+                result = await main()
+            await asyncio.sleep(0)
+            leaked = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            assert not leaked, f"leaked tasks: {leaked}"
+            return result
+
+        with asyncio.Runner(loop_factory=factory) as r:
+            return r.run(checked())
+
+    runner.flavour = request.param
+    return runner

@@ -31,25 +31,6 @@ from herdrt import (
 )
 
 
-@pytest.fixture(params=["uvloop", "asyncio"])
-def run(request):
-    """Run ``main()`` on a fresh loop of the kind under test; fail if it leaves tasks behind."""
-    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
-
-    def runner(main):
-        async def checked():
-            result = await main()
-            await asyncio.sleep(0)
-            leaked = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            assert not leaked, f"leaked tasks: {leaked}"
-            return result
-
-        with asyncio.Runner(loop_factory=factory) as r:
-            return r.run(checked())
-
-    return runner
-
-
 def strict_node(name="t", **kw) -> Node:
     return Node(name, strict_messages=True, **kw)
 

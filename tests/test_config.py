@@ -57,9 +57,12 @@ def test_secret_from_file_and_environment(tmp_path, monkeypatch):
     assert cfg.secret == b"from-the-env-456"
 
 
-def test_bundled_herd(monkeypatch):
-    monkeypatch.setenv("HERDRT_SECRET", "bundled-test-secret")
+def test_bundled_herd(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".herdrt").mkdir()
+    (tmp_path / ".herdrt" / "bundled-secret").write_text("bundled-test-secret\n")
     cfg = loads_config(bundled_config_text(), "bundled")
+    assert cfg.secret == b"bundled-test-secret"
     assert list(cfg.nodes) == ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"]
     assert [cfg.node(n).app_port for n in cfg.nodes] == [12000, 12001, 12002, 12003, 12004]
     assert cfg.neighbors("Campbell") == ["Bailey", "Bona", "Jaquez"]

@@ -35,26 +35,6 @@ NODES = ("A", "B", "C")
 # --- harness -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request):
-    """Run an async test body on a fresh loop of the given flavour; fail if it leaves tasks behind."""
-    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
-
-    def runner(body, timeout: float = 10.0):
-        async def wrapped():
-            async with asyncio.timeout(timeout):
-                await body()
-            await asyncio.sleep(0)
-            left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            assert not left, f"tasks left behind: {left}"
-
-        with asyncio.Runner(loop_factory=factory) as r:
-            r.run(wrapped())
-
-    runner.flavour = request.param
-    return runner
-
-
 def settings(name: str, **kw) -> LinkSettings:
     kw.setdefault("secret", SECRET)
     kw.setdefault("known_nodes", frozenset(NODES))

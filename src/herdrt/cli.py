@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
+import logging
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -95,6 +99,209 @@ def ring(words_file: Path | None, servers: int, vnodes: int):
     click.echo(f"\nwords that move when {new_name} joins (ideal: 1/{grown} = {1 / grown:.1%}):")
     for label, moved in (("md5 % n", moved_mod), ("ring", moved_ring), ("jump hash", moved_jump)):
         click.echo(f"  {label:<10}{moved:>10,} {moved / total:>8.1%}")
+
+
+# --- herdrt serve / status / tell / ask ------------------------------------------------------------
+
+_config_option = click.option(
+    "-c", "--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+    help="Herd file (TOML). Default: the bundled five-node herd (see `herdrt serve --print-config`).",
+)
+
+
+def _config(config_path, *, create_secret=False):
+    from .config import ConfigError
+    from .serve import load_herd_config
+
+    try:
+        return load_herd_config(config_path, create_secret=create_secret)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@main.command()
+@_config_option
+@click.option("-n", "--node", "node_name", help="Run only this node of the herd, in this process.")
+@click.option("--app", "apps", multiple=True, metavar="MODULE:FUNCTION",
+              help="Call FUNCTION(node) on every node at start-up (spawn actors, register kinds). Repeatable.")
+@click.option("--print-config", is_flag=True, help="Print the bundled herd file and exit.")
+@click.option("--asyncio", "use_asyncio", is_flag=True, help="Run on stdlib asyncio instead of uvloop.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+def serve(config_path, node_name, apps, print_config, use_asyncio, log_level):
+    """Run a herd.
+
+    With no options: the bundled herd, five nodes on 127.0.0.1, each its own OS process,
+    restarted if it dies; Ctrl-C stops them all. `--config herd.toml` runs every node of that
+    file the same way; add `--node NAME` to run just that node in this process (one per host in
+    a real deployment).
+    """
+    from .config import bundled_config_text
+    from .serve import load_app, run_herd, run_node
+
+    if print_config:
+        click.echo(bundled_config_text(), nl=False)
+        return
+    _setup_logging(log_level)
+    config = _config(config_path, create_secret=True)
+    if node_name is None:
+        run_herd(config, config_path, list(apps), echo=click.echo)
+        return
+    if node_name not in config.nodes:
+        raise click.BadParameter(f"{node_name!r} is not a node of {config.source} (nodes: {', '.join(config.nodes)})",
+                                 param_hint="--node")
+    try:
+        hooks = [load_app(spec) for spec in apps]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--app") from None
+    try:
+        run_node(config, node_name, hooks, use_uvloop=not use_asyncio)
+    except OSError as exc:
+        raise click.ClickException(f"node {node_name} cannot start: {exc} (is another herd already running?)") from None
+
+
+async def _query_all(config, timeout):
+    from .client import HerdClient
+    from .herd import ADMIN_ACTOR
+
+    async def one(name):
+        try:
+            async with asyncio.timeout(timeout):
+                client = await HerdClient(config, name).connect(timeout)
+                try:
+                    return name, await client.ask(ADMIN_ACTOR, "status", timeout=timeout)
+                finally:
+                    await client.close()
+        except Exception as exc:  # down, refused, wrong secret: report it, keep going
+            return name, exc
+
+    return dict(await asyncio.gather(*(one(name) for name in config.nodes)))
+
+
+def _ms(stats) -> str:
+    return "-" if not stats or not stats.get("count") else f"{stats['mean'] * 1e3:.3f} ms"
+
+
+@main.command()
+@_config_option
+@click.option("--timeout", default=2.0, show_default=True, help="Seconds to wait for each node.")
+@click.option("--json", "as_json", is_flag=True, help="Print every node's raw status as JSON.")
+def status(config_path, timeout, as_json):
+    """Show the herd: which nodes are up, their links, ring shares, actors and message statistics
+    (merged herd-wide)."""
+    from .core import OnlineStats
+
+    config = _config(config_path)
+    answers = asyncio.run(_query_all(config, timeout))
+    if as_json:
+        click.echo(json.dumps({n: (a if isinstance(a, dict) else {"error": str(a)}) for n, a in answers.items()},
+                              indent=2, default=str))
+        return
+    up = {n: a for n, a in answers.items() if isinstance(a, dict)}
+    click.echo(f"herd of {len(config.nodes)} nodes from {config.source}: {len(up)} answering\n")
+    shares = next(iter(up.values()))["ring_share"] if up else {}
+    click.echo(f"{'node':<12}{'state':<8}{'links':<32}{'sees':<7}{'actors':>7}{'ring':>8}{'messages':>10}{'handler':>12}")
+    handler, wait = OnlineStats(), OnlineStats()
+    messages = 0
+    for name in config.nodes:
+        a = answers[name]
+        if not isinstance(a, dict):
+            click.echo(f"{name:<12}{'DOWN':<8}{type(a).__name__}: {a}")
+            continue
+        total = a["stats"]
+        messages += total["messages"]
+        handler.merge(OnlineStats.from_dict(total["handler_time"]))
+        wait.merge(OnlineStats.from_dict(total["mailbox_wait"]))
+        links = ", ".join(sorted(a["links"])) or "-"
+        click.echo(f"{name:<12}{'up':<8}{links:<32}{str(len(a['live'])) + '/' + str(len(a['nodes'])):<7}{a['actors']:>7}"
+                   f"{shares.get(name, 0):>8.1%}{total['messages']:>10,}{_ms(total['handler_time']):>12}")
+    click.echo(f"\nherd-wide: {messages:,} messages; handler time mean {_ms(handler.to_dict())}, "
+               f"max {handler.max * 1e3 if handler.count else 0:.3f} ms; mailbox wait mean {_ms(wait.to_dict())}")
+    if len(up) < len(config.nodes):
+        sys.exit(1)
+
+
+def _message(text):
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc}); quote it for the shell, e.g. '{{\"n\": 1}}' or '\"text\"'",
+                                 param_hint="MESSAGE") from None
+
+
+async def _client_call(config, node, fn, timeout):
+    from .client import HerdClient
+
+    client = await HerdClient(config, node).connect(timeout)
+    try:
+        return await fn(client)
+    finally:
+        await client.close()
+
+
+def _send(config_path, node, target, message, kind, timeout, asking):
+    from .errors import HerdError
+
+    config = _config(config_path)
+    if node not in config.nodes:
+        raise click.BadParameter(f"{node!r} is not a node of {config.source} (nodes: {', '.join(config.nodes)})",
+                                 param_hint="NODE")
+    payload = _message(message)
+
+    async def call(client):
+        if asking:
+            return await client.ask(target, payload, timeout=timeout, kind=kind)
+        client.tell(target, payload, kind=kind)
+        await asyncio.sleep(0)  # let the link flush before closing
+        return None
+
+    try:
+        reply = asyncio.run(_client_call(config, node, call, timeout))
+    except (HerdError, OSError, asyncio.TimeoutError) as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    if asking:
+        click.echo(json.dumps(reply, default=lambda b: b.hex() if isinstance(b, bytes) else str(b)))
+
+
+_target_args = [
+    click.argument("node"),
+    click.argument("target"),
+    click.argument("message", required=False),
+    click.option("--kind", help="TARGET is the key of a keyed actor of this kind (placed by the ring)."),
+    click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait."),
+    _config_option,
+]
+
+
+def _with_target_args(fn):
+    for decorator in reversed(_target_args):
+        fn = decorator(fn)
+    return fn
+
+
+@main.command()
+@_with_target_args
+def tell(node, target, message, kind, timeout, config_path):
+    """Send MESSAGE (JSON; default null) to TARGET (NAME or NAME@NODE) through NODE; no reply."""
+    _send(config_path, node, target, message, kind, timeout, asking=False)
+
+
+@main.command()
+@_with_target_args
+def ask(node, target, message, kind, timeout, config_path):
+    """Ask TARGET (NAME or NAME@NODE) through NODE with MESSAGE (JSON; default null); print the reply
+    as JSON. `herdrt ask Bona '$node' '"status"'` shows one node's view of the herd."""
+    _send(config_path, node, target, message, kind, timeout, asking=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -166,9 +166,6 @@ class HerdNode(Node):
         self.spawn(_Admin, name=ADMIN_ACTOR, mailbox_size=256)
         self._report()
         self._fd_timer = loop.call_later(self.config.heartbeat_interval / 2, self._check_failures)
-        host, port = self.links.address
-        log.info("node %s listening for herd links on %s:%d (neighbors: %s)",
-                 self.name, host, port, ", ".join(sorted(self.links.neighbors)) or "none")
         return self
 
     async def __aenter__(self) -> HerdNode:
@@ -604,8 +601,9 @@ class HerdNode(Node):
             "links": {
                 peer: {k: v for k, v in s.items() if k in ("frames_in", "frames_out", "bytes_in", "bytes_out",
                                                          "queued", "overflows", "rtt", "errors")}
-                for peer, s in links.items()
+                for peer, s in links.items() if not peer.startswith(P.CLIENT_PREFIX)
             },
+            "clients": sum(peer.startswith(P.CLIENT_PREFIX) for peer in links),
             "ring_share": ring_shares(self._ring),
             "actors": len(self._cells),
             "keyed_actors": len(self._keyed),

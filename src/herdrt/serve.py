@@ -1,0 +1,146 @@
+"""Running herds: one node in this process, or every node of a herd file as supervised processes."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import ConfigError, HerdConfig, bundled_config_text, load_config, loads_config
+from .herd import HerdNode
+from .supervisor import ProcessSupervisor
+
+__all__ = ["load_herd_config", "load_app", "run_node", "run_herd", "BUNDLED_SECRET"]
+
+log = logging.getLogger("herdrt.serve")
+
+#: Where the bundled herd keeps its shared secret (made by ``herdrt serve`` on first use).
+BUNDLED_SECRET = Path("~/.herdrt/bundled-secret")
+BUNDLED_SOURCE = "the bundled herd (herdrt serve --print-config)"
+
+
+def ensure_bundled_secret() -> Path:
+    """Create the bundled herd's secret file (random, mode 0600) if it does not exist yet."""
+    path = BUNDLED_SECRET.expanduser()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def load_herd_config(path: str | os.PathLike | None, *, create_secret: bool = False) -> HerdConfig:
+    """The herd file at ``path``, or the bundled five-node herd when ``path`` is None."""
+    if path is not None:
+        return load_config(path)
+    if create_secret:
+        ensure_bundled_secret()
+    try:
+        return loads_config(bundled_config_text(), BUNDLED_SOURCE)
+    except ConfigError as exc:
+        if "secret_file" in str(exc):
+            raise ConfigError(f"{exc}\n  (the bundled herd's secret is made by `herdrt serve`; start it first)") from None
+        raise
+
+
+def load_app(spec: str) -> Callable[[HerdNode], Any]:
+    """Import an application hook ``"package.module:function"``; it is called with each node."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"bad app {spec!r}: use MODULE:FUNCTION, e.g. myapp.actors:setup")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import app module {module_name!r}: {exc}") from None
+    try:
+        hook = getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"app module {module_name!r} has no {attr!r}") from None
+    if not callable(hook):
+        raise ValueError(f"app {spec!r} is not callable")
+    return hook
+
+
+def _stop_on_signals(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def serve_node(config: HerdConfig, name: str, apps: list[Callable] = (), *, ready: Callable[[HerdNode], None] | None = None) -> None:
+    """Run node ``name`` of ``config`` until SIGINT or SIGTERM, then shut it down cleanly."""
+    loop = asyncio.get_running_loop()
+    stop = _stop_on_signals(loop)
+    node = HerdNode(config, name)
+    await node.start()
+    try:
+        for hook in apps:
+            result = hook(node)
+            if inspect.isawaitable(result):
+                await result
+        if ready is not None:
+            ready(node)
+        await stop.wait()
+        log.info("node %s stopping", name)
+    finally:
+        await node.shutdown()
+
+
+def run_node(config: HerdConfig, name: str, apps: list[Callable] = (), *, use_uvloop: bool = True) -> None:
+    """Blocking: run one node in this process (``herdrt serve --node NAME``)."""
+    from .node import run
+
+    def ready(node: HerdNode) -> None:
+        host, port = node.address
+        nbrs = ", ".join(sorted(node.links.neighbors)) or "none"
+        print(f"node {name} up: herd links on {host}:{port}, neighbors {nbrs} (pid {os.getpid()})", flush=True)
+
+    run(serve_node(config, name, apps, ready=ready), use_uvloop=use_uvloop)
+
+
+def node_command(name: str, config_path: str | None, apps: list[str]) -> list[str]:
+    """The command line that runs one node of the herd as its own process."""
+    argv = [sys.executable, "-m", "herdrt.cli", "serve", "--node", name]
+    if config_path is not None:
+        argv += ["--config", str(Path(config_path).resolve())]
+    for app in apps:
+        argv += ["--app", app]
+    return argv
+
+
+async def _supervise(children: dict[str, list[str]]) -> None:
+    loop = asyncio.get_running_loop()
+    stop = _stop_on_signals(loop)
+    supervisor = ProcessSupervisor(children)
+    await supervisor.start()
+    try:
+        await stop.wait()
+    finally:
+        print("stopping the herd ...", file=sys.stderr, flush=True)
+        await supervisor.stop()
+        print("herd stopped", file=sys.stderr, flush=True)
+
+
+def run_herd(config: HerdConfig, config_path: str | None, apps: list[str], *, echo: Callable[[str], None] = print) -> None:
+    """Blocking: every node of ``config`` as its own supervised process (restarted if it dies)."""
+    children = {name: node_command(name, config_path, apps) for name in config.nodes}
+    echo(f"starting {len(children)} nodes from {config.source}; Ctrl-C stops them all\n")
+    echo(f"{'node':<12}{'herd links':<22}{'app port':<10}{'bridge':<8}neighbors")
+    for name, node in config.nodes.items():
+        echo(f"{name:<12}{node.host + ':' + str(node.port):<22}{node.app_port or '-':<10}{node.bridge_port or '-':<8}"
+             f"{', '.join(config.neighbors(name))}")
+    cfg = f" --config {config_path}" if config_path else ""
+    first = next(iter(config.nodes))
+    echo(f"\ntalk to it from another terminal:\n"
+         f"  herdrt status{cfg}\n"
+         f"  herdrt ask{cfg} {first} '$node' '\"ping\"'\n")
+    asyncio.run(_supervise(children))

@@ -1,0 +1,285 @@
+"""Herd nodes in one process, over real TCP links on 127.0.0.1 (uvloop and stdlib asyncio).
+
+The same behaviour across real OS processes (SIGKILL, restart, the CLI) is in test_herd_processes.py.
+"""
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from herdrt import Actor
+from herdrt.client import HerdClient
+from herdrt.config import loads_config
+from herdrt.errors import ActorNotFound, ActorStopped, AskTimeout, NodeUnavailable, RemoteError
+from herdrt.herd import ADMIN_ACTOR, HerdNode, ring_shares
+from herdrt.links import LinkRefused
+
+SECRET = "herd-test-secret-0123"
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def herd_config(names, links=None, secret=SECRET, heartbeat=0.1):
+    ports = free_ports(len(names))
+    text = f'[herd]\nsecret = "{secret}"\nheartbeat_interval = {heartbeat}\n'
+    if links is not None:
+        text += "links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in links) + "]\n"
+    text += "".join(f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip(names, ports))
+    return loads_config(text)
+
+
+class Echo(Actor):
+    async def receive(self, message, ctx):
+        if message == "boom":
+            raise KeyError("boom")
+        if isinstance(message, dict) and "sleep" in message:
+            await asyncio.sleep(message["sleep"])
+        return [self.node.name, message]
+
+
+class Counter(Actor):
+    def __init__(self):
+        self.n = 0
+
+    def receive(self, message, ctx):
+        self.n += 1
+        return [self.node.name, self.n]
+
+    def on_handoff(self):
+        return {"n": self.n}
+
+    def on_takeover(self, state):
+        self.n = state["n"]
+
+
+class Recorder(Actor):
+    def __init__(self):
+        self.seen = []
+
+    def receive(self, message, ctx):
+        if message == "get":
+            return self.seen
+        self.seen.append(message)
+
+
+async def until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+class Herd:
+    """Start nodes of a config in this loop; wait until every node sees all of them."""
+
+    def __init__(self, config, names=None):
+        self.config = config
+        self.nodes = {}
+        self.names = list(names or config.nodes)
+
+    async def __aenter__(self):
+        for name in self.names:
+            node = HerdNode(self.config, name, strict_messages=True)
+            await node.start()
+            node.register_kind("counter", Counter)
+            node.spawn(Echo, name="echo")
+            self.nodes[name] = node
+        await self.converged()
+        return self.nodes
+
+    async def converged(self, live=None):
+        live = set(live or self.nodes)
+        await until(lambda: all(n.membership.live() == live for k, n in self.nodes.items() if k in live))
+
+    async def __aexit__(self, *exc):
+        for node in self.nodes.values():
+            await node.shutdown()
+
+
+def test_remote_tell_and_ask_both_ways_and_two_hops(run):
+    # a - b - c: a and c are not neighbors, so a <-> c goes through b
+    config = herd_config(["a", "b", "c"], links=[("a", "b"), ("b", "c")])
+
+    async def main():
+        async with Herd(config) as nodes:
+            a, c = nodes["a"], nodes["c"]
+            assert await a.lookup("echo@b").ask("hi") == ["b", "hi"]
+            assert await a.lookup("echo@c").ask({"x": [1, 2.5, b"\x00"]}) == ["c", {"x": [1, 2.5, b"\x00"]}]
+            assert await c.lookup("echo@a").ask("back") == ["a", "back"]
+            assert nodes["b"].counters["forwarded"] >= 2  # both asks and replies went through b
+            rec = c.spawn(Recorder, name="rec")
+            for i in range(100):
+                a.lookup("rec@c").tell(i)
+            assert await a.lookup("rec@c").ask("get") == list(range(100))  # FIFO across two hops
+            assert rec.path == "rec@c"
+
+    run(main)
+
+
+def test_errors_cross_the_herd_typed(run):
+    config = herd_config(["a", "b"])
+
+    async def main():
+        async with Herd(config) as nodes:
+            a = nodes["a"]
+            with pytest.raises(ActorNotFound, match="no actor 'ghost' on node b"):
+                await a.lookup("ghost@b").ask(1)
+            with pytest.raises(RemoteError) as info:
+                await a.lookup("echo@b").ask("boom")
+            assert info.value.type_name == "KeyError"
+            with pytest.raises(AskTimeout):
+                await a.lookup("echo@b").ask({"sleep": 1.0}, timeout=0.1)
+            with pytest.raises(NodeUnavailable, match="not a node of this herd"):
+                a.lookup("echo@zed").tell(1)
+            with pytest.raises(TypeError):  # strict mode: what would not survive msgpack fails at the sender
+                a.lookup("echo@b").tell({1, 2})
+            assert await a.lookup("echo@b").ask("still fine") == ["b", "still fine"]
+            assert nodes["b"].counters["unknown_actor"] == 1
+
+    run(main)
+
+
+def test_node_leaving_fails_asks_at_once_and_tells_are_counted(run):
+    # A graceful shutdown answers what it was handling (ActorStopped); a crash (SIGKILL) is in
+    # test_herd_processes.py, where the asker gets NodeUnavailable.
+    config = herd_config(["a", "b", "c"], links=[("a", "b"), ("b", "c")])
+
+    async def main():
+        async with Herd(config) as nodes:
+            a = nodes["a"]
+            slow = asyncio.ensure_future(a.lookup("echo@c").ask({"sleep": 5}, timeout=10))
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            await nodes.pop("c").shutdown()
+            with pytest.raises(ActorStopped, match="echo@c"):
+                await slow  # answered as c shut down, not after the 10 s timeout
+            assert time.monotonic() - started < 2.0
+            await until(lambda: a.membership.live() == {"a", "b"})
+            with pytest.raises(NodeUnavailable, match="unreachable"):
+                await a.lookup("echo@c").ask(1)
+            before = a.counters["undeliverable"]
+            with pytest.raises(NodeUnavailable):
+                a.lookup("echo@c").tell(1)
+            assert a.counters["undeliverable"] == before + 1
+            assert await a.lookup("echo@b").ask(1) == ["b", 1]
+
+    run(main)
+
+
+def test_broadcast_reaches_every_node_exactly_once_around_cycles(run):
+    # a ring with a chord: many paths, yet one delivery per node
+    names = ["a", "b", "c", "d", "e"]
+    links = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "e"), ("e", "a"), ("a", "c")]
+    config = herd_config(names, links=links)
+
+    async def main():
+        async with Herd(config) as nodes:
+            got = {n: [] for n in names}
+            for n in names:
+                nodes[n].subscribe("news", got[n].append)
+            rec = nodes["d"].spawn(Recorder, name="rec")
+            nodes["d"].subscribe("news", rec)
+            nodes["a"].broadcast("news", {"i": 1})
+            nodes["c"].broadcast("news", {"i": 2})
+            await until(lambda: all(len(v) == 2 for v in got.values()))
+            await asyncio.sleep(0.1)  # any duplicate would arrive by now
+            assert all(sorted(m["i"] for m in v) == [1, 2] for v in got.values()), got
+            assert sorted(m["i"] for m in await rec.ask("get")) == [1, 2]
+            # with a node gone, the flood goes around it
+            await nodes.pop("b").shutdown()
+            await until(lambda: nodes["a"].membership.live() == {"a", "c", "d", "e"})
+            nodes["a"].broadcast("news", {"i": 3})
+            await until(lambda: all(len(got[n]) == 3 for n in nodes))
+            assert got["b"] == [{"i": 1}, {"i": 2}] or sorted(m["i"] for m in got["b"]) == [1, 2]
+
+    run(main)
+
+
+def test_keyed_actors_are_placed_by_the_ring_and_handed_off(run):
+    config = herd_config(["a", "b", "c"])
+
+    async def main():
+        herd = Herd(config)
+        async with herd as nodes:
+            keys = [f"user-{i}" for i in range(30)]
+            owners = {k: nodes["a"].owner("counter", k) for k in keys}
+            assert all(nodes[n].owner("counter", k) == owners[k] for n in nodes for k in keys)
+            assert set(owners.values()) == {"a", "b", "c"}  # the ring spreads them
+            for i, k in enumerate(keys):  # ask each key from a different node
+                via = nodes["abc"[i % 3]]
+                assert await via.ref_for("counter", k).ask("inc") == [owners[k], 1]
+                assert await via.ref_for("counter", k).ask("inc") == [owners[k], 2]
+            assert sum(n.herd_status()["keyed_actors"] for n in nodes.values()) == len(keys)  # one copy each
+            # c leaves: its keys move; their state travels with them (on_handoff -> on_takeover)
+            moved = [k for k in keys if owners[k] == "c"]
+            await nodes.pop("c").shutdown()
+            await until(lambda: nodes["a"].membership.live() == {"a", "b"} == nodes["b"].membership.live())
+            for k in keys:
+                owner, n = await nodes["a"].ref_for("counter", k).ask("inc")
+                assert owner == nodes["a"].owner("counter", k) != "c"
+                assert n == 3 or k in moved  # keys that stayed kept their actor
+            shares = ring_shares(nodes["a"]._ring)
+            assert set(shares) == {"a", "b"} and abs(sum(shares.values()) - 1) < 1e-9
+
+    run(main)
+
+
+def test_handoff_state_travels_when_a_node_joins(run):
+    config = herd_config(["a", "b"])
+
+    async def main():
+        herd = Herd(config, names=["a"])
+        async with herd as nodes:
+            a = nodes["a"]
+            keys = [f"k{i}" for i in range(20)]
+            for k in keys:
+                for _ in range(5):
+                    await a.ref_for("counter", k).ask("inc")
+            b = HerdNode(config, "b", strict_messages=True)
+            await b.start()
+            b.register_kind("counter", Counter)
+            nodes["b"] = b
+            await herd.converged({"a", "b"})
+            moved = [k for k in keys if a.owner("counter", k) == "b"]
+            assert moved, "some keys must move to the new node"
+            await until(lambda: a.herd_status()["keyed_actors"] == len(keys) - len(moved))
+            for k in keys:  # every counter continues at 6, wherever it lives now
+                assert await a.ref_for("counter", k).ask("inc") == [a.owner("counter", k), 6]
+            assert a.counters["handoffs_out"] == len(moved) == b.counters["handoffs_in"]
+
+    run(main)
+
+
+def test_clients_authenticate_and_are_proxied(run):
+    config = herd_config(["a", "b"], links=[("a", "b")])
+    wrong = loads_config(
+        f'[herd]\nsecret = "not-the-secret"\n[[nodes]]\nname = "a"\nport = {config.node("a").port}\n'
+        f'[[nodes]]\nname = "b"\nport = {config.node("b").port}\n'
+    )
+
+    async def main():
+        async with Herd(config) as nodes:
+            async with HerdClient(config, "a") as client:
+                assert await client.ask("echo@b", [1, "x"]) == ["b", [1, "x"]]
+                assert await client.ask("echo", "local") == ["a", "local"]
+                assert (await client.ask(ADMIN_ACTOR, "status"))["live"] == ["a", "b"]
+                assert (await client.ask("u1", "inc", kind="counter"))[1] == 1
+                with pytest.raises(ActorNotFound):
+                    await client.ask("ghost@b", 1)
+                client.tell("echo@b", "fire and forget")
+            with pytest.raises(LinkRefused) as info:
+                await HerdClient(wrong, "a").connect()
+            assert info.value.code == "auth" and "secret" in info.value.reason
+            assert nodes["a"].herd_status()["clients"] == 0  # the refused client never became one
+
+    run(main)
