@@ -20,6 +20,7 @@ from .links import Link, LinkClosed, LinkSettings, connect
 
 __all__ = ["HerdClient", "parse_target"]
 
+_client_ids = itertools.count(1)
 _TYPED = {cls.__name__: cls for cls in (ActorNotFound, ActorStopped, MailboxFull, NodeUnavailable, AskTimeout)}
 
 
@@ -41,7 +42,8 @@ class HerdClient:
         self.config = config
         self.node = node
         self.address = address or config.node(node).address
-        self.name = name or f"{P.CLIENT_PREFIX}{socket.gethostname()}-{os.getpid()}"
+        # Unique per client: a node replaces an older link from the same name (a restarted peer).
+        self.name = name or f"{P.CLIENT_PREFIX}{socket.gethostname()}-{os.getpid()}-{next(_client_ids)}"
         self._link: Link | None = None
         self._pending: dict[int, asyncio.Future] = {}
         self._corr = itertools.count(1)

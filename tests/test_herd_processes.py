@@ -1,0 +1,230 @@
+"""A herd of real OS processes (`herdrt serve --node`) on 127.0.0.1, driven like a user would."""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from herdrt.client import HerdClient
+from herdrt.config import load_config
+from herdrt import protocol as P
+from herdrt.core import FrameDecoder
+from herdrt.errors import NodeUnavailable
+from herdrt.herd import ADMIN_ACTOR
+
+TESTS = Path(__file__).parent
+NAMES = ["a", "b", "c", "d"]
+LINKS = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "a"), ("b", "d")]
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class ProcessHerd:
+    """Node processes of one herd file; start, SIGKILL and restart them one by one."""
+
+    def __init__(self, tmp_path):
+        ports = free_ports(len(NAMES))
+        text = '[herd]\nsecret = "process-test-secret"\nheartbeat_interval = 0.2\n'
+        text += "links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in LINKS) + "]\n"
+        text += "".join(f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip(NAMES, ports))
+        self.path = tmp_path / "herd.toml"
+        self.path.write_text(text)
+        self.config = load_config(self.path)
+        self.logs = tmp_path
+        self.procs = {}
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+
+    def start(self, name):
+        log = open(self.logs / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "herdrt.cli", "serve", "--config", str(self.path), "--node", name,
+             "--app", "herd_app:setup", "--log-level", "info"],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env,
+        )
+
+    def kill(self, name):
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop_all(self):
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def log(self, name):
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def herd(tmp_path):
+    h = ProcessHerd(tmp_path)
+    for name in NAMES:
+        h.start(name)
+    yield h
+    h.stop_all()
+
+
+async def status(config, via, timeout=2.0):
+    async with HerdClient(config, via) as client:
+        return await client.ask(ADMIN_ACTOR, "status", timeout=timeout)
+
+
+async def wait_live(config, via, expected, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = set((await status(config, via))["live"])
+            if last == set(expected):
+                return
+        except (OSError, ConnectionError, asyncio.TimeoutError, NodeUnavailable):
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{via} sees {last}, not {sorted(expected)}")
+
+
+def test_process_herd_end_to_end(herd):
+    config = herd.config
+
+    async def main():
+        await wait_live(config, "a", NAMES)
+        async with HerdClient(config, "a") as client:
+            # remote asks both ways, and c is two hops from a (a-b-c or a-d-c)
+            assert await client.ask("echo@b", "x") == ["b", "x"]
+            assert await client.ask("echo@c", {"k": [1, 2]}) == ["c", {"k": [1, 2]}]
+        async with HerdClient(config, "c") as client:
+            assert await client.ask("echo@a", "back") == ["a", "back"]
+            # a broadcast reaches every node exactly once (the graph has cycles)
+            assert await client.ask("news", {"say": "hello"}) == "sent"
+        await asyncio.sleep(0.5)
+        for name in NAMES:
+            async with HerdClient(config, name) as client:
+                assert await client.ask("news", "get") == ["hello"], name
+        # keyed actors: one placement herd-wide
+        async with HerdClient(config, "b") as client:
+            placed = {}
+            for i in range(12):
+                owner, n = await client.ask(f"k{i}", "inc", kind="counter")
+                placed[f"k{i}"] = owner
+                assert n == 1
+        assert len(set(placed.values())) >= 3  # the ring spreads 12 keys over the nodes
+
+        # SIGKILL c: detected within the 3 s bound, asks to it fail fast, keyed actors move
+        slow = asyncio.ensure_future(_ask(config, "a", "echo@c", {"sleep": 30}, timeout=20))
+        await asyncio.sleep(0.3)
+        killed_at = time.monotonic()
+        herd.kill("c")
+        with pytest.raises(NodeUnavailable):
+            await slow
+        assert time.monotonic() - killed_at < 3.0
+        await wait_live(config, "a", ["a", "b", "d"], timeout=3.0)
+        assert time.monotonic() - killed_at < 3.0, "node down not detected within 3 s"
+        with pytest.raises(NodeUnavailable):
+            await _ask(config, "a", "echo@c", "x")
+        async with HerdClient(config, "b") as client:
+            for key, owner in placed.items():
+                new_owner, n = await client.ask(key, "inc", kind="counter")
+                assert new_owner != "c"
+                if owner != "c":
+                    assert (new_owner, n) == (owner, 2)  # untouched keys kept their actor
+                else:
+                    assert n == 1  # re-activated on its new owner
+
+        # c restarts and rejoins without anyone's help
+        herd.start("c")
+        await wait_live(config, "a", NAMES, timeout=20.0)
+        assert await _ask(config, "a", "echo@c", "again") == ["c", "again"]
+        assert "node c down" in herd.log("a") and "node c up" in herd.log("a")
+
+    asyncio.run(main())
+
+
+async def _ask(config, via, target, message, timeout=5.0, kind=None):
+    async with HerdClient(config, via) as client:
+        return await client.ask(target, message, timeout=timeout, kind=kind)
+
+
+def test_bad_bytes_close_only_their_connection(herd):
+    config = herd.config
+
+    async def main():
+        await wait_live(config, "a", NAMES)
+        async with HerdClient(config, "a") as client:
+            host, port = config.node("a").address
+            for bad in (b"\x00\x00\x00\x05\xc1garbage!", b"\xff\xff\xff\xff" + b"x" * 64, b"GET / HTTP/1.1\r\n\r\n"):
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(bad)
+                await writer.drain()
+                # the node closes this connection (read() ends) with an ERROR frame saying why
+                answer = await asyncio.wait_for(reader.read(), 5.0)
+                (error,) = FrameDecoder().feed(answer[answer.index(b"\x00\x00"):])[-1:]
+                assert error[0] == P.ERROR and error[2] == P.E_FRAME, error
+                writer.close()
+            # an authenticated client that sends an oversized frame loses its own link, no more
+            async with HerdClient(config, "a") as rogue:
+                rogue._link.transport.write(b"\x7f\xff\xff\xff")
+                await asyncio.wait_for(rogue._link.wait_closed(), 5.0)
+            assert await client.ask("echo@d", "still here") == ["d", "still here"]
+        status_a = await status(config, "a")
+        assert set(status_a["live"]) == set(NAMES)
+
+    asyncio.run(main())
+
+
+def test_wrong_secret_is_refused_on_both_sides(herd, tmp_path):
+    from herdrt.links import LinkRefused
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(herd.path.read_text().replace("process-test-secret", "some-other-secret"))
+    config = load_config(bad)
+
+    async def main():
+        await wait_live(herd.config, "a", NAMES)
+        with pytest.raises(LinkRefused) as info:
+            await HerdClient(config, "a").connect()
+        assert info.value.code == "auth"
+
+    asyncio.run(main())
+    deadline = time.monotonic() + 5
+    while "authentication failed" not in herd.log("a"):  # the node logs the refusal too
+        assert time.monotonic() < deadline, herd.log("a")
+        time.sleep(0.05)
+
+
+def test_cli_status_ask_and_tell_against_the_herd(herd):
+    asyncio.run(wait_live(herd.config, "a", NAMES))
+    cli = [sys.executable, "-m", "herdrt.cli"]
+    out = subprocess.run(cli + ["status", "--config", str(herd.path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for name in NAMES:
+        assert f"\n{name} " in out.stdout and "4/4" in out.stdout
+    out = subprocess.run(cli + ["ask", "--config", str(herd.path), "a", "echo@c", '{"n": 1}'],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == '["c", {"n": 1}]', out.stderr
+    out = subprocess.run(cli + ["ask", "--config", str(herd.path), "a", "ghost@b"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "ActorNotFound" in out.stderr
+    out = subprocess.run(cli + ["tell", "--config", str(herd.path), "b", "news@d", '"told"'], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    herd.kill("d")
+    out = subprocess.run(cli + ["status", "--config", str(herd.path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "DOWN" in out.stdout
