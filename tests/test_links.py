@@ -134,7 +134,7 @@ def test_kinds_and_codes_are_the_documented_numbers():
 
 def test_hello_frame_bytes_match_the_spec_example():
     frame = encode_frame(P.hello("Clark", bytes(range(16))))
-    # docs/protocol-links.md shows exactly these bytes
+    # PROTOCOL.md (Links, Examples) shows exactly these bytes
     assert frame.hex(" ") == "00 00 00 1b 94 00 01 a5 43 6c 61 72 6b c4 10 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
 
 

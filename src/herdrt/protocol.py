@@ -8,7 +8,7 @@ each envelope travels as one frame (4-byte big-endian length, then the msgpack b
 This module defines the link-level part — the handshake (HELLO, AUTH), ERROR, HEARTBEAT and BYE —
 as plain constructors (they return lists ready for ``encode_frames``) and validators (they take a
 decoded envelope and return its fields, or raise :class:`ProtocolError`). The node-layer kinds
-(TELL, ASK, REPLY, MEMBERSHIP, FLOOD) are reserved here by number only. ``docs/protocol-links.md``
+(TELL, ASK, REPLY, MEMBERSHIP, FLOOD, HANDOFF) are numbered here and built in :mod:`herdrt.herd`. ``PROTOCOL.md``
 is the byte-level description; keep the two in step.
 """
 
