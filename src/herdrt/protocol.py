@@ -193,7 +193,7 @@ def bye(reason: str) -> list:
 
 
 def _shape(env, kind: int, sizes: tuple[int, ...]) -> None:
-    if not isinstance(env, (list, tuple)) or not env or env[0] != kind or isinstance(env[0], bool):
+    if not isinstance(env, (list, tuple)) or not env or type(env[0]) is not int or env[0] != kind:
         raise ProtocolError(f"expected a {KIND_NAMES[kind]} envelope, got {_describe(env)}")
     if len(env) not in sizes:
         want = " or ".join(str(n) for n in sizes)
