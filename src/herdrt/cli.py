@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -133,14 +134,17 @@ def _setup_logging(level: str) -> None:
 @click.option("--app", "apps", multiple=True, metavar="MODULE:FUNCTION",
               help="Call FUNCTION(node) on every node at start-up (spawn actors, register kinds). Repeatable.")
 @click.option("--print-config", is_flag=True, help="Print the bundled herd file and exit.")
+@click.option("--log-dir", type=click.Path(file_okay=False), default="logs", show_default=True,
+              help="Where applications write per-node traffic logs (the location proxy: DIR/<node>.log).")
 @click.option("--asyncio", "use_asyncio", is_flag=True, help="Run on stdlib asyncio instead of uvloop.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-def serve(config_path, node_name, apps, print_config, use_asyncio, log_level):
+def serve(config_path, node_name, apps, print_config, log_dir, use_asyncio, log_level):
     """Run a herd.
 
     With no options: the bundled herd, five nodes on 127.0.0.1, each its own OS process,
-    restarted if it dies; Ctrl-C stops them all. `--config herd.toml` runs every node of that
+    restarted if it dies, each serving the location proxy (IAMAT / WHATSAT) on its app port;
+    Ctrl-C stops them all. `--config herd.toml` runs every node of that
     file the same way; add `--node NAME` to run just that node in this process (one per host in
     a real deployment).
     """
@@ -151,6 +155,7 @@ def serve(config_path, node_name, apps, print_config, use_asyncio, log_level):
         click.echo(bundled_config_text(), nl=False)
         return
     _setup_logging(log_level)
+    os.environ["HERDRT_LOG_DIR"] = str(Path(log_dir).resolve())  # node processes inherit it
     config = _config(config_path, create_secret=True)
     if node_name is None:
         run_herd(config, config_path, list(apps), echo=click.echo)
@@ -159,7 +164,7 @@ def serve(config_path, node_name, apps, print_config, use_asyncio, log_level):
         raise click.BadParameter(f"{node_name!r} is not a node of {config.source} (nodes: {', '.join(config.nodes)})",
                                  param_hint="--node")
     try:
-        hooks = [load_app(spec) for spec in apps]
+        hooks = [load_app(spec) for spec in (*config.apps, *apps)]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--app") from None
     try:

@@ -10,6 +10,7 @@ A herd file is TOML (read with the stdlib ``tomllib``)::
     max_frame_size = 1048576         # bytes, per frame, on every link
     mailbox_size = 1024              # default bound of an actor's mailbox
     mailbox_overflow = "reject"      # block | reject | drop_oldest | drop_newest
+    apps = ["herdrt.apps.proxy:setup"]  # MODULE:FUNCTION hooks every node calls at start-up
 
     [[nodes]]
     name = "Clark"
@@ -69,6 +70,7 @@ class HerdConfig:
     max_frame_size: int = 1 << 20
     mailbox_size: int = 1024
     mailbox_overflow: str = "reject"
+    apps: tuple[str, ...] = ()
     source: str = "<herd config>"
 
     def node(self, name: str) -> NodeConfig:
@@ -149,7 +151,7 @@ def parse_config(data: dict, source: str = "<herd config>", base: Path | None = 
             _fail(source, key, f"unknown key (expected {', '.join(sorted(known_top))})")
     herd = _get(data, "herd", dict, source, "", default={})
     known_herd = {"secret", "secret_file", "secret_env", "links", "heartbeat_interval", "failure_threshold",
-                  "max_frame_size", "mailbox_size", "mailbox_overflow"}
+                  "max_frame_size", "mailbox_size", "mailbox_overflow", "apps"}
     for key in herd:
         if key not in known_herd:
             _fail(source, f"herd.{key}", f"unknown key (expected one of {', '.join(sorted(known_herd))})")
@@ -206,6 +208,10 @@ def parse_config(data: dict, source: str = "<herd config>", base: Path | None = 
             found.add(frozenset(pair))
         links = frozenset(found)
 
+    apps = _get(herd, "apps", list, source, "herd.", [])
+    for i, spec in enumerate(apps):
+        if not (isinstance(spec, str) and re.match(r"^[\w.]+:\w+$", spec)):
+            _fail(source, f"herd.apps[{i}]", f"must be \"MODULE:FUNCTION\", not {spec!r}")
     overflow = _get(herd, "mailbox_overflow", str, source, "herd.", "reject")
     if overflow not in OVERFLOW_POLICIES:
         _fail(source, "herd.mailbox_overflow", f"must be one of {', '.join(OVERFLOW_POLICIES)}, not {overflow!r}")
@@ -218,6 +224,7 @@ def parse_config(data: dict, source: str = "<herd config>", base: Path | None = 
         max_frame_size=_positive(herd, "max_frame_size", int, 1 << 20, source),
         mailbox_size=_positive(herd, "mailbox_size", int, 1024, source),
         mailbox_overflow=overflow,
+        apps=tuple(apps),
         source=source,
     )
 

@@ -141,6 +141,8 @@ class HerdNode(Node):
         self._detectors: dict[str, PhiAccrualDetector] = {}
         self._fd_timer: asyncio.TimerHandle | None = None
         self._started = False
+        self._shutdown_hooks: list[Callable[[], Any]] = []
+        self._membership_hooks: list[Callable[[set, set], None]] = []
         self.counters = {
             "tells_out": 0, "asks_out": 0, "tells_in": 0, "asks_in": 0, "replies_in": 0,
             "forwarded": 0, "undeliverable": 0, "lost_on_links": 0, "unknown_actor": 0,
@@ -171,11 +173,27 @@ class HerdNode(Node):
     async def __aenter__(self) -> HerdNode:
         return await self.start()
 
+    def on_shutdown(self, hook: Callable[[], Any]) -> None:
+        """Call ``hook()`` (plain or async) when the node shuts down, before its actors stop."""
+        self._shutdown_hooks.append(hook)
+
+    def on_membership(self, hook: Callable[[set, set], None]) -> None:
+        """Call ``hook(came, gone)`` (sets of node names) whenever the live set changes."""
+        self._membership_hooks.append(hook)
+
     async def shutdown(self) -> None:
-        """Stop every actor, then close every link (with BYE)."""
+        """Run the shutdown hooks, stop every actor, then close every link (with BYE)."""
         if self._fd_timer is not None:
             self._fd_timer.cancel()
             self._fd_timer = None
+        hooks, self._shutdown_hooks = self._shutdown_hooks, []
+        for hook in reversed(hooks):
+            try:
+                result = hook()
+                if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                    await result
+            except Exception:
+                log.exception("%s: shutdown hook %r failed", self.name, hook)
         await super().shutdown()
         if self.links is not None:
             await self.links.close("node shutdown")
@@ -428,6 +446,11 @@ class HerdNode(Node):
                     self._fail(corr, NodeUnavailable(f"node {dest} went down before it replied"))
         self._ring = HashRing(sorted(live), vnodes=self._ring.vnodes)
         self._rebalance()
+        for hook in self._membership_hooks:
+            try:
+                hook(came, gone)
+            except Exception:
+                log.exception("%s: membership hook %r failed", self.name, hook)
 
     def _check_failures(self) -> None:
         self._fd_timer = self._loop.call_later(self.config.heartbeat_interval / 2, self._check_failures)

@@ -142,5 +142,10 @@ def run_herd(config: HerdConfig, config_path: str | None, apps: list[str], *, ec
     first = next(iter(config.nodes))
     echo(f"\ntalk to it from another terminal:\n"
          f"  herdrt status{cfg}\n"
-         f"  herdrt ask{cfg} {first} '$node' '\"ping\"'\n")
+         f"  herdrt ask{cfg} {first} '$node' '\"ping\"'")
+    app_node = next((n for n in config.nodes.values() if n.app_port), None)
+    if app_node is not None and config.apps:
+        echo(f"  printf 'IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 %s\\n' \"$(date +%s.%N)\" "
+             f"| nc -q1 {app_node.host} {app_node.app_port}   # apps: {', '.join(config.apps)}")
+    echo("")
     asyncio.run(_supervise(children))

@@ -1,0 +1,292 @@
+"""The client-facing TCP server of one proxy server, and its traffic log.
+
+:class:`ProxyServer` answers the line protocol (:mod:`.protocol`) on one port, keeps the
+:class:`~.store.LocationStore`, hands every newly stored record to a ``flood(record)`` callable
+(the herd sends it to the neighbors) and takes records from other servers through
+:meth:`ProxyServer.receive_update`. It runs on uvloop or stdlib asyncio.
+
+Per connection, lines are answered strictly in the order they arrived. Each line is acted on as
+soon as it is read (an IAMAT is timed, stored and flooded at once; a WHATSAT reads the store at
+once and starts its places lookup), and the replies are written in order by a writer task, so a
+WHATSAT that waits on a lookup holds back the replies to later lines but not their effects. At most
+``max_pipeline`` replies wait per connection; then reading pauses (backpressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from .places import PlacesProvider, places_error
+from .protocol import IAmAt, ProtocolError, format_skew, invalid_reply, parse_command, whatsat_reply
+from .store import AtRecord, LocationStore
+
+__all__ = ["ProxyServer", "TrafficLog", "Flood"]
+
+log = logging.getLogger("herdrt.proxy")
+
+#: ``flood(record)``: send a wire record to the neighbors; plain or ``async`` (then run as a task).
+Flood = Callable[[dict[str, Any]], Any]
+
+_MAX_LINE = 64 * 1024
+
+
+def _escape(text: str) -> str:
+    # One log entry per line: make newlines and other control characters visible.
+    return text.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+
+class TrafficLog:
+    """An append-only, line-buffered text log of one server's traffic (``None`` path: no file).
+
+    Entries are ``<UTC ISO time> <server> <kind> <detail>``; kinds are ``IN``/``OUT`` (client lines
+    and replies, with the peer address), ``STORED``/``IGNORED``/``REFUSED`` (updates) and
+    ``FLOOD-ERROR``. Control characters are escaped so that every entry is one line.
+    """
+
+    def __init__(self, server: str, path: str | os.PathLike | None):
+        self.server = server
+        self.path = Path(path) if path is not None else None
+        self._file = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+
+    def write(self, kind: str, detail: str) -> None:
+        if self._file is None:
+            return
+        stamp = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        self._file.write(f"{stamp} {self.server} {kind} {_escape(detail)}\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class ProxyServer:
+    """One server of the proxy herd: the client port, the store, the flood seam.
+
+    ``flood`` may be None (a lone server) and may be set later. ``reflood``: when a record from
+    another server is stored, pass it on with ``flood`` (True: the app does the multi-hop flooding
+    and the newer-timestamp rule stops it; set False if the herd layer forwards by itself).
+    ``clock`` returns POSIX time in integer nanoseconds (``time.time_ns``; tests may fix it).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        places: PlacesProvider,
+        *,
+        store: LocationStore | None = None,
+        flood: Flood | None = None,
+        reflood: bool = True,
+        traffic: TrafficLog | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        max_pipeline: int = 64,
+        max_line: int = _MAX_LINE,
+    ):
+        self.name = name
+        self.places = places
+        self.store = store if store is not None else LocationStore()
+        self.flood = flood
+        self.reflood = reflood
+        self.traffic = traffic if traffic is not None else TrafficLog(name, None)
+        self.clock = clock
+        self.max_pipeline = max_pipeline
+        self.max_line = max_line
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Listen for clients on host:port (port 0: any free port; see :attr:`port`)."""
+        self._server = await asyncio.start_server(self._serve_connection, host, port)
+
+    @property
+    def port(self) -> int | None:
+        """The port clients connect to, once started."""
+        if self._server is None or not self._server.sockets:
+            return None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        """Stop listening, drop open connections, cancel floods still running; idempotent."""
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._connections) + list(self._background)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    # -- updates ---------------------------------------------------------------------------------
+
+    def receive_update(self, data: Any) -> bool:
+        """A record from another server (as :meth:`AtRecord.to_wire` made it): True if stored.
+
+        Malformed records are logged and refused (False), never raised. A stored record is
+        flooded on when :attr:`reflood` is set.
+        """
+        try:
+            record = AtRecord.from_wire(data)
+        except (ValueError, TypeError) as exc:
+            self.traffic.write("REFUSED", f"{exc}: {data!r}"[:2000])
+            log.warning("%s: refused a malformed update: %s", self.name, exc)
+            return False
+        return self._offer(record, "peer", flood=self.reflood)
+
+    def _offer(self, record: AtRecord, source: str, flood: bool = True) -> bool:
+        if not self.store.offer(record):
+            self.traffic.write("IGNORED", f"from {source} (not newer): {record.line}")
+            return False
+        self.traffic.write("STORED", f"from {source}: {record.line}")
+        if flood and self.flood is not None:
+            self._flood(record.to_wire())
+        return True
+
+    def _flood(self, wire: dict[str, Any]) -> None:
+        try:
+            result = self.flood(wire)
+        except Exception as exc:  # the herd's problem must not become the client's
+            self._flood_failed(wire, exc)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._background.add(task)
+            task.add_done_callback(lambda t, w=wire: self._flood_done(t, w))
+
+    def _flood_done(self, task: asyncio.Future, wire: dict[str, Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._flood_failed(wire, task.exception())
+
+    def _flood_failed(self, wire: dict[str, Any], exc: BaseException) -> None:
+        self.traffic.write("FLOOD-ERROR", f"{type(exc).__name__}: {exc} for {wire.get('client')!r}")
+        log.warning("%s: flooding the update of %r failed: %s", self.name, wire.get("client"), exc)
+
+    # -- clients ---------------------------------------------------------------------------------
+
+    def answer(self, raw: bytes, peer: str = "-") -> bytes | asyncio.Future:
+        """Act on one line (bytes, without its newline) now; the reply, or a future of it."""
+        received_ns = self.clock()
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line = None
+        self.traffic.write("IN", f"{peer} {raw.decode('utf-8', 'backslashreplace')}")
+        try:
+            if line is None:
+                raise ProtocolError("not UTF-8")
+            command = parse_command(line)
+        except ProtocolError:
+            return self._reply(invalid_reply(raw), peer)
+        if isinstance(command, IAmAt):
+            record = AtRecord(self.name, format_skew(received_ns - command.time_ns), command.client,
+                              command.location, command.time, command.time_ns, command.lat, command.lon)
+            self._offer(record, f"client {peer}")
+            return self._reply((record.line + "\n").encode("utf-8"), peer)
+        stored = self.store.get(command.client)
+        if stored is None:
+            return self._reply(invalid_reply(raw), peer)
+        return asyncio.ensure_future(self._whatsat(stored, command.radius_km, command.bound, peer))
+
+    async def _whatsat(self, record: AtRecord, radius_km: float, bound: int, peer: str) -> bytes:
+        try:
+            response = await self.places.nearby(record.lat, record.lon, radius_km * 1000.0)
+            if not isinstance(response, dict):
+                raise TypeError(f"the places provider returned {type(response).__name__}, not a dict")
+        except Exception as exc:  # providers should not raise; a buggy one still gets a reply
+            log.warning("%s: places lookup failed: %s", self.name, exc)
+            response = places_error(f"places lookup failed: {type(exc).__name__}: {exc}")
+        return self._reply(whatsat_reply(record.line, response, bound).encode("utf-8"), peer)
+
+    def _reply(self, data: bytes, peer: str) -> bytes:
+        self.traffic.write("OUT", f"{peer} {data.decode('utf-8', 'backslashreplace')}")
+        return data
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._connections.add(task)
+        address = writer.get_extra_info("peername")
+        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        replies: asyncio.Queue = asyncio.Queue(self.max_pipeline)
+        alive = [True]
+        writer_task = asyncio.ensure_future(self._write_replies(replies, writer, alive))
+        try:
+            buf = bytearray()
+            while alive[0]:
+                data = await reader.read(65536)
+                if not data:
+                    if buf:  # a last line without a newline is still a line
+                        await replies.put(self.answer(bytes(buf), peer))
+                    break
+                buf += data
+                start = 0
+                while alive[0]:
+                    end = buf.find(b"\n", start)
+                    if end < 0:
+                        break
+                    line = bytes(buf[start:end])
+                    if line.endswith(b"\r"):
+                        line = line[:-1]
+                    start = end + 1
+                    await replies.put(self.answer(line, peer))
+                del buf[:start]
+                if len(buf) > self.max_line:
+                    self.traffic.write("DROPPED", f"{peer}: a line longer than {self.max_line} bytes; closing")
+                    break
+        except (ConnectionError, OSError):
+            pass
+        except asyncio.CancelledError:
+            alive[0] = False  # server shutdown: stop the writer too, do not wait for lookups
+            raise
+        finally:
+            if alive[0]:
+                await replies.put(None)  # answer everything read so far, then close
+            else:
+                writer_task.cancel()
+            await asyncio.gather(writer_task, return_exceptions=True)
+            self._drain_abandoned(replies)
+            writer.close()
+            self._connections.discard(task)
+
+    @staticmethod
+    def _drain_abandoned(replies: asyncio.Queue) -> None:
+        while not replies.empty():
+            item = replies.get_nowait()
+            if isinstance(item, asyncio.Future):
+                item.cancel()
+
+    async def _write_replies(self, replies: asyncio.Queue, writer: asyncio.StreamWriter, alive: list) -> None:
+        while True:
+            item = await replies.get()
+            if item is None:
+                break
+            try:
+                data = await item if isinstance(item, asyncio.Future) else item
+                if not alive[0]:
+                    continue
+                writer.write(data)
+                if replies.empty():
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                alive[0] = False  # the client went away: keep consuming so the reader never blocks
+        if alive[0]:
+            try:
+                if writer.can_write_eof():
+                    writer.write_eof()
+                await writer.drain()
+            except (ConnectionError, OSError):
+                pass
