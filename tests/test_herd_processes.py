@@ -228,3 +228,40 @@ def test_cli_status_ask_and_tell_against_the_herd(herd):
     herd.kill("d")
     out = subprocess.run(cli + ["status", "--config", str(herd.path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "DOWN" in out.stdout
+
+
+def test_serve_supervises_node_processes_and_stops_on_ctrl_c(tmp_path):
+    herd = ProcessHerd(tmp_path)  # only for its herd file; `herdrt serve` starts the nodes
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "herdrt.cli", "serve", "--config", str(herd.path), "--app", "herd_app:setup",
+         "--log-dir", str(tmp_path / "logs")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=herd.env, text=True,
+    )
+    try:
+        async def pids():
+            await wait_live(herd.config, "a", NAMES)
+            return {n: (await status(herd.config, n))["pid"] for n in NAMES}
+
+        before = asyncio.run(pids())
+        os.kill(before["b"], signal.SIGKILL)  # a node process crashes ...
+        deadline = time.monotonic() + 20
+        while True:  # ... and the supervisor starts it again; it rejoins
+            try:
+                after = asyncio.run(status(herd.config, "b"))["pid"]
+                if after != before["b"]:
+                    break
+            except (OSError, ConnectionError, asyncio.TimeoutError, NodeUnavailable):
+                pass
+            assert time.monotonic() < deadline, "node b was not restarted"
+            time.sleep(0.1)
+        asyncio.run(wait_live(herd.config, "a", NAMES))
+        serve.send_signal(signal.SIGINT)  # Ctrl-C
+        out, _ = serve.communicate(timeout=20)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    assert serve.returncode == 0, out
+    assert "herd stopped" in out and "[b] " in out and "restarting" in out
+    for pid in [*before.values(), after]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -617,6 +618,7 @@ class HerdNode(Node):
         links = self.links.stats()["links"] if self.links is not None else {}
         return {
             "node": self.name,
+            "pid": os.getpid(),
             "incarnation": self.incarnation,
             "address": list(self.address) if self.links is not None else None,
             "live": sorted(self._live),
