@@ -6,19 +6,32 @@ from herdrt import Actor
 
 
 class Echo(Actor):
+    """Answers [its node, the message]; {"sleep": s} waits s seconds first; "boom" raises KeyError."""
+
     async def receive(self, message, ctx):
+        if message == "boom":
+            raise KeyError("boom")
         if isinstance(message, dict) and "sleep" in message:
             await asyncio.sleep(message["sleep"])
         return [self.node.name, message]
 
 
 class Counter(Actor):
+    """A keyed counter: each message counts one and answers [its node, the count]; its count
+    moves with it when its key moves to another node."""
+
     def __init__(self):
         self.n = 0
 
     def receive(self, message, ctx):
         self.n += 1
         return [self.node.name, self.n]
+
+    def on_handoff(self):
+        return {"n": self.n}
+
+    def on_takeover(self, state):
+        self.n = state["n"]
 
 
 class News(Actor):

@@ -700,7 +700,7 @@ def test_timers_fire_and_are_cancelled_on_stop(run):
     async def main():
         async with strict_node() as node:
             ref = node.spawn(Ticker)
-            while (state := await ref.ask("get"))[0] < 3:
+            while (await ref.ask("get"))[0] < 3:
                 await asyncio.sleep(0.002)
             await asyncio.sleep(0.01)  # a cancelled timer would tick again in this time
             assert await ref.ask("get") == [3, 1, False, True]

@@ -4,12 +4,13 @@ The same behaviour across real OS processes (SIGKILL, restart, the CLI) is in te
 """
 
 import asyncio
-import socket
 import time
 
 import pytest
+from _ports import free_ports
 
 from herdrt import Actor
+from herd_app import Counter, Echo
 from herdrt.client import HerdClient
 from herdrt.config import loads_config
 from herdrt.errors import ActorNotFound, ActorStopped, AskTimeout, NodeUnavailable, RemoteError
@@ -19,16 +20,6 @@ from herdrt.links import LinkRefused
 SECRET = "herd-test-secret-0123"
 
 
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def herd_config(names, links=None, secret=SECRET, heartbeat=0.1):
     ports = free_ports(len(names))
     text = f'[herd]\nsecret = "{secret}"\nheartbeat_interval = {heartbeat}\n'
@@ -36,30 +27,6 @@ def herd_config(names, links=None, secret=SECRET, heartbeat=0.1):
         text += "links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in links) + "]\n"
     text += "".join(f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip(names, ports))
     return loads_config(text)
-
-
-class Echo(Actor):
-    async def receive(self, message, ctx):
-        if message == "boom":
-            raise KeyError("boom")
-        if isinstance(message, dict) and "sleep" in message:
-            await asyncio.sleep(message["sleep"])
-        return [self.node.name, message]
-
-
-class Counter(Actor):
-    def __init__(self):
-        self.n = 0
-
-    def receive(self, message, ctx):
-        self.n += 1
-        return [self.node.name, self.n]
-
-    def on_handoff(self):
-        return {"n": self.n}
-
-    def on_takeover(self, state):
-        self.n = state["n"]
 
 
 class Recorder(Actor):

@@ -3,13 +3,13 @@
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from _ports import free_ports
 
 from herdrt.client import HerdClient
 from herdrt.config import load_config
@@ -21,16 +21,6 @@ from herdrt.herd import ADMIN_ACTOR
 TESTS = Path(__file__).parent
 NAMES = ["a", "b", "c", "d"]
 LINKS = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "a"), ("b", "d")]
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class ProcessHerd:

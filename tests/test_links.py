@@ -12,7 +12,6 @@ import textwrap
 
 import msgpack
 import pytest
-import uvloop
 
 import herdrt
 from herdrt import protocol as P

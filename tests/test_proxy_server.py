@@ -11,32 +11,12 @@ import asyncio
 import json
 
 import pytest
-import uvloop
 
 from herdrt.apps.proxy import AtRecord, GazetteerPlaces, ProxyApp
 from herdrt.config import loads_config
 
 CLIENT_NS = 1621464827_959498503
 KIWI = b"IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503"
-
-
-@pytest.fixture(params=["uvloop", "asyncio"])
-def run(request):
-    """Run ``main()`` on a fresh loop of the kind under test; fail if it leaves tasks behind."""
-    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
-
-    def runner(main):
-        async def checked():
-            result = await main()
-            await asyncio.sleep(0)
-            leaked = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            assert not leaked, f"leaked tasks: {leaked}"
-            return result
-
-        with asyncio.Runner(loop_factory=factory) as r:
-            return r.run(checked())
-
-    return runner
 
 
 class FakePlaces:
