@@ -21,8 +21,10 @@ import pytest
 import uvloop
 
 import herdrt
-from herdrt.core import FrameDecoder, encode_frame, encode_frames
+from herdrt.core import FrameDecoder, encode_frame
 from herdrt.links import LinkServer, LinkSettings, connect
+
+from _raw import RawEcho as _RawEcho, RawSender as _RawSender  # shared with bench_herd.py
 
 SECRET = b"bench secret, not for production"
 TELL = [2, "actor-17", None, b"0123456789abcdef"]  # a small TELL-shaped envelope
@@ -52,42 +54,6 @@ def loop(request):
 # --- raw baseline --------------------------------------------------------------------------------
 
 
-class _RawSender(asyncio.Protocol):
-    """Batched writes: queue, one encode_frames + one write per loop turn (as the link does)."""
-
-    def __init__(self):
-        self.queue: list = []
-        self.paused = False
-        self.resumed: asyncio.Future | None = None
-        self.on_message = None
-
-    def connection_made(self, transport):
-        self.transport = transport
-        self.decoder = FrameDecoder()
-        self.loop = asyncio.get_running_loop()
-
-    def send(self, env):
-        self.queue.append(env)
-        if len(self.queue) == 1:
-            self.loop.call_soon(self.flush)
-
-    def flush(self):
-        q, self.queue = self.queue, []
-        self.transport.write(encode_frames(q))
-
-    def pause_writing(self):
-        self.paused = True
-        self.resumed = self.loop.create_future()
-
-    def resume_writing(self):
-        self.paused = False
-        self.resumed.set_result(None)
-
-    def data_received(self, data):
-        for env in self.decoder.feed(data):
-            self.on_message(env)
-
-
 class _RawCounter(asyncio.Protocol):
     """Counts frames; the floor does no per-envelope work beyond decoding."""
 
@@ -100,17 +66,6 @@ class _RawCounter(asyncio.Protocol):
 
     def data_received(self, data):
         self.owner.received(len(self.decoder.feed(data)))
-
-
-class _RawEcho(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-        self.decoder = FrameDecoder()
-
-    def data_received(self, data):
-        for env in self.decoder.feed(data):
-            env[0] = 6
-            self.transport.write(encode_frame(env))
 
 
 class _Target:

@@ -1,0 +1,313 @@
+"""The herd across two processes on loopback: remote tell throughput and remote ask round trips.
+
+This process is herd node ``a`` (a :class:`~herdrt.herd.HerdNode` on the loop under test, uvloop
+or stdlib asyncio); a child process (``bench/_herd_node.py``, same loop flavour) is node ``b``,
+running ``sink`` (counts tells, answers an ask with its count) and ``echo`` (answers with the
+message). The two are linked as a herd is: authenticated TCP, heartbeats, failure detection.
+
+* ``herd-tell`` (``tell_1_1`` across nodes): N tells to ``sink@b``, then one ask to ``sink@b``,
+  which answers once all N were handled (same link, FIFO) — that ask's reply ends the round. The
+  sender queues ``CHUNK`` tells per loop turn and waits on ``link.drain()`` while the transport
+  pushes back (without it the link's queue would reach ``max_queued``: LinkOverflow). The sink's
+  mailbox is unbounded: one read delivers thousands of tells at once.
+* ``herd-ask`` (``ask_1_1_sync`` across nodes): N sequential asks to ``echo@b``.
+
+Beside them, in the same groups and run, the raw baselines (both processes on uvloop, see
+``bench/_raw.py``): length-prefixed msgpack frames of the same envelopes over plain transports with
+batched writes, to a child that counts them and answers when the count is reached; and a
+one-in-flight echo for round trips. ``extra_info`` holds messages (or round trips) per second.
+
+    pytest bench/bench_herd.py --benchmark-only --benchmark-group-by=group \\
+        --benchmark-columns=min,mean,ops,rounds
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import uvloop
+
+import herdrt
+from herdrt.config import loads_config
+from herdrt.core import encode_frame
+from herdrt.herd import HerdNode
+
+from _raw import ACK, ARM, RawSender
+
+HERE = Path(__file__).resolve().parent
+SECRET = "bench secret, not for production"
+N_TELL = 300_000
+N_ASK = 5_000
+CHUNK = 1_000  # tells queued per loop turn before the sender yields
+ROUNDS = 3
+START_TIMEOUT = 30.0  # seconds for a child to print READY
+DRAIN_TIMEOUT = 60.0  # seconds for the ask that ends a tell round
+
+
+@pytest.fixture(autouse=True)
+def _small_when_disabled(request, monkeypatch):
+    """Under ``--benchmark-disable`` (CI) every contender runs once: shrink the work to a smoke test."""
+    if request.config.getoption("benchmark_disable", False):
+        monkeypatch.setitem(globals(), "N_TELL", 3_000)
+        monkeypatch.setitem(globals(), "N_ASK", 200)
+
+
+def _bench(benchmark, fn, messages: int, **info) -> None:
+    benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(info, messages=messages)
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["msgs_per_s"] = round(messages / stats.stats.min)
+
+
+# --- child processes ------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    """Stop a child: close its stdin (it exits on EOF), then SIGTERM, then SIGKILL."""
+    if proc.stdin is not None and not proc.stdin.closed:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+    for escalate in (None, proc.terminate, proc.kill):
+        if escalate is not None:
+            escalate()
+        try:
+            proc.wait(5)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def _spawn(request, *args: str) -> int:
+    """Start ``python *args`` (reaped when the requesting fixture ends); return the port it prints."""
+    env = dict(os.environ)
+    src = os.path.dirname(os.path.dirname(herdrt.__file__))  # the child imports this same herdrt
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, str(HERE), env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env)
+    request.addfinalizer(lambda: _reap(proc))
+    ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT)
+    line = proc.stdout.readline() if ready else ""
+    if not line.startswith("READY "):
+        raise RuntimeError(f"{' '.join(args)}: no READY line within {START_TIMEOUT:g}s (got {line!r}, "
+                           f"exit code {proc.poll()})")
+    return int(line.split()[1])
+
+
+def _new_loop(flavour: str) -> asyncio.AbstractEventLoop:
+    return uvloop.new_event_loop() if flavour == "uvloop" else asyncio.new_event_loop()
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+
+
+# --- the herd pair --------------------------------------------------------------------------------
+
+
+class _Pair:
+    """Node ``a`` here on ``loop``, node ``b`` in a child process, linked."""
+
+    def __init__(self, flavour: str, loop: asyncio.AbstractEventLoop, node: HerdNode):
+        self.flavour = flavour
+        self.loop = loop
+        self.node = node
+        self.sink = node.lookup("sink@b")
+        self.echo = node.lookup("echo@b")
+
+    async def link(self):
+        """The link to ``b``, once up. The loop sits idle between tests: let whatever arrived
+        meanwhile (a heartbeat, or a dropped link to redial) be handled before a round starts."""
+        await asyncio.sleep(0.005)
+        return await self.node.links.wait_up("b", timeout=10)
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+
+@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
+def pair(request, tmp_path_factory):
+    flavour = request.param
+    text = textwrap.dedent(
+        f"""
+        [herd]
+        secret = "{SECRET}"
+
+        [[nodes]]
+        name = "a"
+        port = {_free_port()}
+
+        [[nodes]]
+        name = "b"
+        port = {_free_port()}
+        """
+    )
+    path = tmp_path_factory.mktemp(f"herd-{flavour}") / "herd.toml"
+    path.write_text(text)
+    _spawn(request, str(HERE / "_herd_node.py"), str(path), "b", flavour)
+
+    loop = _new_loop(flavour)
+    node = HerdNode(loads_config(text, str(path)), "a")
+
+    def close():
+        if not loop.is_closed():
+            loop.run_until_complete(node.shutdown())
+            _close_loop(loop)
+
+    request.addfinalizer(close)  # runs before the child is reaped (finalizers run last-in first-out)
+    p = _Pair(flavour, loop, node)
+    p.run(node.start())
+    p.run(p.link())
+    assert p.run(p.echo.ask("hello")) == "hello"
+    return p
+
+
+# --- raw baselines (uvloop both sides) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def raw_loop():
+    loop = uvloop.new_event_loop()
+    yield loop
+    _close_loop(loop)
+
+
+def _raw_sender(request, loop, mode: str) -> RawSender:
+    port = _spawn(request, str(HERE / "_raw.py"), mode, "uvloop")
+    _, sender = loop.run_until_complete(loop.create_connection(RawSender, "127.0.0.1", port))
+    request.addfinalizer(sender.transport.close)
+    return sender
+
+
+@pytest.fixture(scope="module")
+def raw_counter(request, raw_loop):
+    return _raw_sender(request, raw_loop, "count")
+
+
+@pytest.fixture(scope="module")
+def raw_echo(request, raw_loop):
+    return _raw_sender(request, raw_loop, "echo")
+
+
+# --- herd-tell ------------------------------------------------------------------------------------
+
+
+@pytest.mark.benchmark(group="herd-tell")
+def test_tell_herd(benchmark, pair):
+    n = N_TELL
+    sink = pair.sink
+    expected = [pair.run(sink.ask("count"))]  # the sink's count carries over between rounds
+
+    async def round_():
+        link = await pair.link()
+        tell = sink.tell
+        for start in range(0, n, CHUNK):
+            for i in range(start, min(start + CHUNK, n)):
+                tell(i)
+            await link.drain()  # waits only while the transport pushes back
+            await asyncio.sleep(0)  # let the link flush this chunk
+        # Up to the kernel's and the transport's buffers of tells may still be in flight: the
+        # drain ask waits behind them, so give it more than the node's default ask timeout.
+        count = await sink.ask("count", timeout=DRAIN_TIMEOUT)
+        expected[0] += n
+        assert count == expected[0], f"sink@b counted {count} tells, expected {expected[0]}"
+
+    _bench(benchmark, lambda: pair.run(round_()), n, loop=pair.flavour)
+    assert pair.node.counters["undeliverable"] == 0
+
+
+@pytest.mark.benchmark(group="herd-tell")
+def test_tell_raw_baseline(benchmark, raw_loop, raw_counter):
+    """The same TELL envelopes as frames over a plain uvloop transport; the child counts them."""
+    n = N_TELL
+    sender = raw_counter
+    acks: list = []
+    box: list = [None]
+
+    def on_message(env):
+        acks.append(env[1])
+        box[0].set_result(None)
+
+    sender.on_message = on_message
+
+    async def round_():
+        box[0] = raw_loop.create_future()
+        send = sender.send
+        send([ARM, n])
+        for start in range(0, n, CHUNK):
+            for i in range(start, min(start + CHUNK, n)):
+                send([2, "b", "sink", i])
+            await sender.wait_writable()
+            await asyncio.sleep(0)
+        await box[0]
+
+    _bench(benchmark, lambda: raw_loop.run_until_complete(round_()), n, loop="uvloop (raw)")
+    assert acks and acks == [n * (k + 1) for k in range(len(acks))]  # every frame of every round arrived
+
+
+# --- herd-ask -------------------------------------------------------------------------------------
+
+
+@pytest.mark.benchmark(group="herd-ask")
+def test_ask_herd(benchmark, pair):
+    n = N_ASK
+    echo = pair.echo
+
+    async def round_():
+        await pair.link()
+        ask = echo.ask
+        reply = None
+        for i in range(n):
+            reply = await ask(i)
+        assert reply == n - 1
+
+    _bench(benchmark, lambda: pair.run(round_()), n, loop=pair.flavour)
+
+
+@pytest.mark.benchmark(group="herd-ask")
+def test_ask_raw_echo_baseline(benchmark, raw_loop, raw_echo):
+    """One frame in flight over a plain uvloop transport: the next goes out as the echo comes in."""
+    n = N_ASK
+    client = raw_echo
+    state: dict = {}
+
+    def on_message(env):
+        left = state["left"] = state["left"] - 1
+        if left:
+            client.transport.write(encode_frame([3, "b", "echo", left, "a", left]))
+        else:
+            state["last"] = env
+            state["done"].set_result(None)
+
+    client.on_message = on_message
+
+    async def round_():
+        state["left"] = n
+        state["done"] = raw_loop.create_future()
+        client.transport.write(encode_frame([3, "b", "echo", n, "a", n]))
+        await state["done"]
+        assert state["last"] == [ACK, "b", "echo", 1, "a", 1]
+
+    _bench(benchmark, lambda: raw_loop.run_until_complete(round_()), n, loop="uvloop (raw)")
