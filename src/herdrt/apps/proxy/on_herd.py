@@ -2,18 +2,20 @@
 
 Each node with an ``app_port`` serves the proxy's clients there. A record a server stores is
 told to the ``proxy`` actor of each of its neighbors in the herd file (servers talk only to their
-neighbors); they store it if it is newer and pass it on, so it floods the herd and stops where
-it is no longer news. When a neighbor comes back, it is sent every record it may have missed.
+neighbors) — except the neighbor it came from and the server that took it from the client; they
+store it if it is newer and pass it on, so it floods the herd and stops where it is no longer
+news. When a neighbor comes back, it is sent every record it may have missed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
 from ...actor import Actor
 from ...errors import HerdError
-from . import ProxyApp
+from . import GazetteerPlaces, ProxyApp
 
 __all__ = ["setup", "PEER_ACTOR"]
 
@@ -24,13 +26,19 @@ PEER_ACTOR = "proxy"
 
 
 class ProxyPeer(Actor):
-    """Hands records that neighbors flood to this server's store."""
+    """Hands records that neighbors flood to this server's store, noting who sent each one (the
+    store re-floods synchronously, inside ``receive_update``, and must not send it back)."""
 
-    def __init__(self, app: ProxyApp):
+    def __init__(self, app: ProxyApp, came_from: dict):
         self.app = app
+        self.came_from = came_from
 
     def receive(self, record, ctx):
-        self.app.receive_update(record)
+        self.came_from["via"] = record.get("via") if isinstance(record, dict) else None
+        try:
+            self.app.receive_update(record)
+        finally:
+            self.came_from["via"] = None
 
 
 async def setup(node) -> ProxyApp | None:
@@ -52,20 +60,30 @@ async def setup(node) -> ProxyApp | None:
         except HerdError as exc:  # down: the flood goes round it by the other servers
             log.debug("%s: record for %s not sent: %s", node.name, name, exc)
 
+    came_from = {"via": None}
+
     def flood(record: dict) -> None:
+        skip = {came_from["via"], record.get("server")}
+        record = {**record, "via": node.name}
         for name in peers:
-            tell(name, record)
+            if name not in skip:
+                tell(name, record)
 
     def catch_up(came: set, gone: set) -> None:
         for name in came & peers.keys():
             for record in app.records():
-                tell(name, record)
+                tell(name, {**record, "via": node.name})
 
     app.flood = flood
     # Unbounded on purpose: a dropped record is a lost location, and the handler only stores.
-    node.spawn(ProxyPeer, app, name=PEER_ACTOR, mailbox_size=None)
+    node.spawn(ProxyPeer, app, came_from, name=PEER_ACTOR, mailbox_size=None)
     await app.start()
     node.on_membership(catch_up)
     node.on_shutdown(app.close)
+    # Load the offline gazetteer now, in a thread, rather than on the first WHATSAT (~1 s).
+    gazetteer = getattr(app.places, "provider", app.places)
+    if isinstance(gazetteer, GazetteerPlaces) and not gazetteer.loaded:
+        preload = asyncio.ensure_future(asyncio.to_thread(gazetteer.load))
+        node.on_shutdown(lambda: asyncio.gather(preload, return_exceptions=True))
     log.info("%s: location proxy listening on %s:%d", node.name, me.host, app.port)
     return app

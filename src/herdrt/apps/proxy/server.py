@@ -35,6 +35,10 @@ log = logging.getLogger("herdrt.proxy")
 Flood = Callable[[dict[str, Any]], Any]
 
 _MAX_LINE = 64 * 1024
+# Accept queue length: asyncio's default (100) makes a burst of more clients than that, arriving
+# while the loop is busy, wait for the kernel's SYN retransmit (about a second). The kernel caps it
+# at net.core.somaxconn.
+_BACKLOG = 1024
 
 
 def _escape(text: str) -> str:
@@ -77,6 +81,7 @@ class ProxyServer:
     another server is stored, pass it on with ``flood`` (True: the app does the multi-hop flooding
     and the newer-timestamp rule stops it; set False if the herd layer forwards by itself).
     ``clock`` returns POSIX time in integer nanoseconds (``time.time_ns``; tests may fix it).
+    ``backlog``: the listening socket's accept queue (clients connecting faster than accepted).
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class ProxyServer:
         clock: Callable[[], int] = time.time_ns,
         max_pipeline: int = 64,
         max_line: int = _MAX_LINE,
+        backlog: int = _BACKLOG,
     ):
         self.name = name
         self.places = places
@@ -101,6 +107,7 @@ class ProxyServer:
         self.clock = clock
         self.max_pipeline = max_pipeline
         self.max_line = max_line
+        self.backlog = backlog
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task] = set()
         self._background: set[asyncio.Task] = set()
@@ -109,7 +116,7 @@ class ProxyServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen for clients on host:port (port 0: any free port; see :attr:`port`)."""
-        self._server = await asyncio.start_server(self._serve_connection, host, port)
+        self._server = await asyncio.start_server(self._serve_connection, host, port, backlog=self.backlog)
 
     @property
     def port(self) -> int | None:
