@@ -119,3 +119,74 @@ def test_unknown_node_lookup_lists_the_names():
     cfg = loads_config(GOOD)
     with pytest.raises(ConfigError, match="no node named 'zz' \\(nodes: a, b, c\\)"):
         cfg.node("zz")
+
+
+# --- [herd.bridge] ---------------------------------------------------------------------------------
+
+
+def _curve_files(tmp_path):
+    import zmq
+
+    server_public, server_secret = zmq.curve_keypair()
+    client_public, _ = zmq.curve_keypair()
+    (tmp_path / "bridge.key").write_text(server_secret.decode() + "\n")
+    table = (f'\n[herd.bridge]\nevict_after = 1.5\nmax_queued = 100\ncurve_secret_key_file = "bridge.key"\n'
+             f'curve_public_key = "{server_public.decode()}"\nallowed_client_keys = ["{client_public.decode()}"]\n')
+    return table, server_public, server_secret, client_public
+
+
+def test_bridge_defaults_and_curve_settings(tmp_path):
+    cfg = loads_config(GOOD)
+    assert cfg.bridge.evict_after == 3.0 and cfg.bridge.max_queued == 65536 and not cfg.bridge.curve
+    table, server_public, server_secret, client_public = _curve_files(tmp_path)
+    path = tmp_path / "herd.toml"
+    path.write_text(GOOD + table)
+    b = load_config(path).bridge
+    assert b.curve and b.evict_after == 1.5 and b.max_queued == 100
+    assert b.curve_secret_key == server_secret and b.curve_public_key == server_public
+    assert b.allowed_client_keys == (client_public,)
+    assert server_secret.decode() not in repr(b)  # the secret key stays out of logs
+    # a `herdrt keys`-style file (`secret_key = "..."`) works too, and the public key is optional
+    (tmp_path / "bridge.key").write_text(f'public_key = "x"\nsecret_key = "{server_secret.decode()}"\n')
+    path.write_text(GOOD + table.replace(f'curve_public_key = "{server_public.decode()}"\n', ""))
+    assert load_config(path).bridge.curve_public_key == server_public
+
+
+@pytest.mark.parametrize(
+    "edit, key, problem",
+    [
+        (lambda t: t.replace("evict_after = 1.5", "evict_after = 0"), "herd.bridge.evict_after", "positive"),
+        (lambda t: t.replace("evict_after = 1.5", 'evict_after = "soon"'), "herd.bridge.evict_after", "must be int or float"),
+        (lambda t: t.replace("max_queued = 100", "max_queued = -1"), "herd.bridge.max_queued", "positive"),
+        (lambda t: t.replace("max_queued = 100", "colour = 1"), "herd.bridge.colour", "unknown key"),
+        (lambda t: t.replace('"bridge.key"', '"missing.key"'), "herd.bridge.curve_secret_key_file", "cannot read"),
+        (lambda t: t.replace("allowed_client_keys = [", "allowed_client_keys = [\"short\", "), "herd.bridge.allowed_client_keys[0]", "z85"),
+        (lambda t: t.replace("allowed_client_keys = [", "x = [").replace("x = [", "allowed_client_keys = []\nx = ["), "herd.bridge.x", "unknown key"),
+        (lambda t: t.split("allowed_client_keys")[0], "herd.bridge.allowed_client_keys", "is required"),
+        (lambda t: t.split("allowed_client_keys")[0] + "allowed_client_keys = []\n", "herd.bridge.allowed_client_keys", "is empty"),
+        (lambda t: t.replace("curve_secret_key_file", "#"), "herd.bridge.curve_public_key", "needs curve_secret_key_file"),
+    ],
+)
+def test_invalid_bridge_tables_name_file_key_and_problem(tmp_path, edit, key, problem):
+    table, *_ = _curve_files(tmp_path)
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD + edit(table))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}"), message
+    assert problem in message, message
+
+
+def test_bridge_public_key_must_match_the_secret_key(tmp_path):
+    import zmq
+
+    table, server_public, *_ = _curve_files(tmp_path)
+    other_public, _ = zmq.curve_keypair()
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD + table.replace(server_public.decode(), other_public.decode()))
+    with pytest.raises(ConfigError, match="herd.bridge.curve_public_key: does not match"):
+        load_config(path)
+    (tmp_path / "bridge.key").write_text("not a key\n")
+    with pytest.raises(ConfigError, match="curve_secret_key_file .*z85"):
+        load_config(path)

@@ -137,9 +137,11 @@ def _setup_logging(level: str) -> None:
 @click.option("--log-dir", type=click.Path(file_okay=False), default="logs", show_default=True,
               help="Where applications write per-node traffic logs (the location proxy: DIR/<node>.log).")
 @click.option("--asyncio", "use_asyncio", is_flag=True, help="Run on stdlib asyncio instead of uvloop.")
+@click.option("--bridge-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="With --node: run that node's ZMQ bridge on PORT (overrides bridge_port in the herd file).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-def serve(config_path, node_name, apps, print_config, log_dir, use_asyncio, log_level):
+def serve(config_path, node_name, apps, print_config, log_dir, use_asyncio, bridge_port, log_level):
     """Run a herd.
 
     With no options: the bundled herd, five nodes on 127.0.0.1, each its own OS process,
@@ -158,11 +160,19 @@ def serve(config_path, node_name, apps, print_config, log_dir, use_asyncio, log_
     os.environ["HERDRT_LOG_DIR"] = str(Path(log_dir).resolve())  # node processes inherit it
     config = _config(config_path, create_secret=True)
     if node_name is None:
+        if bridge_port is not None:
+            raise click.UsageError("--bridge-port needs --node (it sets the bridge of one node)")
         run_herd(config, config_path, list(apps), echo=click.echo)
         return
     if node_name not in config.nodes:
         raise click.BadParameter(f"{node_name!r} is not a node of {config.source} (nodes: {', '.join(config.nodes)})",
                                  param_hint="--node")
+    if bridge_port is not None:
+        from dataclasses import replace
+
+        nodes = dict(config.nodes)
+        nodes[node_name] = replace(nodes[node_name], bridge_port=bridge_port)
+        config = replace(config, nodes=nodes)
     try:
         hooks = [load_app(spec) for spec in (*config.apps, *apps)]
     except ValueError as exc:
@@ -307,6 +317,36 @@ def ask(node, target, message, kind, timeout, config_path):
     """Ask TARGET (NAME or NAME@NODE) through NODE with MESSAGE (JSON; default null); print the reply
     as JSON. `herdrt ask Bona '$node' '"status"'` shows one node's view of the herd."""
     _send(config_path, node, target, message, kind, timeout, asking=True)
+
+
+# --- herdrt keys -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--secret-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the secret key to this new file (mode 0600) instead of printing it.")
+def keys(secret_file):
+    """Make a CURVE key pair (z85) for the ZMQ bridge.
+
+    For the bridge itself: put the secret key in a file named by `curve_secret_key_file` under
+    [herd.bridge]. For a service: give its public key to the herd (`allowed_client_keys`) and keep
+    its secret key with the service.
+    """
+    import zmq
+
+    public, secret = (k.decode("ascii") for k in zmq.curve_keypair())
+    click.echo("# herdrt CURVE key pair (z85)")
+    click.echo(f'public_key = "{public}"')
+    if secret_file is None:
+        click.echo(f'secret_key = "{secret}"   # keep private')
+        return
+    try:
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise click.ClickException(f"cannot create {secret_file}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    click.echo(f"# secret key written to {secret_file} (mode 0600)")
 
 
 if __name__ == "__main__":  # pragma: no cover

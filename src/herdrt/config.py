@@ -19,6 +19,13 @@ A herd file is TOML (read with the stdlib ``tomllib``)::
     app_port = 12003                 # optional: the node's application (e.g. the location proxy)
     bridge_port = 13003              # optional: the ZMQ bridge for services in other languages
 
+    [herd.bridge]                    # optional: settings of every node's ZMQ bridge
+    evict_after = 3.0                # seconds of silence after which a service is evicted
+    max_queued = 65536               # messages queued per service when ZeroMQ pushes back
+    curve_secret_key_file = "bridge.key"   # turns CURVE on: the server's z85 secret key (`herdrt keys`)
+    curve_public_key = "..."         # optional: checked against the one derived from the secret key
+    allowed_client_keys = ["..."]    # with CURVE: the z85 public keys of the services let in
+
 Every validation error is a :class:`ConfigError` naming the file, the key and what is wrong.
 """
 
@@ -33,7 +40,7 @@ from pathlib import Path
 
 from .errors import HerdError
 
-__all__ = ["ConfigError", "NodeConfig", "HerdConfig", "load_config", "loads_config", "parse_config", "bundled_config_text"]
+__all__ = ["ConfigError", "NodeConfig", "BridgeConfig", "HerdConfig", "load_config", "loads_config", "parse_config", "bundled_config_text"]
 
 OVERFLOW_POLICIES = ("block", "reject", "drop_oldest", "drop_newest")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -59,6 +66,24 @@ class NodeConfig:
 
 
 @dataclass(frozen=True)
+class BridgeConfig:
+    """``[herd.bridge]``: how each node's ZMQ bridge treats services (see :mod:`herdrt.bridge`).
+
+    CURVE is on when ``curve_secret_key`` is set; keys are z85 text (40 characters) as bytes.
+    """
+
+    evict_after: float = 3.0
+    max_queued: int = 65536
+    curve_secret_key: bytes | None = field(default=None, repr=False)
+    curve_public_key: bytes | None = None
+    allowed_client_keys: tuple[bytes, ...] = ()
+
+    @property
+    def curve(self) -> bool:
+        return self.curve_secret_key is not None
+
+
+@dataclass(frozen=True)
 class HerdConfig:
     """A whole herd: its nodes, its neighbor graph and the settings every node shares."""
 
@@ -72,6 +97,7 @@ class HerdConfig:
     mailbox_overflow: str = "reject"
     apps: tuple[str, ...] = ()
     source: str = "<herd config>"
+    bridge: BridgeConfig = BridgeConfig()
 
     def node(self, name: str) -> NodeConfig:
         """The node called ``name``; a :class:`ConfigError` listing the known names otherwise."""
@@ -143,6 +169,63 @@ def _secret(herd: dict, source: str, base: Path | None) -> bytes:
     return secret.encode("utf-8")
 
 
+_Z85_KEY = re.compile(r"^[0-9A-Za-z.:+=^!/*?&<>()\[\]{}@%$#-]{40}$")
+
+
+def _z85_key(value, source: str, key: str) -> bytes:
+    if not isinstance(value, str) or not _Z85_KEY.match(value):
+        _fail(source, key, f"must be a CURVE key in z85 (40 characters, as `herdrt keys` prints), not {value!r:.60}")
+    return value.encode("ascii")
+
+
+def _bridge(herd: dict, source: str, base: Path | None) -> BridgeConfig:
+    table = _get(herd, "bridge", dict, source, "herd.", {})
+    known = {"evict_after", "max_queued", "curve_secret_key_file", "curve_public_key", "allowed_client_keys"}
+    for key in table:
+        if key not in known:
+            _fail(source, f"herd.bridge.{key}", f"unknown key (expected one of {', '.join(sorted(known))})")
+    evict_after = _get(table, "evict_after", (int, float), source, "herd.bridge.", 3.0)
+    if evict_after <= 0:
+        _fail(source, "herd.bridge.evict_after", f"must be positive, not {evict_after}")
+    max_queued = _get(table, "max_queued", int, source, "herd.bridge.", 65536)
+    if max_queued <= 0:
+        _fail(source, "herd.bridge.max_queued", f"must be positive, not {max_queued}")
+    secret = public = None
+    allowed: tuple[bytes, ...] = ()
+    path_value = _get(table, "curve_secret_key_file", str, source, "herd.bridge.")
+    if path_value is None:
+        for key in ("curve_public_key", "allowed_client_keys"):
+            if key in table:
+                _fail(source, f"herd.bridge.{key}", "needs curve_secret_key_file (CURVE is off without the server's secret key)")
+    else:
+        path = Path(path_value).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        try:
+            text = path.read_text("utf-8")
+        except OSError as exc:
+            _fail(source, "herd.bridge.curve_secret_key_file", f"cannot read {path}: {exc.strerror or exc}")
+        # Either the bare z85 secret key, or a `secret_key = "..."` line (as `herdrt keys` prints).
+        found = re.search(r'secret[_-]key\s*=\s*"([^"]*)"', text)
+        secret = _z85_key(found.group(1) if found else text.strip(), source, f"herd.bridge.curve_secret_key_file ({path})")
+        import zmq  # only a herd with CURVE needs pyzmq to load its file
+
+        try:
+            derived = zmq.curve_public(secret)
+        except zmq.ZMQError as exc:
+            _fail(source, "herd.bridge.curve_secret_key_file", f"{path} holds no valid CURVE secret key: {exc}")
+        public = derived
+        if "curve_public_key" in table:
+            public = _z85_key(table["curve_public_key"], source, "herd.bridge.curve_public_key")
+            if public != derived:
+                _fail(source, "herd.bridge.curve_public_key", "does not match the secret key in curve_secret_key_file")
+        keys = _get(table, "allowed_client_keys", list, source, "herd.bridge.", required=True)
+        if not keys:
+            _fail(source, "herd.bridge.allowed_client_keys", "is empty: no service could connect; list their z85 public keys")
+        allowed = tuple(_z85_key(k, source, f"herd.bridge.allowed_client_keys[{i}]") for i, k in enumerate(keys))
+    return BridgeConfig(float(evict_after), max_queued, secret, public, allowed)
+
+
 def parse_config(data: dict, source: str = "<herd config>", base: Path | None = None) -> HerdConfig:
     """Validate a parsed herd file (a dict as ``tomllib`` returns it)."""
     known_top = {"herd", "nodes"}
@@ -151,7 +234,7 @@ def parse_config(data: dict, source: str = "<herd config>", base: Path | None = 
             _fail(source, key, f"unknown key (expected {', '.join(sorted(known_top))})")
     herd = _get(data, "herd", dict, source, "", default={})
     known_herd = {"secret", "secret_file", "secret_env", "links", "heartbeat_interval", "failure_threshold",
-                  "max_frame_size", "mailbox_size", "mailbox_overflow", "apps"}
+                  "max_frame_size", "mailbox_size", "mailbox_overflow", "apps", "bridge"}
     for key in herd:
         if key not in known_herd:
             _fail(source, f"herd.{key}", f"unknown key (expected one of {', '.join(sorted(known_herd))})")
@@ -226,6 +309,7 @@ def parse_config(data: dict, source: str = "<herd config>", base: Path | None = 
         mailbox_overflow=overflow,
         apps=tuple(apps),
         source=source,
+        bridge=_bridge(herd, source, base),
     )
 
 

@@ -102,7 +102,8 @@ def run_node(config: HerdConfig, name: str, apps: list[Callable] = (), *, use_uv
     def ready(node: HerdNode) -> None:
         host, port = node.address
         nbrs = ", ".join(sorted(node.links.neighbors)) or "none"
-        print(f"node {name} up: herd links on {host}:{port}, neighbors {nbrs} (pid {os.getpid()})", flush=True)
+        bridge = f", bridge on {node.bridge.endpoint}" if node.bridge is not None else ""
+        print(f"node {name} up: herd links on {host}:{port}{bridge}, neighbors {nbrs} (pid {os.getpid()})", flush=True)
 
     run(serve_node(config, name, apps, ready=ready), use_uvloop=use_uvloop)
 

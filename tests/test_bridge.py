@@ -1,0 +1,507 @@
+"""The ZeroMQ bridge: real pyzmq DEALER services against real herd nodes in this process (uvloop and
+stdlib asyncio), over TCP on 127.0.0.1."""
+
+import asyncio
+import socket
+import time
+
+import msgpack
+import pytest
+import zmq
+import zmq.asyncio
+from click.testing import CliRunner
+
+from herdrt import Actor
+from herdrt.bridge import REGISTER, SERVICE_HELLO, UNREGISTER, WELCOME, service_credential
+from herdrt.cli import main as cli_main
+from herdrt.config import loads_config
+from herdrt.errors import ActorNotFound, MailboxFull, NodeUnavailable, RemoteError
+from herdrt.herd import HerdNode
+
+SECRET = "bridge-test-secret-0123"
+TELL, ASK, ERROR, HEARTBEAT, REPLY, BYE = 2, 3, 4, 5, 6, 9
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def bridge_config(names=("A", "B"), bridged=("A",), links=None, bridge_table="", extra="", base=None):
+    ports = free_ports(2 * len(names))
+    text = f'[herd]\nsecret = "{SECRET}"\nheartbeat_interval = 0.1\n{extra}'
+    if links is not None:
+        text += "links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in links) + "]\n"
+    if bridge_table:
+        text += "[herd.bridge]\n" + bridge_table + "\n"
+    for i, name in enumerate(names):
+        text += f'[[nodes]]\nname = "{name}"\nport = {ports[2 * i]}\n'
+        if name in bridged:
+            text += f"bridge_port = {ports[2 * i + 1]}\n"
+    return loads_config(text, "test-herd.toml", base)
+
+
+class Echo(Actor):
+    def receive(self, message, ctx):
+        if message == "boom":
+            raise KeyError("boom")
+        return [self.node.name, message]
+
+
+class Recorder(Actor):
+    def __init__(self):
+        self.seen = []
+
+    def receive(self, message, ctx):
+        if message == "get":
+            return self.seen
+        self.seen.append(message)
+
+
+async def until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+class Herd:
+    def __init__(self, config):
+        self.config = config
+        self.nodes = {}
+
+    async def __aenter__(self):
+        for name in self.config.nodes:
+            node = HerdNode(self.config, name, strict_messages=True, ask_timeout=5.0)
+            await node.start()
+            node.spawn(Echo, name="echo")
+            node.register_kind("echoes", Echo)
+            self.nodes[name] = node
+        live = set(self.nodes)
+        await until(lambda: all(n.membership.live() == live for n in self.nodes.values()))
+        return self.nodes
+
+    async def __aexit__(self, *exc):
+        for node in self.nodes.values():
+            await node.shutdown()
+
+
+class Service:
+    """A test service: one DEALER, the bridge protocol spoken by hand."""
+
+    def __init__(self, node, name="svc", names=("calc",), *, secret=SECRET.encode(), credential=..., curve=None, rcvhwm=None):
+        self.ctx = zmq.asyncio.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        if rcvhwm is not None:
+            self.sock.rcvhwm = rcvhwm
+            self.sock.rcvbuf = 4096
+        if curve is not None:
+            server_public, public, secret_key = curve
+            self.sock.curve_serverkey = server_public
+            self.sock.curve_publickey = public
+            self.sock.curve_secretkey = secret_key
+        self.sock.connect(node.bridge.endpoint)
+        self.node_name = node.name
+        self.name = name
+        self.names = list(names)
+        self.credential = service_credential(secret, name) if credential is ... else credential
+        self.task = None
+        self.serving = False
+        self.seen = []  # tells received by the serve loop
+
+    def send(self, env):
+        self.sock.send(msgpack.packb(env, use_bin_type=True))
+
+    def send_raw(self, *frames):
+        self.sock.send_multipart(list(frames))
+
+    async def recv(self, timeout=2.0, skip_heartbeats=True):
+        while True:
+            frame = await asyncio.wait_for(self.sock.recv(), timeout)
+            env = msgpack.unpackb(frame, raw=False)
+            if not (skip_heartbeats and env[0] == HEARTBEAT):
+                return env
+
+    async def nothing(self, wait=0.3):
+        """Assert nothing but heartbeats arrives within ``wait`` seconds."""
+        with pytest.raises(asyncio.TimeoutError):
+            await self.recv(wait)
+
+    async def hello(self, version=1, names=None):
+        self.send([SERVICE_HELLO, version, self.name, self.names if names is None else names, self.credential])
+        return await self.recv()
+
+    def serve(self, heartbeat=True):
+        """Answer asks in the background: "fail" -> ValueError, "missing" -> ActorNotFound."""
+        self.serving = True
+        self.task = asyncio.ensure_future(self._serve(heartbeat))
+        return self
+
+    async def _serve(self, heartbeat):
+        seq = 0
+        last = 0.0
+        while self.serving:
+            try:
+                env = await self.recv(0.05, skip_heartbeats=False)
+            except asyncio.TimeoutError:
+                env = None
+            if heartbeat and time.monotonic() - last > 0.1:
+                seq += 1
+                last = time.monotonic()
+                self.send([HEARTBEAT, seq, time.time()])
+            if env is None:
+                continue
+            if env[0] == TELL:
+                self.seen.append((env[2], env[3]))
+            elif env[0] == ASK:
+                _, _, name, body, src, corr = env
+                if body == "fail":
+                    self.send([REPLY, src, corr, False, ["ValueError", "bad input"]])
+                elif body == "missing":
+                    self.send([REPLY, src, corr, False, ["ActorNotFound", f"no handler for {name}"]])
+                elif body == "seen":
+                    self.send([REPLY, src, corr, True, [list(s) for s in self.seen]])
+                else:
+                    self.send([REPLY, src, corr, True, {"by": self.name, "name": name, "echo": body}])
+
+    async def close(self):
+        if self.task is not None:
+            # a flag, not cancel(): on 3.11 wait_for can swallow a cancellation (gh-86296)
+            self.serving = False
+            await self.task
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def test_hello_welcome_register_and_status(run):
+    config = bridge_config()
+
+    async def main():
+        async with Herd(config) as nodes:
+            a = nodes["A"]
+            svc = Service(a, names=["calc"])
+            try:
+                assert await svc.hello() == [WELCOME, "A", 0.1, 1 << 20]
+                svc.send([REGISTER, ["more"]])
+                await until(lambda: "more" in a.bridge.stats()["services"]["svc"]["names"])
+                status = await a.lookup("$node@A").ask("status")
+                info = status["bridge"]["services"]["svc"]
+                assert info["live"] and info["names"] == ["calc", "more"]
+                assert status["bridge"]["counters"]["welcomed"] == 1 and not status["bridge"]["curve"]
+                assert a.lookup("calc").path == "calc@A"  # a proxy actor on the node
+                svc.send([UNREGISTER, ["more"]])
+                await until(lambda: "more" not in a.bridge.stats()["services"]["svc"]["names"])
+                with pytest.raises(ActorNotFound):
+                    await nodes["B"].lookup("more@A").ask(1)
+                svc.send([REGISTER, ["more"]])  # at once again: the name was freed synchronously
+                await until(lambda: "more" in a.bridge.stats()["services"]["svc"]["names"])
+                assert nodes["B"].herd_status()["bridge"] is None  # B runs no bridge
+            finally:
+                await svc.close()
+
+    run(main)
+
+
+def test_refusals_wrong_credential_version_and_taken_names(run):
+    config = bridge_config()
+
+    async def main():
+        async with Herd(config) as nodes:
+            a = nodes["A"]
+            bad = Service(a, credential=b"\x00" * 32)
+            nocred = Service(a, name="other", credential=None)
+            old = Service(a, name="old")
+            first = Service(a, name="first", names=["shared"])
+            second = Service(a, name="second", names=["shared"])
+            local = Service(a, name="local", names=["echo"])
+            try:
+                assert await bad.hello() == [ERROR, None, "auth", "authentication failed: the credential does not match the herd secret"]
+                bad.send([TELL, None, "echo", 1])  # the identity was forgotten
+                err = await bad.recv()
+                assert err[:3] == [ERROR, None, "protocol"] and "SERVICE_HELLO first" in err[3]
+                assert (await nocred.hello())[:3] == [ERROR, None, "auth"]
+                err = await old.hello(version=2)
+                assert err[:3] == [ERROR, None, "version"] and "version 1" in err[3]
+                assert (await first.hello())[0] == WELCOME
+                err = await second.hello()
+                assert err[:3] == [ERROR, None, "name_taken"] and "shared (served by first)" in err[3]
+                err = await local.hello()
+                assert err[:3] == [ERROR, None, "name_taken"] and "echo (a local actor)" in err[3]
+                counters = a.bridge.stats()["counters"]
+                assert counters["refused"] == 5 and counters["welcomed"] == 1
+                assert set(a.bridge.stats()["services"]) == {"first"}
+            finally:
+                for s in (bad, nocred, old, first, second, local):
+                    await s.close()
+
+    run(main)
+
+
+def test_herd_actors_tell_and_ask_a_service_on_another_node(run):
+    config = bridge_config(["A", "B", "C"], links=[("A", "B"), ("B", "C")])
+
+    async def main():
+        async with Herd(config) as nodes:
+            svc = Service(nodes["A"], names=["calc"]).serve()
+            try:
+                assert (await svc.hello())[0] == WELCOME
+                c = nodes["C"]  # two hops from the bridge
+                assert await c.lookup("calc@A").ask({"x": [1, 2.5, b"\x00"]}) == {
+                    "by": "svc", "name": "calc", "echo": {"x": [1, 2.5, b"\x00"]}}
+                answers = await asyncio.gather(*(c.lookup("calc@A").ask(i) for i in range(50)))
+                assert [a["echo"] for a in answers] == list(range(50))  # many asks in flight at once
+                for i in range(20):
+                    c.lookup("calc@A").tell(i)
+                assert await c.lookup("calc@A").ask("seen") == [["calc", i] for i in range(20)]  # FIFO
+                with pytest.raises(RemoteError) as info:
+                    await c.lookup("calc@A").ask("fail")
+                assert info.value.type_name == "ValueError" and info.value.message == "bad input"
+                with pytest.raises(ActorNotFound, match="no handler for calc"):
+                    await nodes["A"].lookup("calc").ask("missing")  # from the bridge node itself
+                with pytest.raises(TypeError):  # what msgpack cannot carry fails at the sender
+                    c.lookup("calc@A").tell({1, 2})
+                counters = nodes["A"].bridge.stats()["counters"]
+                assert counters["asks_to_services"] >= 53 and counters["tells_to_services"] == 20
+                assert counters["replies_from_services"] == counters["asks_to_services"]
+            finally:
+                await svc.close()
+
+    run(main)
+
+
+def test_a_service_tells_and_asks_across_the_herd(run):
+    config = bridge_config(["A", "B", "C"], links=[("A", "B"), ("B", "C")])
+
+    async def main():
+        async with Herd(config) as nodes:
+            rec = nodes["C"].spawn(Recorder, name="rec")
+            svc = Service(nodes["A"], names=[])
+            try:
+                assert (await svc.hello())[0] == WELCOME
+                svc.send([ASK, "C", "echo", "hi", "svc", 7])  # C is not A's neighbor: routed via B
+                assert await svc.recv() == [REPLY, "svc", 7, True, ["C", "hi"]]
+                svc.send([ASK, None, "echo@B", b"\x01", "svc", 0])  # name@node; corr 0 is an ask too
+                assert await svc.recv() == [REPLY, "svc", 0, True, ["B", b"\x01"]]
+                svc.send([ASK, None, "echo", {"k": None}, "svc", 8])  # nil: the bridge's node
+                assert await svc.recv() == [REPLY, "svc", 8, True, ["A", {"k": None}]]
+                svc.send([ASK, None, ["echoes", "k1"], 1.5, "svc", 9])  # keyed, placed by the ring
+                reply = await svc.recv()
+                assert reply[:4] == [REPLY, "svc", 9, True] and reply[4] == [nodes["A"].owner("echoes", "k1"), 1.5]
+                for i in range(10):
+                    svc.send([TELL, "C", "rec", i])
+                await until(lambda: rec._cell.actor is not None and len(rec._cell.actor.seen) == 10)
+                assert await nodes["A"].lookup("rec@C").ask("get") == list(range(10))
+                # errors come back typed
+                svc.send([ASK, "C", "ghost", 1, "svc", 10])
+                reply = await svc.recv()
+                assert reply[:4] == [REPLY, "svc", 10, False] and reply[4][0] == "ActorNotFound"
+                svc.send([ASK, "C", "echo", "boom", "svc", 11])
+                assert await svc.recv() == [REPLY, "svc", 11, False, ["KeyError", "'boom'"]]
+                svc.send([ASK, "Nowhere", "echo", 1, "svc", 12])
+                reply = await svc.recv()
+                assert reply[:4] == [REPLY, "svc", 12, False] and reply[4][0] == "NodeUnavailable"
+                svc.send([ASK, None, ["nokind", "k"], 1, "svc", 13])
+                reply = await svc.recv()
+                assert reply[:4] == [REPLY, "svc", 13, False] and reply[4][0] == "ActorNotFound"
+                svc.send([ASK, None, 42, 1, "svc", 14])  # a bad target: ERROR with the corr
+                err = await svc.recv()
+                assert err[:3] == [ERROR, 14, "protocol"]
+            finally:
+                await svc.close()
+
+    run(main)
+
+
+def test_eviction_fails_asks_fast_and_hello_restores(run):
+    config = bridge_config(bridge_table="evict_after = 0.4")
+
+    async def main():
+        async with Herd(config) as nodes:
+            a, b = nodes["A"], nodes["B"]
+            svc = Service(a, names=["calc"])
+            try:
+                assert (await svc.hello())[0] == WELCOME
+                assert (await svc.recv(1.0, skip_heartbeats=False))[0] == HEARTBEAT  # the node beats
+                # silent: no heartbeats from the service -> evicted, told BYE
+                bye = await svc.recv(2.0)
+                assert bye[0] == BYE and bye[1].startswith("evicted: silent for")
+                assert a.bridge.stats()["services"]["svc"]["live"] is False
+                started = time.monotonic()
+                with pytest.raises(NodeUnavailable, match="evicted"):
+                    await b.lookup("calc@A").ask(1, timeout=5)
+                assert time.monotonic() - started < 1.0  # at once, not after the ask timeout
+                b.lookup("calc@A").tell("lost")
+                await until(lambda: a.bridge.counters["dropped_tells"] == 1)
+                svc.send([TELL, None, "echo", 1])  # the old session is gone
+                assert (await svc.recv())[:3] == [ERROR, None, "protocol"]
+                assert (await svc.hello())[0] == WELCOME  # the same service again: its names are back
+                svc.serve()
+                assert (await b.lookup("calc@A").ask(2))["echo"] == 2
+                assert a.bridge.counters["evictions"] >= 1  # (a loaded machine may evict it twice)
+            finally:
+                await svc.close()
+
+    run(main)
+
+
+def test_reconnect_replaces_and_bye_unregisters(run):
+    config = bridge_config()
+
+    async def main():
+        async with Herd(config) as nodes:
+            a, b = nodes["A"], nodes["B"]
+            first = Service(a, names=["calc"])
+            second = Service(a, names=["calc"])
+            try:
+                assert (await first.hello())[0] == WELCOME
+                assert (await second.hello())[0] == WELCOME  # same service name, new connection
+                second.serve()
+                assert (await first.recv())[:2] == [BYE, "replaced by a newer connection"]
+                assert (await b.lookup("calc@A").ask(3))["echo"] == 3  # answered by the new one
+                second.send([BYE, "done"])
+                await until(lambda: "svc" not in a.bridge.stats()["services"])
+                with pytest.raises(ActorNotFound):
+                    await b.lookup("calc@A").ask(4)
+                assert a.bridge.counters["byes"] == 1
+            finally:
+                await first.close()
+                await second.close()
+
+    run(main)
+
+
+def test_malformed_messages_do_not_disturb_other_services(run):
+    config = bridge_config(extra="max_frame_size = 4096\n")
+
+    async def main():
+        async with Herd(config) as nodes:
+            a, b = nodes["A"], nodes["B"]
+            good = Service(a, name="good", names=["calc"]).serve()
+            bad = Service(a, name="bad", names=["other"])
+            stranger = Service(a, name="stranger")
+            try:
+                assert (await good.hello())[0] == WELCOME
+                # unknown sender: garbage is dropped and counted, never answered
+                stranger.send_raw(b"\xc1\xff garbage")
+                stranger.send_raw(b"x" * 5000)
+                await stranger.nothing(0.2)
+                assert a.bridge.counters["dropped_unknown"] == 2
+                assert (await bad.hello())[0] == WELCOME
+                cases = [
+                    (lambda: bad.send_raw(b"\xc1"), "frame"),  # not msgpack
+                    (lambda: bad.send_raw(b"\x01\x02"), "frame"),  # trailing bytes
+                    (lambda: bad.send_raw(msgpack.packb([2, None, "x", "y" * 5000])), "frame"),  # oversized
+                    (lambda: bad.send_raw(b"\x92\x02", b"\x01"), "frame"),  # two frames
+                    (lambda: bad.send({"kind": 2}), "protocol"),  # a map, not an envelope
+                    (lambda: bad.send([]), "protocol"),
+                    (lambda: bad.send([99, 1]), "protocol"),  # unknown kind
+                    (lambda: bad.send([TELL, None]), "protocol"),  # short TELL
+                    (lambda: bad.send([REPLY, "A", "x", True, 1]), "protocol"),
+                    (lambda: bad.send([REGISTER, ["a@b"]]), "protocol"),
+                    (lambda: bad.send([HEARTBEAT, "x", 1.0]), "protocol"),
+                    (lambda: bad.sock.send(msgpack.packb([TELL, None, "echo", msgpack.ExtType(5, b"")])), "protocol"),
+                ]
+                for send, code in cases:
+                    send()
+                    err = await bad.recv()
+                    assert err[0] == ERROR and err[2] == code, (err, code)
+                    assert (await b.lookup("calc@A").ask("ok"))["echo"] == "ok"  # the other one is fine
+                bad.send([REPLY, "A", 12345, True, 1])  # a reply nobody waits for: counted, no answer
+                await until(lambda: a.bridge.counters["stray_replies"] == 1)
+                assert (await bad.hello())[0] == WELCOME  # the bad one is still in session
+                assert a.bridge.counters["malformed"] >= len(cases) + 2
+                assert a.bridge.stats()["services"]["good"]["live"]
+            finally:
+                for s in (good, bad, stranger):
+                    await s.close()
+
+    run(main)
+
+
+def test_outbox_overflow_is_visible(run):
+    config = bridge_config(bridge_table="max_queued = 10\nevict_after = 30")
+
+    async def main():
+        async with Herd(config) as nodes:
+            a = nodes["A"]
+            svc = Service(a, names=["sink"], rcvhwm=1)
+            try:
+                assert (await svc.hello())[0] == WELCOME
+                ref = a.lookup("sink")
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:  # the service does not read: ZeroMQ pushes back
+                    for _ in range(100):
+                        try:
+                            ref.tell(b"x" * 20_000)
+                        except MailboxFull:  # the proxy's own mailbox: let it drain
+                            break
+                    await asyncio.sleep(0)
+                    if a.bridge.counters["outbox_overflows"]:
+                        break
+                assert a.bridge.counters["outbox_overflows"] > 0
+                assert 0 < a.bridge.stats()["services"]["svc"]["queued"] <= 10
+                # ZeroMQ is pushing back: tells queued ahead of an ask (same turn) fill the outbox,
+                # so the ask finds it full
+                for _ in range(100):
+                    ref.tell(b"x" * 20_000)
+                with pytest.raises(MailboxFull, match="outbox"):
+                    await ref.ask("x")
+            finally:
+                await svc.close()
+
+    run(main)
+
+
+def _write_curve(tmp_path):
+    server_public, server_secret = zmq.curve_keypair()
+    client_public, client_secret = zmq.curve_keypair()
+    (tmp_path / "bridge.key").write_text(server_secret.decode() + "\n")
+    table = ('curve_secret_key_file = "bridge.key"\n'
+             f'curve_public_key = "{server_public.decode()}"\n'
+             f'allowed_client_keys = ["{client_public.decode()}"]')
+    return table, server_public, (client_public, client_secret)
+
+
+def test_curve_admits_allowed_keys_only(run, tmp_path):
+    table, server_public, (client_public, client_secret) = _write_curve(tmp_path)
+    config = bridge_config(bridge_table=table, base=tmp_path)
+    stranger_public, stranger_secret = zmq.curve_keypair()
+
+    async def main():
+        async with Herd(config) as nodes:
+            a = nodes["A"]
+            allowed = Service(a, names=["calc"], credential=None, curve=(server_public, client_public, client_secret)).serve()
+            stranger = Service(a, name="intruder", names=["x"], curve=(server_public, stranger_public, stranger_secret))
+            plain = Service(a, name="plain", names=["y"])  # no CURVE at all, but the right credential
+            try:
+                assert (await allowed.hello())[0] == WELCOME  # the key authenticates: credential nil
+                assert (await nodes["B"].lookup("calc@A").ask(5))["echo"] == 5
+                for s in (stranger, plain):
+                    s.send([SERVICE_HELLO, 1, s.name, s.names, s.credential])
+                    s.send([TELL, None, "echo", 1])
+                    await s.nothing(0.4)
+                assert set(a.bridge.stats()["services"]) == {"svc"}
+                assert a.bridge.counters["curve_denied"] >= 1 and a.bridge.stats()["curve"]
+            finally:
+                for s in (allowed, stranger, plain):
+                    await s.close()
+
+    run(main)
+
+
+def test_keys_command_prints_a_usable_key_pair(tmp_path):
+    result = CliRunner().invoke(cli_main, ["keys", "--secret-file", str(tmp_path / "k.key")])
+    assert result.exit_code == 0, result.output
+    public = [line.split('"')[1] for line in result.output.splitlines() if line.startswith("public_key")][0]
+    secret = (tmp_path / "k.key").read_text().strip()
+    assert zmq.curve_public(secret.encode()).decode() == public
+    assert (tmp_path / "k.key").stat().st_mode & 0o077 == 0  # private
+    printed = CliRunner().invoke(cli_main, ["keys"])
+    pub, sec = (line.split('"')[1] for line in printed.output.splitlines() if "_key = " in line)
+    assert zmq.curve_public(sec.encode()).decode() == pub

@@ -1,0 +1,260 @@
+"""Go services in a real herd: Python node processes with a ZeroMQ bridge, Go processes built from
+``go-interop/cmd`` (PROTOCOL.md, Bridge).
+
+Skipped only when the ``go`` binary is missing (as tests/test_go.py); a Go build that fails (e.g.
+libzmq missing) is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from herdrt.client import HerdClient
+from herdrt.config import load_config
+from herdrt.core import HashRing, OnlineStats
+from herdrt.errors import ActorNotFound, AskTimeout, NodeUnavailable
+
+TESTS = Path(__file__).parent
+GO_DIR = TESTS.parent / "go-interop"
+GO = shutil.which("go")
+SECRET = "interop-test-secret"
+
+pytestmark = pytest.mark.skipif(GO is None, reason="the `go` binary is not installed (needed for go-interop/)")
+
+
+def free_ports(n):
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def gobin(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gobin")
+    env = {**os.environ, "GOFLAGS": os.environ.get("GOFLAGS", "-buildvcs=false")}
+    proc = subprocess.run([GO, "build", "-o", str(out) + os.sep, "./cmd/..."], cwd=GO_DIR, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, f"go build failed:\n{proc.stdout}\n{proc.stderr}"
+    return out
+
+
+class Herd:
+    """Node processes (and Go service processes) of one herd file under tmp_path."""
+
+    def __init__(self, tmp_path, nodes, bridge_node, extra=""):
+        ports = free_ports(len(nodes) + 1)
+        self.bridge_port = ports[-1]
+        text = f'[herd]\nsecret = "{SECRET}"\nheartbeat_interval = 0.2\n[herd.bridge]\nevict_after = 1.0\n{extra}'
+        for name, port in zip(nodes, ports):
+            text += f'[[nodes]]\nname = "{name}"\nport = {port}\n'
+            if name == bridge_node:
+                text += f"bridge_port = {self.bridge_port}\n"
+        self.path = tmp_path / "herd.toml"
+        self.path.write_text(text)
+        (tmp_path / "secret.txt").write_text(SECRET)
+        self.secret_file = tmp_path / "secret.txt"
+        self.config = load_config(self.path)
+        self.endpoint = f"tcp://127.0.0.1:{self.bridge_port}"
+        self.dir = tmp_path
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+
+    def _start(self, key, argv):
+        log = open(self.dir / f"{key}.log", "ab")
+        self.procs[key] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+
+    def node(self, name):
+        self._start(name, [sys.executable, "-m", "herdrt.cli", "serve", "--config", str(self.path), "--node", name,
+                           "--app", "herd_app:setup", "--log-level", "info"])
+
+    def go(self, key, binary, *args):
+        self._start(key, [str(binary), "-endpoint", self.endpoint, *args])
+
+    def kill(self, key):
+        proc = self.procs.pop(key)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop_all(self):
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def logs(self):
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.dir.glob("*.log"))
+
+
+@pytest.fixture
+def herd(tmp_path, gobin):
+    h = Herd(tmp_path, ["A", "B"], "A")
+    h.node("A")
+    h.node("B")
+    yield h
+    h.stop_all()
+
+
+async def ask(config, via, target, message, timeout=5.0):
+    async with HerdClient(config, via) as client:
+        return await client.ask(target, message, timeout=timeout)
+
+
+async def wait_answer(config, via, target, message, timeout=30.0):
+    """Ask until the target answers (nodes, links and the Go service come up in any order)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await ask(config, via, target, message, timeout=2.0)
+        except (OSError, ConnectionError, asyncio.TimeoutError, NodeUnavailable, ActorNotFound, AskTimeout):
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.1)
+
+
+def go_call(gobin, herd, *args, service="caller", extra=()):
+    proc = subprocess.run([str(gobin / "herd-call"), "-endpoint", herd.endpoint, "-service", service,
+                           "-secret-file", str(herd.secret_file), *extra, *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+    lines = proc.stdout.strip().splitlines()
+    return proc.returncode, (json.loads(lines[-1]) if lines else None), proc.stderr
+
+
+def test_python_and_go_ask_each_other(herd, gobin):
+    herd.go("echo", gobin / "herd-echo", "-service", "echo-go", "-names", "echo-go", "-secret-file", str(herd.secret_file))
+    value = {"i": 7, "neg": -3, "f": 2.5, "s": "é", "b": b"\x00\xff", "n": None, "t": True, "l": [1, [2, "x"]],
+             "big": 2**64 - 1}
+
+    async def main():
+        # Python (a client of node B) asks the Go service on A: routed B -> A -> bridge -> Go
+        assert await wait_answer(herd.config, "B", "echo-go@A", value) == value
+        async with HerdClient(herd.config, "B") as client:
+            for i in range(5):
+                client.tell("echo-go@A", i)
+            assert await client.ask("echo-go@A", "$tells") == 5  # FIFO per sender-receiver pair
+        await wait_answer(herd.config, "A", "echo@B", "up")
+
+    try:
+        asyncio.run(main())
+        # Go asks a Python actor on the node it is not connected to (routed A -> B)
+        code, out, err = go_call(gobin, herd, "ask", "echo@B", '{"k": [1, 2.5, "s"]}')
+        assert code == 0, err
+        assert out == {"ok": True, "value": ["B", {"k": [1, 2.5, "s"]}]}
+        # errors come back typed
+        code, out, _ = go_call(gobin, herd, "ask", "nobody@B", "1")
+        assert code == 1 and out["type"] == "ActorNotFound"
+        # a Go service asking another Go service through the bridge
+        code, out, _ = go_call(gobin, herd, "ask", "echo-go", '"hi"')
+        assert out == {"ok": True, "value": "hi"}
+    except BaseException:
+        print(herd.logs())
+        raise
+
+
+def test_stats_service_matches_online_stats(herd, gobin):
+    herd.go("stats", gobin / "herd-stats", "-service", "stats-go", "-names", "stats", "-secret-file", str(herd.secret_file))
+    xs = [0.5, 3.0, -2.25, 1e6, 7, 42.125, -1e-3]
+
+    async def main():
+        await wait_answer(herd.config, "B", "stats@A", "count")
+        async with HerdClient(herd.config, "B") as client:
+            for x in xs:
+                client.tell("stats@A", x)
+            return await client.ask("stats@A", "state"), await client.ask("stats@A", "mean")
+
+    try:
+        state, mean = asyncio.run(main())
+    except BaseException:
+        print(herd.logs())
+        raise
+    ref = OnlineStats()
+    for x in xs:
+        ref.update(x)
+    want = ref.to_dict()
+    assert state["count"] == want["count"] == len(xs)
+    for key in ("mean", "m2", "min", "max", "sum"):
+        assert state[key] == pytest.approx(want[key], rel=1e-12, abs=1e-12), key
+    assert mean == pytest.approx(ref.mean, rel=1e-12)
+
+
+def test_go_and_python_place_keys_alike(gobin):
+    nodes = ["A", "B", "Clark", "Jaquez", "nöde-5"]
+    proc = subprocess.run([str(gobin / "herd-place"), "-nodes", ",".join(nodes), "-n", "10000", "-format", "counter:k%d"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    got = json.loads(proc.stdout)
+    ring = HashRing(nodes)
+    want = [ring.lookup(f"counter:k{i}") for i in range(10000)]
+    assert got["nodes"] == nodes
+    assert got["owners"] == want
+    assert len(set(want)) == len(nodes)
+
+
+def test_killed_go_service_fails_fast_and_comes_back(herd, gobin):
+    args = ("-service", "echo-go", "-names", "echo-go", "-secret-file", str(herd.secret_file))
+    herd.go("echo", gobin / "herd-echo", *args)
+
+    async def main():
+        assert await wait_answer(herd.config, "B", "echo-go@A", "x") == "x"
+        herd.kill("echo")
+        # Asks wait on the silent service at most until its eviction (evict_after 1 s); after
+        # that they fail at once with NodeUnavailable, never AskTimeout.
+        async with HerdClient(herd.config, "B") as client:
+            failures = []
+            while True:
+                try:
+                    await client.ask("echo-go@A", "x", timeout=30.0)
+                except NodeUnavailable as exc:
+                    failures.append(exc)
+                    if len(failures) == 3:
+                        break
+        herd.go("echo", gobin / "herd-echo", *args)
+        assert await wait_answer(herd.config, "B", "echo-go@A", "back") == "back"
+
+    try:
+        asyncio.run(main())
+    except BaseException:
+        print(herd.logs())
+        raise
+
+
+def test_curve_refuses_a_wrong_key(tmp_path, gobin):
+    zmq = pytest.importorskip("zmq")
+    server_pub, server_sec = (k.decode() for k in zmq.curve_keypair())
+    client_pub, client_sec = (k.decode() for k in zmq.curve_keypair())
+    wrong_pub, wrong_sec = (k.decode() for k in zmq.curve_keypair())
+    (tmp_path / "bridge.key").write_text(server_sec)
+    extra = f'curve_secret_key_file = "{tmp_path / "bridge.key"}"\nallowed_client_keys = ["{client_pub}"]\n'
+    herd = Herd(tmp_path, ["A"], "A", extra=extra)
+    herd.node("A")
+    try:
+        herd.go("echo", gobin / "herd-echo", "-service", "echo-go", "-names", "echo-go",
+                "-curve-server-key", server_pub, "-curve-public-key", client_pub, "-curve-secret-key", client_sec)
+        assert asyncio.run(wait_answer(herd.config, "A", "echo-go@A", "sealed")) == "sealed"
+        curve = ("-curve-server-key", server_pub, "-curve-public-key", wrong_pub, "-curve-secret-key", wrong_sec)
+        code, out, err = go_call(gobin, herd, "ask", "echo-go", '"x"', service="intruder", extra=(*curve, "-timeout", "3s"))
+        assert code == 2, (out, err)
+        assert out["refused"] in ("curve", "unavailable")
+    except BaseException:
+        print(herd.logs())
+        raise
+    finally:
+        herd.stop_all()
