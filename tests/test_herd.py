@@ -130,7 +130,7 @@ def test_node_leaving_fails_asks_at_once_and_tells_are_counted(run):
             await nodes.pop("c").shutdown()
             with pytest.raises(ActorStopped, match="echo@c"):
                 await slow  # answered as c shut down, not after the 10 s timeout
-            assert time.monotonic() - started < 2.0
+            assert time.monotonic() - started < 5.0  # far below the 10 s the ask would wait
             await until(lambda: a.membership.live() == {"a", "b"})
             with pytest.raises(NodeUnavailable, match="unreachable"):
                 await a.lookup("echo@c").ask(1)

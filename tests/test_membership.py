@@ -29,7 +29,7 @@ def test_phi_stays_low_while_heartbeats_are_regular():
         t += 0.5 + rng.uniform(-0.05, 0.05)
         det.heartbeat(t)
         assert det.phi(t) < 1e-3
-        assert det.is_available(t + 0.6)  # one late heartbeat is no failure
+        assert det.is_available(t + 1.5)  # a late heartbeat, even a 1.5 s stall, is no failure
     assert abs(det.intervals.mean - 0.5) < 0.01
 
 
@@ -42,7 +42,7 @@ def test_silent_peer_is_suspected_within_the_bound():
     phis = [det.phi(t + s / 10) for s in range(0, 40)]
     assert phis == sorted(phis)  # suspicion only grows with silence
     declared = next(s / 10 for s in range(0, 40) if not det.is_available(t + s / 10))
-    assert 1.0 <= declared <= 2.5  # not hair-triggered, but well inside the 3 s bound
+    assert 2.0 <= declared <= 3.0  # tolerates a stall of a busy machine, yet inside the 3 s bound
     assert det.phi(t + 3600) == float("inf") or det.phi(t + 3600) > 100
 
 

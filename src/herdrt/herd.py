@@ -65,6 +65,10 @@ ADMIN_ACTOR = "$node"
 # Errors that keep their type when they cross the herd (anything else arrives as RemoteError).
 _TYPED = {cls.__name__: cls for cls in (ActorNotFound, ActorStopped, MailboxFull, NodeUnavailable, AskTimeout, AskDeadlock)}
 _SEEN_FLOODS = 65536  # broadcast ids remembered for de-duplication
+# Backpressure: a link stops being read while an actor it feeds has this many messages waiting
+# (half its mailbox if that is smaller), and is read again once that actor is down to a quarter.
+_BACKLOG_HIGH = 8192
+_THROTTLE_POLL = 0.002
 _MISSING = object()
 
 
@@ -142,12 +146,16 @@ class HerdNode(Node):
         self._detectors: dict[str, PhiAccrualDetector] = {}
         self._fd_timer: asyncio.TimerHandle | None = None
         self._started = False
+        self._route_epoch = 0  # bumped whenever links or membership change: cached routes expire
+        self._throttled: dict[Link, tuple[Any, int]] = {}  # link -> (cell it feeds, low-water mark)
+        self._throttle_timer: asyncio.TimerHandle | None = None
         self._shutdown_hooks: list[Callable[[], Any]] = []
         self._membership_hooks: list[Callable[[set, set], None]] = []
+        self.bridge = None  # a herdrt.bridge.Bridge when the node config has bridge_port
         self.counters = {
-            "tells_out": 0, "asks_out": 0, "tells_in": 0, "asks_in": 0, "replies_in": 0,
+            "asks_out": 0, "tells_in": 0, "asks_in": 0, "replies_in": 0,
             "forwarded": 0, "undeliverable": 0, "lost_on_links": 0, "unknown_actor": 0,
-            "bad_envelopes": 0, "broadcasts": 0, "floods_delivered": 0, "activations": 0,
+            "bad_envelopes": 0, "throttled": 0, "broadcasts": 0, "floods_delivered": 0, "activations": 0,
             "handoffs_out": 0, "handoffs_in": 0, "rebalances": 0, "suspected": 0,
         }
 
@@ -167,6 +175,12 @@ class HerdNode(Node):
         await self.links.start()
         self._started = True
         self.spawn(_Admin, name=ADMIN_ACTOR, mailbox_size=256)
+        if self.config.node(self.name).bridge_port is not None:
+            from .bridge import Bridge
+
+            self.bridge = Bridge(self)
+            self.bridge.start()
+            self.on_shutdown(self.bridge.close)
         self._report()
         self._fd_timer = loop.call_later(self.config.heartbeat_interval / 2, self._check_failures)
         return self
@@ -184,9 +198,10 @@ class HerdNode(Node):
 
     async def shutdown(self) -> None:
         """Run the shutdown hooks, stop every actor, then close every link (with BYE)."""
-        if self._fd_timer is not None:
-            self._fd_timer.cancel()
-            self._fd_timer = None
+        for timer in (self._fd_timer, self._throttle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._fd_timer = self._throttle_timer = None
         hooks, self._shutdown_hooks = self._shutdown_hooks, []
         for hook in reversed(hooks):
             try:
@@ -231,27 +246,37 @@ class HerdNode(Node):
             raise NodeUnavailable(f"node {dest}: {exc}") from None
 
     def _remote_poster(self, name: str, node_name: str):
-        """Posters for ``name@node_name``: TELL and ASK envelopes routed over the herd."""
-        send = self._send
+        """Posters for ``name@node_name``: TELL and ASK envelopes routed over the herd.
+
+        The hot path of every remote tell: the link is looked up once and kept until routing
+        changes (``_route_epoch``), so a tell costs one envelope and one ``Link.send``."""
         me = self.name
         remote_asks = self._remote_asks
-        counters = self.counters
         strict = self.strict_messages
+        tell_kind, ask_kind = P.TELL, P.ASK
+        route = [None, -1]  # the link towards node_name, and the routing epoch it was chosen in
 
         def post(message: Any, corr: int = 0) -> None:
             if strict:
                 check_msgpack(message)
+            link = route[0]
+            if route[1] != self._route_epoch or link is None:
+                link = route[0] = self._link_to(node_name)
+                route[1] = self._route_epoch
             if corr:
                 remote_asks[corr] = node_name
-                try:
-                    send(node_name, [P.ASK, node_name, name, message, me, corr])
-                except BaseException:
-                    del remote_asks[corr]
-                    raise
-                counters["asks_out"] += 1
+                self.counters["asks_out"] += 1
+                env = [ask_kind, node_name, name, message, me, corr]
             else:
-                send(node_name, [P.TELL, node_name, name, message])
-                counters["tells_out"] += 1
+                env = [tell_kind, node_name, name, message]
+            try:
+                link.send(env)
+            except LinkClosed as exc:
+                route[0] = None
+                if corr:
+                    del remote_asks[corr]
+                self.counters["undeliverable"] += 1
+                raise NodeUnavailable(f"node {node_name}: {exc}") from None
 
         return post
 
@@ -286,30 +311,88 @@ class HerdNode(Node):
 
     def _on_envelopes(self, link: Link, envs: list) -> None:
         me = self.name
-        client = link.peer.startswith(P.CLIENT_PREFIX)
+        if link.peer.startswith(P.CLIENT_PREFIX):
+            for env in envs:
+                self._guarded(link, self._from_client, link, env)
+            return
+        cells = self._cells
+        tell_kind = P.TELL
+        tells = 0
+        last_target = post = cell = None
+        fed = []
         for env in envs:
-            try:
-                kind = env[0]
-                if client:
-                    self._from_client(link, env)
-                elif kind == P.TELL or kind == P.ASK or kind == P.REPLY or kind == P.HANDOFF:
-                    if env[1] == me:
-                        self._arrived(kind, env)
-                    else:
-                        self.counters["forwarded"] += 1
-                        self._forward(env)
-                elif kind == P.MEMBERSHIP:
-                    self._on_membership(link, env)
-                elif kind == P.FLOOD:
-                    self._on_flood(link, env)
-                elif kind == P.ERROR:
-                    _, code, message = P.parse_error(env)
-                    self.resolve(env[1], False, ("NodeUnavailable" if code == P.E_OVERFLOW else "RemoteError", message))
-                else:
-                    raise ValueError(f"unexpected envelope kind {kind!r}")
-            except (IndexError, TypeError, ValueError, KeyError, P.ProtocolError) as exc:
-                self.counters["bad_envelopes"] += 1
-                log.warning("%s: bad envelope from %s dropped (%s): %.200r", me, link.peer, exc, env)
+            # The hot path: a TELL for a named actor here goes straight to its mailbox.
+            if env.__class__ is list and len(env) == 4 and env[0] == tell_kind and env[1] == me:
+                target = env[2]
+                if target != last_target or post is None:
+                    cell = cells.get(target) if target.__class__ is str else None
+                    if cell is None:
+                        tells += 1
+                        self._guarded(link, self._arrived, tell_kind, env)
+                        last_target = post = None
+                        continue
+                    last_target, post = target, cell.ref.tell
+                    fed.append(cell)
+                tells += 1
+                try:
+                    post(env[3])
+                except HerdError as exc:
+                    self.counters["undeliverable"] += 1
+                    log.info("%s: tell to %r dropped: %s", me, target, exc)
+                continue
+            self._guarded(link, self._envelope, link, env)
+        if tells:
+            self.counters["tells_in"] += tells
+            for cell in fed:
+                high = min(_BACKLOG_HIGH, max(cell.capacity // 2, 1))
+                if len(cell.mailbox) >= high:
+                    self._throttle(link, cell, high // 4)
+                    break
+
+    def _throttle(self, link: Link, cell, low: int) -> None:
+        """Stop reading ``link`` until ``cell``'s backlog is down to ``low`` (bounded memory, and
+        a node that stays responsive instead of stalling on a huge backlog)."""
+        if link in self._throttled:
+            return
+        link.pause_reading()
+        self._throttled[link] = (cell, low)
+        self.counters["throttled"] += 1
+        if self._throttle_timer is None:
+            self._throttle_timer = self._loop.call_later(_THROTTLE_POLL, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._throttle_timer = None
+        for link, (cell, low) in list(self._throttled.items()):
+            if len(cell.mailbox) <= low or cell.capacity < 0 or not link.is_up:  # drained, stopped or gone
+                del self._throttled[link]
+                link.resume_reading()
+        if self._throttled:
+            self._throttle_timer = self._loop.call_later(_THROTTLE_POLL, self._unthrottle)
+
+    def _guarded(self, link: Link, handler, *args) -> None:
+        try:
+            handler(*args)
+        except (IndexError, TypeError, ValueError, KeyError, P.ProtocolError) as exc:
+            self.counters["bad_envelopes"] += 1
+            log.warning("%s: bad envelope from %s dropped (%s): %.200r", self.name, link.peer, exc, args[-1])
+
+    def _envelope(self, link: Link, env: list) -> None:
+        kind = env[0]
+        if kind == P.TELL or kind == P.ASK or kind == P.REPLY or kind == P.HANDOFF:
+            if env[1] == self.name:
+                self._arrived(kind, env)
+            else:
+                self.counters["forwarded"] += 1
+                self._forward(env)
+        elif kind == P.MEMBERSHIP:
+            self._on_membership(link, env)
+        elif kind == P.FLOOD:
+            self._on_flood(link, env)
+        elif kind == P.ERROR:
+            _, code, message = P.parse_error(env)
+            self.resolve(env[1], False, ("NodeUnavailable" if code == P.E_OVERFLOW else "RemoteError", message))
+        else:
+            raise ValueError(f"unexpected envelope kind {kind!r}")
 
     def _forward(self, env: list) -> None:
         try:
@@ -320,7 +403,6 @@ class HerdNode(Node):
 
     def _arrived(self, kind: int, env: list) -> None:
         if kind == P.TELL:
-            self.counters["tells_in"] += 1
             try:
                 self._deliver_to(env[2], env[3], None)
             except HerdError as exc:
@@ -355,33 +437,43 @@ class HerdNode(Node):
         kind = env[0]
         if kind not in (P.TELL, P.ASK):
             raise ValueError(f"clients may send TELL and ASK only, not {P.kind_name(kind)}")
-        dest, target, body = env[1], env[2], env[3]
-        ref = self.ref_for(*target) if target.__class__ is list else self.lookup(f"{target}@{dest}")
-        if kind == P.TELL:
-            try:
+
+        def respond(corr: int, ok: bool, value: Any) -> None:
+            if link.is_up:
+                link.send([P.REPLY, link.peer, corr, ok, value])
+
+        target = env[2] if env[2].__class__ is list else f"{env[2]}@{env[1]}"
+        self.perform(link.peer, target, env[3], env[5] if kind == P.ASK else None, respond)
+
+    def perform(self, who: str, target: str | list, body: Any, corr: Any, respond: Callable[[Any, bool, Any], None]) -> None:
+        """A tell (``corr`` None) or ask performed on behalf of ``who`` (a client or a bridge service).
+
+        ``target`` is ``"name@node"`` or ``[kind, key]``. An ask's outcome goes to
+        ``respond(corr, ok, value)`` exactly once (``value`` on failure: ``[type_name, message]``);
+        a failed tell is logged. Used by client links and by :mod:`herdrt.bridge`.
+        """
+        try:
+            ref = self.ref_for(*target) if target.__class__ is list else self.lookup(target)
+            if corr is None:
                 ref.tell(body)
-            except HerdError as exc:
-                log.info("%s: client %s tell to %s failed: %s", self.name, link.peer, ref, exc)
+                return
+            fut = asyncio.ensure_future(ref.ask(body))
+        except HerdError as exc:
+            if corr is not None:
+                respond(corr, False, [type(exc).__name__, str(exc)])
+            else:
+                log.info("%s: %s's tell to %s failed: %s", self.name, who, target, exc)
             return
-        corr = env[5]
 
         def answer(fut: asyncio.Future) -> None:
             if fut.cancelled():
-                outcome = [False, ["ActorStopped", "the ask was cancelled"]]
+                respond(corr, False, ["ActorStopped", "the ask was cancelled"])
             elif fut.exception() is not None:
                 exc = fut.exception()
-                name = getattr(exc, "type_name", type(exc).__name__)
-                outcome = [False, [name, getattr(exc, "message", str(exc))]]
+                respond(corr, False, [getattr(exc, "type_name", type(exc).__name__), getattr(exc, "message", str(exc))])
             else:
-                outcome = [True, fut.result()]
-            if link.is_up:
-                link.send([P.REPLY, link.peer, corr, *outcome])
+                respond(corr, True, fut.result())
 
-        try:
-            fut = asyncio.ensure_future(ref.ask(body))
-        except HerdError as exc:
-            link.send([P.REPLY, link.peer, corr, False, [type(exc).__name__, str(exc)]])
-            return
         fut.add_done_callback(answer)
 
     # -- links and membership ----------------------------------------------------------------------
@@ -431,6 +523,7 @@ class HerdNode(Node):
             self._membership_changed()
 
     def _membership_changed(self) -> None:
+        self._route_epoch += 1
         live = self.membership.live()
         if live == self._live:
             return
@@ -458,8 +551,8 @@ class HerdNode(Node):
         now = self._loop.time()
         for peer, link in self._neighbor_links():
             det = self._detectors.get(peer)
-            if det is None:
-                continue
+            if det is None or link.reading_paused:
+                continue  # a link we stopped reading (backpressure) is not a silent peer
             if det.last_heard is None or link.last_heard > det.last_heard:
                 det.heartbeat(link.last_heard)
             if not det.is_available(now):
@@ -634,4 +727,5 @@ class HerdNode(Node):
             "keyed_actors": len(self._keyed),
             "counters": dict(self.counters),
             "stats": self.stats()["total"],
+            "bridge": self.bridge.stats() if self.bridge is not None else None,
         }

@@ -172,6 +172,7 @@ class Link(asyncio.Protocol):
         self._max_queued = settings.max_queued
         self._limit = 0  # max_queued while up, 0 otherwise (lets send() test one number)
         self._paused = False
+        self.reading_paused = False  # pause_reading() in force
         self._reading = False  # inside data_received: data_received flushes at its end
         self._drain_waiters: list[asyncio.Future] = []
         self._aborted: tuple[str, str] | None = None
@@ -290,6 +291,21 @@ class Link(asyncio.Protocol):
         self.lost_on_close = len(self._queue)
         self._queue = []
         self._on_down(self, self.close_reason)
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer (backpressure: the layer above has too much to do). The
+        peer's writes then back up into its own bounded queue."""
+        if self.transport is not None and self.state is _UP and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read from the peer again after :meth:`pause_reading`."""
+        if self.reading_paused:
+            self.reading_paused = False
+            if self.transport is not None and self.state is _UP:
+                self.last_heard = self._loop.time()  # the silence was ours, not the peer's
+                self.transport.resume_reading()
 
     def pause_writing(self) -> None:
         self._paused = True

@@ -28,8 +28,9 @@ class PhiAccrualDetector:
     deviation has a floor (``min_std``), and ``acceptable_pause`` is added to the expected
     interval, so a regular heartbeat does not make the detector hair-triggered.
 
-    With the defaults for a 0.5 s heartbeat (mean 0.5 s, ``min_std`` 0.125 s, pause 0.5 s), a
-    silent peer crosses ``phi = 8`` after about 1.7 s — well within the herd's 3 s bound.
+    With the defaults for a 0.5 s heartbeat (mean 0.5 s, ``min_std`` 0.125 s, pause 1.5 s), a
+    silent peer crosses ``phi = 8`` after about 2.7 s — within the herd's 3 s bound, yet past the
+    stalls of a busy machine (a killed process is noticed at once anyway: its TCP link drops).
     """
 
     __slots__ = ("threshold", "min_std", "acceptable_pause", "_stats", "_last")
@@ -40,7 +41,7 @@ class PhiAccrualDetector:
             raise ValueError(f"heartbeat interval must be positive, not {interval}")
         self.threshold = threshold
         self.min_std = interval / 4 if min_std is None else min_std
-        self.acceptable_pause = interval if acceptable_pause is None else acceptable_pause
+        self.acceptable_pause = max(interval, 1.5) if acceptable_pause is None else acceptable_pause
         self._stats = OnlineStats()
         # Seed with the configured interval, so phi is meaningful from the first heartbeat on.
         self._stats.update(interval)
