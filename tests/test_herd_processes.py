@@ -249,9 +249,39 @@ def test_serve_supervises_node_processes_and_stops_on_ctrl_c(tmp_path):
         out, _ = serve.communicate(timeout=20)
     finally:
         if serve.poll() is None:
-            serve.kill()
+            serve.send_signal(signal.SIGINT)
+            try:
+                serve.wait(15)
+            except subprocess.TimeoutExpired:
+                serve.kill()  # its nodes notice their supervisor is gone and stop
+                serve.wait()
     assert serve.returncode == 0, out
     assert "herd stopped" in out and "[b] " in out and "restarting" in out
     for pid in [*before.values(), after]:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_nodes_stop_when_their_supervisor_is_killed(tmp_path):
+    herd = ProcessHerd(tmp_path)
+    serve = subprocess.Popen([sys.executable, "-m", "herdrt.cli", "serve", "--config", str(herd.path),
+                              "--log-dir", str(tmp_path / "logs")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=herd.env)
+    try:
+        async def pids():
+            await wait_live(herd.config, "a", NAMES)
+            return [(await status(herd.config, n))["pid"] for n in NAMES]
+
+        nodes = asyncio.run(pids())
+    finally:
+        serve.kill()  # no chance to stop its nodes
+        serve.wait()
+    deadline = time.monotonic() + 15
+    for pid in nodes:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, f"node process {pid} outlived its supervisor"
+            time.sleep(0.1)

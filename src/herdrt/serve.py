@@ -76,10 +76,28 @@ def _stop_on_signals(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
     return stop
 
 
+def _stop_if_orphaned(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Under ``herdrt serve`` (which sets HERDRT_SUPERVISOR_PID): stop when the supervisor is
+    gone, even if it was killed with no chance to stop its nodes."""
+    supervisor = os.environ.get("HERDRT_SUPERVISOR_PID")
+    if not supervisor:
+        return
+
+    def check() -> None:
+        if os.getppid() != int(supervisor):
+            log.warning("the supervising herdrt serve (pid %s) is gone; stopping", supervisor)
+            stop.set()
+        else:
+            loop.call_later(1.0, check)
+
+    loop.call_later(1.0, check)
+
+
 async def serve_node(config: HerdConfig, name: str, apps: list[Callable] = (), *, ready: Callable[[HerdNode], None] | None = None) -> None:
     """Run node ``name`` of ``config`` until SIGINT or SIGTERM, then shut it down cleanly."""
     loop = asyncio.get_running_loop()
     stop = _stop_on_signals(loop)
+    _stop_if_orphaned(loop, stop)
     node = HerdNode(config, name)
     await node.start()
     try:
@@ -121,7 +139,7 @@ def node_command(name: str, config_path: str | None, apps: list[str]) -> list[st
 async def _supervise(children: dict[str, list[str]]) -> None:
     loop = asyncio.get_running_loop()
     stop = _stop_on_signals(loop)
-    supervisor = ProcessSupervisor(children)
+    supervisor = ProcessSupervisor(children, env={**os.environ, "HERDRT_SUPERVISOR_PID": str(os.getpid())})
     await supervisor.start()
     try:
         await stop.wait()
