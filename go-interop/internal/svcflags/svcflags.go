@@ -51,7 +51,8 @@ func (f *Flags) NameList() []string {
 }
 
 func readKey(v string) (string, error) {
-	if !strings.HasPrefix(v, "@") {
+	// A z85 key is exactly 40 characters, and '@' is one of them: only other values are "@file".
+	if len(v) == 40 || !strings.HasPrefix(v, "@") {
 		return v, nil
 	}
 	b, err := os.ReadFile(v[1:])
