@@ -2,12 +2,12 @@
 stdlib asyncio), over TCP on 127.0.0.1."""
 
 import asyncio
-import socket
 import time
 
 import msgpack
 import pytest
 import zmq
+from _herdtest import Recorder, free_ports, until
 import zmq.asyncio
 from click.testing import CliRunner
 
@@ -20,16 +20,6 @@ from herdrt.herd import HerdNode
 
 SECRET = "bridge-test-secret-0123"
 TELL, ASK, ERROR, HEARTBEAT, REPLY, BYE = 2, 3, 4, 5, 6, 9
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def bridge_config(names=("A", "B"), bridged=("A",), links=None, bridge_table="", extra="", base=None):
@@ -51,23 +41,6 @@ class Echo(Actor):
         if message == "boom":
             raise KeyError("boom")
         return [self.node.name, message]
-
-
-class Recorder(Actor):
-    def __init__(self):
-        self.seen = []
-
-    def receive(self, message, ctx):
-        if message == "get":
-            return self.seen
-        self.seen.append(message)
-
-
-async def until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 class Herd:

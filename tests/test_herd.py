@@ -7,9 +7,8 @@ import asyncio
 import time
 
 import pytest
-from _ports import free_ports
+from _herdtest import Recorder, free_ports, until
 
-from herdrt import Actor
 from herd_app import Counter, Echo
 from herdrt.client import HerdClient
 from herdrt.config import loads_config
@@ -19,7 +18,6 @@ from herdrt.links import LinkRefused
 
 SECRET = "herd-test-secret-0123"
 
-
 def herd_config(names, links=None, secret=SECRET, heartbeat=0.1):
     ports = free_ports(len(names))
     text = f'[herd]\nsecret = "{secret}"\nheartbeat_interval = {heartbeat}\n'
@@ -27,24 +25,6 @@ def herd_config(names, links=None, secret=SECRET, heartbeat=0.1):
         text += "links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in links) + "]\n"
     text += "".join(f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip(names, ports))
     return loads_config(text)
-
-
-class Recorder(Actor):
-    def __init__(self):
-        self.seen = []
-
-    def receive(self, message, ctx):
-        if message == "get":
-            return self.seen
-        self.seen.append(message)
-
-
-async def until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
 
 class Herd:
     """Start nodes of a config in this loop; wait until every node sees all of them."""
@@ -72,7 +52,6 @@ class Herd:
         for node in self.nodes.values():
             await node.shutdown()
 
-
 def test_remote_tell_and_ask_both_ways_and_two_hops(run):
     # a - b - c: a and c are not neighbors, so a <-> c goes through b
     config = herd_config(["a", "b", "c"], links=[("a", "b"), ("b", "c")])
@@ -91,7 +70,6 @@ def test_remote_tell_and_ask_both_ways_and_two_hops(run):
             assert rec.path == "rec@c"
 
     run(main)
-
 
 def test_errors_cross_the_herd_typed(run):
     config = herd_config(["a", "b"])
@@ -114,7 +92,6 @@ def test_errors_cross_the_herd_typed(run):
             assert nodes["b"].counters["unknown_actor"] == 1
 
     run(main)
-
 
 def test_node_leaving_fails_asks_at_once_and_tells_are_counted(run):
     # A graceful shutdown answers what it was handling (ActorStopped); a crash (SIGKILL) is in
@@ -141,7 +118,6 @@ def test_node_leaving_fails_asks_at_once_and_tells_are_counted(run):
             assert await a.lookup("echo@b").ask(1) == ["b", 1]
 
     run(main)
-
 
 def test_broadcast_reaches_every_node_exactly_once_around_cycles(run):
     # a ring with a chord: many paths, yet one delivery per node
@@ -171,7 +147,6 @@ def test_broadcast_reaches_every_node_exactly_once_around_cycles(run):
 
     run(main)
 
-
 def test_keyed_actors_are_placed_by_the_ring_and_handed_off(run):
     config = herd_config(["a", "b", "c"])
 
@@ -200,7 +175,6 @@ def test_keyed_actors_are_placed_by_the_ring_and_handed_off(run):
 
     run(main)
 
-
 def test_handoff_state_travels_when_a_node_joins(run):
     config = herd_config(["a", "b"])
 
@@ -225,7 +199,6 @@ def test_handoff_state_travels_when_a_node_joins(run):
             assert a.counters["handoffs_out"] == len(moved) == b.counters["handoffs_in"]
 
     run(main)
-
 
 def test_clients_authenticate_and_are_proxied(run):
     config = herd_config(["a", "b"], links=[("a", "b")])

@@ -6,10 +6,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from _ports import free_ports
+from _herdtest import NodeProcesses, free_ports
 
 from herdrt.client import HerdClient
 from herdrt.config import load_config
@@ -18,15 +17,15 @@ from herdrt.core import FrameDecoder
 from herdrt.errors import NodeUnavailable
 from herdrt.herd import ADMIN_ACTOR
 
-TESTS = Path(__file__).parent
 NAMES = ["a", "b", "c", "d"]
 LINKS = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "a"), ("b", "d")]
 
 
-class ProcessHerd:
+class ProcessHerd(NodeProcesses):
     """Node processes of one herd file; start, SIGKILL and restart them one by one."""
 
     def __init__(self, tmp_path):
+        super().__init__(tmp_path)
         ports = free_ports(len(NAMES))
         text = '[herd]\nsecret = "process-test-secret"\nheartbeat_interval = 0.2\n'
         text += "links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in LINKS) + "]\n"
@@ -34,35 +33,12 @@ class ProcessHerd:
         self.path = tmp_path / "herd.toml"
         self.path.write_text(text)
         self.config = load_config(self.path)
-        self.logs = tmp_path
-        self.procs = {}
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
 
     def start(self, name):
-        log = open(self.logs / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "herdrt.cli", "serve", "--config", str(self.path), "--node", name,
-             "--app", "herd_app:setup", "--log-level", "info"],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env,
-        )
-
-    def kill(self, name):
-        proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-
-    def stop_all(self):
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self.serve(name, self.path, "--app", "herd_app:setup", "--log-level", "info")
 
     def log(self, name):
-        return (self.logs / f"{name}.log").read_text(errors="replace")
+        return self.output(name)
 
 
 @pytest.fixture

@@ -11,13 +11,12 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from _herdtest import NodeProcesses, free_ports
 
 from herdrt.client import HerdClient
 from herdrt.config import load_config
@@ -32,18 +31,6 @@ SECRET = "interop-test-secret"
 pytestmark = pytest.mark.skipif(GO is None, reason="the `go` binary is not installed (needed for go-interop/)")
 
 
-def free_ports(n):
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.fixture(scope="module")
 def gobin(tmp_path_factory):
     out = tmp_path_factory.mktemp("gobin")
@@ -54,10 +41,11 @@ def gobin(tmp_path_factory):
     return out
 
 
-class Herd:
+class Herd(NodeProcesses):
     """Node processes (and Go service processes) of one herd file under tmp_path."""
 
     def __init__(self, tmp_path, nodes, bridge_node, extra=""):
+        super().__init__(tmp_path)
         ports = free_ports(len(nodes) + 1)
         self.bridge_port = ports[-1]
         text = f'[herd]\nsecret = "{SECRET}"\nheartbeat_interval = 0.2\n[herd.bridge]\nevict_after = 1.0\n{extra}'
@@ -71,38 +59,15 @@ class Herd:
         self.secret_file = tmp_path / "secret.txt"
         self.config = load_config(self.path)
         self.endpoint = f"tcp://127.0.0.1:{self.bridge_port}"
-        self.dir = tmp_path
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-
-    def _start(self, key, argv):
-        log = open(self.dir / f"{key}.log", "ab")
-        self.procs[key] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
 
     def node(self, name):
-        self._start(name, [sys.executable, "-m", "herdrt.cli", "serve", "--config", str(self.path), "--node", name,
-                           "--app", "herd_app:setup", "--log-level", "info"])
+        self.serve(name, self.path, "--app", "herd_app:setup", "--log-level", "info")
 
     def go(self, key, binary, *args):
-        self._start(key, [str(binary), "-endpoint", self.endpoint, *args])
-
-    def kill(self, key):
-        proc = self.procs.pop(key)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-
-    def stop_all(self):
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self.spawn(key, [str(binary), "-endpoint", self.endpoint, *args])
 
     def logs(self):
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.dir.glob("*.log"))
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.out_dir.glob("*.log"))
 
 
 @pytest.fixture

@@ -14,17 +14,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from _herdtest import NodeProcesses, free_ports, node_env
 
 from herdrt.client import HerdClient
 from herdrt.config import bundled_config_text, load_config
@@ -36,16 +33,6 @@ UCLA = "+34.068930-118.445127"
 WAIT = 20.0  # seconds: generous limits for things that should take milliseconds (never asserted on)
 
 _ids = itertools.count(1)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def herd_text(herd_ports: list[int], app_ports: list[int]) -> str:
@@ -63,51 +50,28 @@ def herd_text(herd_ports: list[int], app_ports: list[int]) -> str:
     return text
 
 
-class ProxyHerd:
+class ProxyHerd(NodeProcesses):
     """The five servers as OS processes: start, SIGKILL and restart them one by one."""
 
     def __init__(self, tmp: Path):
+        # The offline gazetteer answers WHATSAT, whatever the environment says.
+        super().__init__(tmp / "out", node_env(HERDRT_PLACES_API_KEY=None))
         ports = free_ports(10)
         self.path = tmp / "herd.toml"
         self.path.write_text(herd_text(ports[:5], ports[5:]))
         self.config = load_config(self.path)
         assert list(self.config.nodes) == NAMES and tuple(self.config.apps) == ("herdrt.apps.proxy:setup",)
         self.log_dir = tmp / "traffic"
-        self.out_dir = tmp / "out"
-        self.out_dir.mkdir()
-        self.procs: dict[str, subprocess.Popen] = {}
-        # The offline gazetteer answers WHATSAT, whatever the environment says.
-        self.env = {k: v for k, v in os.environ.items() if k != "HERDRT_PLACES_API_KEY"}
 
     def port(self, name: str) -> int:
         return self.config.node(name).app_port
 
     def start(self, name: str) -> None:
-        with open(self.out_dir / f"{name}.out", "ab") as out:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "herdrt.cli", "serve", "--config", str(self.path), "--node", name,
-                 "--log-dir", str(self.log_dir)],
-                stdout=out, stderr=subprocess.STDOUT, env=self.env,
-            )
-
-    def kill(self, name: str) -> None:
-        proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
+        self.serve(name, self.path, "--log-dir", str(self.log_dir))
 
     def out(self, name: str) -> str:
-        return (self.out_dir / f"{name}.out").read_text(errors="replace")
+        return self.output(name)
+
 
     def traffic(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")

@@ -1,0 +1,98 @@
+"""Helpers shared by the herd tests: free ports, node processes, a recording actor, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from herdrt import Actor
+
+TESTS = Path(__file__).parent
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports that were free a moment ago (bound together, then released)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def node_env(**overrides: str | None) -> dict[str, str]:
+    """This environment with ``tests/`` importable (for ``--app herd_app:setup``); a value of
+    None removes that variable."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+class NodeProcesses:
+    """OS processes of one test, by key, each writing its output to ``<out_dir>/<key>.log``."""
+
+    def __init__(self, out_dir: Path, env: dict[str, str] | None = None):
+        self.out_dir = out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.env = node_env() if env is None else env
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def spawn(self, key: str, argv: list[str]) -> None:
+        with open(self.out_dir / f"{key}.log", "ab") as out:
+            self.procs[key] = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+
+    def serve(self, key: str, config_path: Path, *args: str) -> None:
+        """Run node ``key`` of the herd file: ``herdrt serve --config ... --node key ...``."""
+        self.spawn(key, [sys.executable, "-m", "herdrt.cli", "serve", "--config", str(config_path), "--node", key, *args])
+
+    def kill(self, key: str) -> None:
+        proc = self.procs.pop(key)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop_all(self) -> None:
+        """SIGTERM everything, SIGKILL what has not stopped 10 s later."""
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+    def output(self, key: str) -> str:
+        return (self.out_dir / f"{key}.log").read_text(errors="replace")
+
+
+class Recorder(Actor):
+    """Keeps what it is told; ``"get"`` asks for the list."""
+
+    def __init__(self):
+        self.seen = []
+
+    def receive(self, message, ctx):
+        if message == "get":
+            return self.seen
+        self.seen.append(message)
+
+
+async def until(predicate, timeout: float = 5.0) -> None:
+    """Poll ``predicate()`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
