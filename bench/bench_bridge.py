@@ -26,13 +26,13 @@ from __future__ import annotations
 import asyncio
 import os
 import select
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import msgpack
 import pytest
+from _ports import free_ports
 import uvloop
 import zmq
 
@@ -66,12 +66,6 @@ def _bench(benchmark, fn, messages: int, **info) -> None:
         benchmark.extra_info["msgs_per_s"] = round(messages / stats.stats.min)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(request, *args: str) -> list[int]:
     """Start ``python _bridge_service.py *args`` (stopped when the fixture ends); its READY ports."""
     env = dict(os.environ)
@@ -99,7 +93,6 @@ def _spawn(request, *args: str) -> list[int]:
 
 # --- the bridge node and its service --------------------------------------------------------------
 
-
 class _Bridged:
     def __init__(self, loop: asyncio.AbstractEventLoop, node: HerdNode):
         self.loop = loop
@@ -112,8 +105,9 @@ class _Bridged:
 @pytest.fixture(scope="module", params=["uvloop", "asyncio"])
 def bridged(request):
     flavour = request.param
+    port, bridge_port = free_ports(2)
     text = (f'[herd]\nsecret = "{SECRET}"\nmailbox_size = 65536\n'
-            f'[[nodes]]\nname = "A"\nport = {_free_port()}\nbridge_port = {_free_port()}\n')
+            f'[[nodes]]\nname = "A"\nport = {port}\nbridge_port = {bridge_port}\n')
     config = loads_config(text, "bench herd")
     loop = uvloop.new_event_loop() if flavour == "uvloop" else asyncio.new_event_loop()
     node = HerdNode(config, "A")
@@ -173,7 +167,6 @@ def test_bridge_ask(benchmark, bridged):
 
 
 # --- raw pyzmq baselines ----------------------------------------------------------------------------
-
 
 @pytest.fixture(scope="module")
 def raw(request):

@@ -26,13 +26,13 @@ from __future__ import annotations
 import asyncio
 import os
 import select
-import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from _ports import free_ports
 import uvloop
 
 import herdrt
@@ -69,13 +69,6 @@ def _bench(benchmark, fn, messages: int, **info) -> None:
 
 
 # --- child processes ------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _reap(proc: subprocess.Popen) -> None:
     """Stop a child: close its stdin (it exits on EOF), then SIGTERM, then SIGKILL."""
@@ -126,7 +119,6 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 # --- the herd pair --------------------------------------------------------------------------------
 
-
 class _Pair:
     """Node ``a`` here on ``loop``, node ``b`` in a child process, linked."""
 
@@ -150,6 +142,7 @@ class _Pair:
 @pytest.fixture(scope="module", params=["uvloop", "asyncio"])
 def pair(request, tmp_path_factory):
     flavour = request.param
+    port_a, port_b = free_ports(2)
     text = textwrap.dedent(
         f"""
         [herd]
@@ -157,11 +150,11 @@ def pair(request, tmp_path_factory):
 
         [[nodes]]
         name = "a"
-        port = {_free_port()}
+        port = {port_a}
 
         [[nodes]]
         name = "b"
-        port = {_free_port()}
+        port = {port_b}
         """
     )
     path = tmp_path_factory.mktemp(f"herd-{flavour}") / "herd.toml"
@@ -185,7 +178,6 @@ def pair(request, tmp_path_factory):
 
 
 # --- raw baselines (uvloop both sides) ------------------------------------------------------------
-
 
 @pytest.fixture(scope="module")
 def raw_loop():
@@ -212,7 +204,6 @@ def raw_echo(request, raw_loop):
 
 
 # --- herd-tell ------------------------------------------------------------------------------------
-
 
 @pytest.mark.benchmark(group="herd-tell")
 def test_tell_herd(benchmark, pair):
@@ -268,7 +259,6 @@ def test_tell_raw_baseline(benchmark, raw_loop, raw_counter):
 
 
 # --- herd-ask -------------------------------------------------------------------------------------
-
 
 @pytest.mark.benchmark(group="herd-ask")
 def test_ask_herd(benchmark, pair):

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from _ports import free_ports
 
 from herdrt import Actor
 from herdrt.client import HerdClient
@@ -60,16 +60,6 @@ def setup(node):
     node.spawn(Sink, name="sink")
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("interop")
@@ -77,7 +67,7 @@ def bridge(tmp_path_factory):
     proc = subprocess.run([GO, "build", "-o", str(tmp) + os.sep, "./cmd/herd-call"], cwd=GO_DIR, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr
-    port, bport = _free_ports(2)
+    port, bport = free_ports(2)
     path = tmp / "herd.toml"
     path.write_text(f'[herd]\nsecret = "{SECRET}"\nmailbox_size = 1048576\n'
                     f'[[nodes]]\nname = "A"\nport = {port}\nbridge_port = {bport}\n')

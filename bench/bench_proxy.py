@@ -32,7 +32,6 @@ import os
 import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from _ports import free_ports
 import uvloop
 
 from herdrt.client import HerdClient
@@ -72,17 +72,6 @@ def _disabled(benchmark) -> bool:
 
 
 # --- the processes ------------------------------------------------------------------------------------
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
 
 def _herd_text(ports: list[int]) -> str:
     """The bundled herd file with a bench secret and ports ``ports[:5]`` (links), ``ports[5:]`` (app)."""
@@ -142,7 +131,7 @@ class Herd:
 def herd(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("proxy-bench")
     path = tmp / "herd.toml"
-    path.write_text(_herd_text(_free_ports(10)))
+    path.write_text(_herd_text(free_ports(10)))
     config = load_config(path)
     env = {k: v for k, v in os.environ.items() if k != "HERDRT_PLACES_API_KEY"}
     procs = []
@@ -166,6 +155,7 @@ import asyncio, sys, uvloop
 
 AT = b"AT Clark +0.000123456 c0.bench +34.068930-118.445127 1621464827.959498503\n"
 
+
 async def serve(reader, writer):
     try:
         while await reader.readline():
@@ -175,6 +165,7 @@ async def serve(reader, writer):
         pass
     finally:
         writer.close()
+
 
 async def main():
     server = await asyncio.start_server(serve, "127.0.0.1", 0, backlog=1024)  # as the proxy
@@ -205,7 +196,6 @@ def line_echo():
 
 
 # --- the clients -------------------------------------------------------------------------------------
-
 
 def _posix(ns: int) -> str:
     return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
@@ -283,7 +273,6 @@ def _replies_bench(benchmark, port: int, make_lines, **info) -> None:
 
 # --- proxy-iamat ---------------------------------------------------------------------------------------
 
-
 @pytest.mark.benchmark(group="proxy-iamat")
 def test_proxy_iamat_flooded(benchmark, herd):
     # A new set of client ids per round keeps the stores' sizes out of the comparison.
@@ -314,7 +303,6 @@ def test_baseline_line_echo(benchmark, line_echo):
 
 # --- proxy-propagation ---------------------------------------------------------------------------------
 
-
 _STORED = re.compile(r"^(\S+) \S+ STORED from peer: AT Clark \S+ (\S+) \S+ (\S+)$")
 
 
@@ -339,7 +327,6 @@ class LogTail:
 
     def close(self) -> None:
         self.file.close()
-
 
 _MICROSECOND = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=timezone.utc) - EPOCH
 

@@ -18,6 +18,7 @@ from herdrt.links import LinkRefused
 
 SECRET = "herd-test-secret-0123"
 
+
 def herd_config(names, links=None, secret=SECRET, heartbeat=0.1):
     ports = free_ports(len(names))
     text = f'[herd]\nsecret = "{secret}"\nheartbeat_interval = {heartbeat}\n'
@@ -25,6 +26,7 @@ def herd_config(names, links=None, secret=SECRET, heartbeat=0.1):
         text += "links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in links) + "]\n"
     text += "".join(f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip(names, ports))
     return loads_config(text)
+
 
 class Herd:
     """Start nodes of a config in this loop; wait until every node sees all of them."""
@@ -52,6 +54,7 @@ class Herd:
         for node in self.nodes.values():
             await node.shutdown()
 
+
 def test_remote_tell_and_ask_both_ways_and_two_hops(run):
     # a - b - c: a and c are not neighbors, so a <-> c goes through b
     config = herd_config(["a", "b", "c"], links=[("a", "b"), ("b", "c")])
@@ -70,6 +73,7 @@ def test_remote_tell_and_ask_both_ways_and_two_hops(run):
             assert rec.path == "rec@c"
 
     run(main)
+
 
 def test_errors_cross_the_herd_typed(run):
     config = herd_config(["a", "b"])
@@ -92,6 +96,7 @@ def test_errors_cross_the_herd_typed(run):
             assert nodes["b"].counters["unknown_actor"] == 1
 
     run(main)
+
 
 def test_node_leaving_fails_asks_at_once_and_tells_are_counted(run):
     # A graceful shutdown answers what it was handling (ActorStopped); a crash (SIGKILL) is in
@@ -118,6 +123,7 @@ def test_node_leaving_fails_asks_at_once_and_tells_are_counted(run):
             assert await a.lookup("echo@b").ask(1) == ["b", 1]
 
     run(main)
+
 
 def test_broadcast_reaches_every_node_exactly_once_around_cycles(run):
     # a ring with a chord: many paths, yet one delivery per node
@@ -147,6 +153,7 @@ def test_broadcast_reaches_every_node_exactly_once_around_cycles(run):
 
     run(main)
 
+
 def test_keyed_actors_are_placed_by_the_ring_and_handed_off(run):
     config = herd_config(["a", "b", "c"])
 
@@ -175,6 +182,7 @@ def test_keyed_actors_are_placed_by_the_ring_and_handed_off(run):
 
     run(main)
 
+
 def test_handoff_state_travels_when_a_node_joins(run):
     config = herd_config(["a", "b"])
 
@@ -199,6 +207,7 @@ def test_handoff_state_travels_when_a_node_joins(run):
             assert a.counters["handoffs_out"] == len(moved) == b.counters["handoffs_in"]
 
     run(main)
+
 
 def test_clients_authenticate_and_are_proxied(run):
     config = herd_config(["a", "b"], links=[("a", "b")])
