@@ -245,8 +245,9 @@ class HerdNode(Node):
             self.counters["undeliverable"] += 1
             raise NodeUnavailable(f"node {dest}: {exc}") from None
 
-    def _remote_poster(self, name: str, node_name: str):
-        """Posters for ``name@node_name``: TELL and ASK envelopes routed over the herd.
+    def _remote_poster(self, name: str | list, node_name: str):
+        """Posters for ``name@node_name`` (``name``: an actor name or ``[kind, key]``): TELL and ASK
+        envelopes routed over the herd.
 
         The hot path of every remote tell: the link is looked up once and kept until routing
         changes (``_route_epoch``), so a tell costs one envelope and one ``Link.send``."""
@@ -633,9 +634,7 @@ class HerdNode(Node):
             raise ActorNotFound(f"no actor kind {kind!r} is registered on {self.name}; call register_kind first")
         key = str(key)
         ring_key = placement_key(kind, key)
-        target = [kind, key]
-        send = self._send
-        remote_asks = self._remote_asks
+        remote: dict[str, Callable[..., None]] = {}  # owner -> poster, made on first use
         me = self.name
 
         def post(message: Any, corr: int = 0) -> None:
@@ -643,15 +642,11 @@ class HerdNode(Node):
             if owner == me:
                 poster = self._activate(kind, key).ref.tell
                 poster(message, corr) if corr else poster(message)
-            elif corr:
-                remote_asks[corr] = owner
-                try:
-                    send(owner, [P.ASK, owner, target, message, me, corr])
-                except BaseException:
-                    del remote_asks[corr]
-                    raise
-            else:
-                send(owner, [P.TELL, owner, target, message])
+                return
+            poster = remote.get(owner)
+            if poster is None:
+                poster = remote[owner] = self._remote_poster([kind, key], owner)
+            poster(message, corr)
 
         return ActorRef(self, ring_key, "*", post)
 
