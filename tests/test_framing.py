@@ -299,6 +299,34 @@ def test_encode_subclasses_and_buffers_as_msgpack(fast, pure):
             impl.encode_frame(too_deep)
 
 
+@SETTINGS
+@given(msgs=messages, limit=st.integers(min_value=1, max_value=300))
+def test_encode_frames_max_size_matches_pure(fast, pure, msgs, limit):
+    bodies = [msgpack.packb(m, use_bin_type=True) for m in msgs]
+    over = [i for i, b in enumerate(bodies) if len(b) > limit]
+    outcomes = []
+    for impl in (fast, pure):
+        try:
+            outcomes.append(impl.encode_frames(msgs, max_size=limit))
+        except FrameTooLarge as exc:
+            outcomes.append(str(exc))
+    if over:  # the first message over the limit is named, with its size
+        assert outcomes[0] == outcomes[1] == (
+            f"message {over[0]} encodes to {len(bodies[over[0]])} bytes, over the frame limit of {limit}"
+        )
+    else:
+        assert outcomes[0] == outcomes[1] == b"".join(frame(b) for b in bodies)
+
+
+def test_encode_frames_max_size_bounds(core):
+    assert core.encode_frames(["abc"], max_size=4) == frame(b"\xa3abc")
+    with pytest.raises(FrameTooLarge, match="message 1 encodes to 5 bytes, over the frame limit of 4"):
+        core.encode_frames(["abc", "abcd"], max_size=4)
+    for bad in (0, -1, 2**32):
+        with pytest.raises(ValueError, match="max_size must be between 1 and"):
+            core.encode_frames([], max_size=bad)
+
+
 def test_encode_frames_takes_any_iterable(core):
     assert core.encode_frames(iter([1, "a"])) == frame(b"\x01") + frame(b"\xa1a")
     assert core.encode_frames([]) == b""

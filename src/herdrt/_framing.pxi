@@ -77,18 +77,34 @@ def encode_frame(obj):
         hfr_w_free(&w)
 
 
-def encode_frames(objs):
-    """Encode a batch of messages into one buffer of consecutive frames (one write per batch)."""
+def encode_frames(objs, max_size=None):
+    """Encode a batch of messages into one buffer of consecutive frames (one write per batch).
+
+    With ``max_size``, raises ``FrameTooLarge`` (naming the message's index and size) if any
+    message's body would be longer than ``max_size`` bytes, the limit of the peer's decoder:
+    nothing is returned then, so the caller can split or drop that message."""
     cdef unsigned char stack[4096]
     cdef hfr_wbuf w
     cdef bytes frame
+    cdef size_t start, body
+    cdef size_t limit = <size_t>_FR_MAX_LENGTH
+    cdef Py_ssize_t i = 0
+    if max_size is not None:
+        if not 0 < max_size <= _FR_MAX_LENGTH:
+            raise ValueError(f"max_size must be between 1 and {_FR_MAX_LENGTH}, not {max_size}")
+        limit = <size_t>max_size
     hfr_w_init(&w, stack, sizeof(stack))
     try:
         for obj in objs:
+            start = w.len
             if hfr_pack_frame(&w, obj) < 0:
                 PyErr_Clear()
                 frame = _fr_slow_frame(obj)
                 hfr_w_bytes(&w, <const char *>frame, len(frame))
+            body = w.len - start - 4
+            if body > limit:
+                raise FrameTooLarge(f"message {i} encodes to {body} bytes, over the frame limit of {limit}")
+            i += 1
         return PyBytes_FromStringAndSize(<char *>w.buf, <Py_ssize_t>w.len)
     finally:
         hfr_w_free(&w)

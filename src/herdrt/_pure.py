@@ -58,9 +58,23 @@ def encode_frame(obj) -> bytes:
     return _with_header(_pack(obj))
 
 
-def encode_frames(objs: Iterable) -> bytes:
-    """Encode a batch of messages into one buffer of consecutive frames (one write per batch)."""
-    return b"".join([_with_header(_pack(obj)) for obj in objs])
+def encode_frames(objs: Iterable, max_size: int | None = None) -> bytes:
+    """Encode a batch of messages into one buffer of consecutive frames (one write per batch).
+
+    With ``max_size``, raises ``FrameTooLarge`` (naming the message's index and size) if any
+    message's body would be longer than ``max_size`` bytes, the limit of the peer's decoder:
+    nothing is returned then, so the caller can split or drop that message."""
+    if max_size is None:
+        return b"".join([_with_header(_pack(obj)) for obj in objs])
+    if not 0 < max_size <= _MAX_LENGTH:
+        raise ValueError(f"max_size must be between 1 and {_MAX_LENGTH}, not {max_size}")
+    frames = []
+    for i, obj in enumerate(objs):
+        body = _pack(obj)
+        if len(body) > max_size:
+            raise FrameTooLarge(f"message {i} encodes to {len(body)} bytes, over the frame limit of {max_size}")
+        frames.append(_with_header(body))
+    return b"".join(frames)
 
 
 def _decode_body(body) -> object:
