@@ -1,14 +1,38 @@
-"""Go -> Python through the ZeroMQ bridge, beside raw pyzmq.
+"""Into a Python actor: from Go through the ZeroMQ bridge, from Python over a herd link and through
+the bridge, beside the best raw pyzmq can do.
 
-Groups:
-  * ``interop-tell``: a Go service (``herd-call bench-tell``) tells N numbers to a Python actor
-    through the bridge (the last ask behind them returns when all are in), vs a raw pyzmq
-    PUSH -> PULL of N msgpack bodies. Target: Go -> Python >= 500,000 messages/s.
-  * ``interop-ask``: sequential ask round trips Go -> bridge -> Python actor -> Go, vs a raw pyzmq
-    DEALER -> ROUTER echo. Target: ask round trip >= 0.7x the raw echo (in round trips per second).
+Node ``A`` runs in its own process (``herdrt.cli serve``, its bridge on, the ``sink`` actor: it
+counts what it is told and answers the ask ``"$count"`` with the count, any other ask with the
+message). Every contender sends it the same work: ``TELLS_N`` tells of the numbers ``0..N-1``
+followed by one ask ``"$count"``, which returns once all are in (FIFO per sender-receiver pair),
+or ``ASKS_N`` sequential asks of the numbers ``0..N-1``. The contenders:
 
-The Go timings are taken inside the Go process (no process start-up); each benchmark round
-runs one batch and ``extra_info`` holds messages/s. Skipped when ``go`` is missing.
+  * ``bridge[go]``: a Go service, ``herd-call bench-loop`` (go-interop/), through the bridge. Its
+    client coalesces queued tells into TELLS envelopes under the node's max_frame_size.
+  * ``bridge[python]``: the same from Python, ``_bridge_service.py client`` (plain blocking pyzmq,
+    its own process): a service speaking the bridge protocol. It takes the tells one by one and
+    sends each full batch of ``TELLS_BATCH`` (1024, herdrt's own link batch) as one TELLS.
+  * ``herd_link``: a Python herd node ``P`` (this process, uvloop) over the authenticated herd TCP
+    link to ``A``, as bench_herd.py does it: ``CHUNK`` tells per loop turn, waiting on
+    ``link.drain()`` while the transport pushes back.
+  * ``raw_pyzmq_*``, the baselines (``_bridge_service.py decode``, its own process): for tells, a
+    PUSH -> PULL of as many msgpack bodies, the PULL waiting for its socket to be readable, then
+    draining it with non-blocking receives, decoding each body (the fastest receive loop pyzmq
+    offers), an empty message asking for the count; for asks, a DEALER (here) -> ROUTER echo that
+    decodes each body.
+
+Groups (``pytest bench/bench_interop.py --benchmark-only --benchmark-group-by=group``):
+
+  * ``interop-tell``: target Go -> Python >= 500,000 messages/s.
+  * ``interop-ask``: target ask round trip (Go -> Python) >= 0.7x the raw DEALER/ROUTER echo.
+
+Both bridge clients stay connected for the whole module; each benchmark round is one command on
+their stdin (``tell sink N`` / ``ask sink N``, one JSON line back), so rounds are timed without
+process start-up or dial (the time includes one pipe round trip, ~0.1 ms). The herd node and the
+raw sockets are likewise set up once. ``extra_info`` holds messages (or round trips) per second of
+the best round, and for the bridge tells the ZeroMQ messages the client sent per round (TELLS
+batches). After each tell contender, the sink's count is checked to have grown by every tell sent.
+The Go contenders are skipped when ``go`` is missing.
 """
 
 from __future__ import annotations
@@ -16,34 +40,47 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import msgpack
 import pytest
+import uvloop
+from _bridge_service import connect_raw
 from _ports import free_ports
 
 from herdrt import Actor
 from herdrt.client import HerdClient
 from herdrt.config import load_config
+from herdrt.herd import HerdNode
 
 BENCH = Path(__file__).parent
 GO_DIR = BENCH.parent / "go-interop"
 GO = shutil.which("go")
 SECRET = "bench-interop-secret"
-TELLS = 50_000
-ASKS = 2_000
+TELLS_N = 200_000
+ASKS_N = 5_000
+CHUNK = 1_000  # herd link: tells queued per loop turn before the sender yields
+ROUNDS = 5
+START_TIMEOUT = 30.0
+DRAIN_TIMEOUT = 60.0  # the ask behind a flood of tells waits for all of them
 
-pytestmark = pytest.mark.skipif(GO is None, reason="the `go` binary is not installed (needed for go-interop/)")
+
+@pytest.fixture(autouse=True)
+def _small_when_disabled(request, monkeypatch):
+    """Under ``--benchmark-disable`` (CI) every contender runs once: shrink the work to a smoke test."""
+    if request.config.getoption("benchmark_disable", False):
+        monkeypatch.setitem(globals(), "TELLS_N", 5_000)
+        monkeypatch.setitem(globals(), "ASKS_N", 200)
 
 
 class Sink(Actor):
-    """Counts what it is told; the ask "$count" answers the count."""
+    """Counts what it is told; the ask "$count" answers the count, any other ask its message."""
 
     def __init__(self):
         self.n = 0
@@ -60,152 +97,289 @@ def setup(node):
     node.spawn(Sink, name="sink")
 
 
+def _bench(benchmark, fn, n: int, key: str) -> int:
+    """Time ``fn`` (one round of ``n`` messages) over ROUNDS rounds; the best rate in extra_info.
+    Returns how many times ``fn`` ran (warm-up included)."""
+    calls = [0]
+
+    def once():
+        calls[0] += 1
+        fn()
+
+    benchmark.pedantic(once, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info[key] = round(n / stats.stats.min)
+    return calls[0]
+
+
+def _child_env() -> dict:
+    """The environment of a Python child: this herdrt and the bench helpers importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH.parent / "src"), str(BENCH),
+                                                    env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Close a child's stdin (it exits on EOF), wait, kill if it will not; close its pipes."""
+    proc.stdin.close()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+class _BenchLoop:
+    """A bridge client in its own process (``herd-call bench-loop`` or ``_bridge_service.py
+    client``): one connection to the bridge, one round per stdin command, one JSON line back."""
+
+    def __init__(self, argv: list[str]):
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, bufsize=1, env=_child_env())
+
+    def round(self, op: str, target: str, n: int) -> dict:
+        self.proc.stdin.write(f"{op} {target} {n}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.proc.args[0]} exited {self.proc.wait(5)}: {self.proc.stderr.read()[-3000:]}")
+        result = json.loads(line)
+        assert "error" not in result, result
+        return result
+
+
+# --- node A -----------------------------------------------------------------------------------------
+
+class _NodeA:
+    """Node ``A`` in its own process; the herd file also names ``P``, this process's herd node."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        port, bport, pport = free_ports(3)
+        self.endpoint = f"tcp://127.0.0.1:{bport}"
+        self.path = tmp / "herd.toml"
+        self.path.write_text(f'[herd]\nsecret = "{SECRET}"\nmailbox_size = 1048576\n'
+                             f'[[nodes]]\nname = "A"\nport = {port}\nbridge_port = {bport}\n'
+                             f'[[nodes]]\nname = "P"\nport = {pport}\n')
+        self.config = load_config(self.path)
+        self.log = open(tmp / "A.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "herdrt.cli", "serve", "--config", str(self.path),
+                                      "--node", "A", "--app", "bench_interop:setup", "--log-level", "warning"],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=_child_env())
+
+    def count(self, timeout: float = 2.0) -> int:
+        """The sink's count, asked by a herd client."""
+        async def ask():
+            async with HerdClient(self.config, "A") as c:
+                return await c.ask("sink", "$count", timeout=timeout)
+
+        return asyncio.run(ask())
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                self.count()
+                return
+            except (OSError, ConnectionError, asyncio.TimeoutError):
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> str:
+        """SIGTERM (kill if it lingers); the node's log."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
+        return (self.tmp / "A.log").read_text(errors="replace")
+
+
 @pytest.fixture(scope="module")
-def bridge(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("interop")
+def node_a(tmp_path_factory):
+    a = _NodeA(tmp_path_factory.mktemp("interop"))
+    try:
+        a.wait_ready()
+        yield a
+    finally:
+        text = a.stop()
+    # The node must keep its services alive through the floods (default eviction bound).
+    assert "evicted" not in text, text[-3000:]
+
+
+# --- the contenders' fixtures -------------------------------------------------------------------------
+
+def _go_argv(tmp: Path, a: _NodeA) -> list[str]:
+    if GO is None:
+        pytest.skip("the `go` binary is not installed (needed for go-interop/)")
     env = {**os.environ, "GOFLAGS": os.environ.get("GOFLAGS", "-buildvcs=false")}
     proc = subprocess.run([GO, "build", "-o", str(tmp) + os.sep, "./cmd/herd-call"], cwd=GO_DIR, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr
-    port, bport = free_ports(2)
-    path = tmp / "herd.toml"
-    path.write_text(f'[herd]\nsecret = "{SECRET}"\nmailbox_size = 1048576\n'
-                    f'[[nodes]]\nname = "A"\nport = {port}\nbridge_port = {bport}\n')
     (tmp / "secret.txt").write_text(SECRET)
-    penv = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")])}
-    log = open(tmp / "A.log", "ab")
-    node = subprocess.Popen([sys.executable, "-m", "herdrt.cli", "serve", "--config", str(path), "--node", "A",
-                             "--app", "bench_interop:setup", "--log-level", "warning"],
-                            stdout=log, stderr=subprocess.STDOUT, env=penv)
-    config = load_config(path)
+    return [str(tmp / "herd-call"), "-endpoint", a.endpoint, "-secret-file", str(tmp / "secret.txt"),
+            "-service", "bench", "-timeout", "60s", "bench-loop"]
 
-    async def ready():
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                async with HerdClient(config, "A") as c:
-                    return await c.ask("sink", "$count", timeout=2)
-            except (OSError, ConnectionError, asyncio.TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
 
-    asyncio.run(ready())
-    argv = [str(tmp / "herd-call"), "-endpoint", f"tcp://127.0.0.1:{bport}", "-secret-file", str(tmp / "secret.txt")]
-    yield argv
-    node.send_signal(signal.SIGTERM)
+@pytest.fixture(scope="module", params=["go", "python"])
+def bridge_client(request, node_a, tmp_path_factory):
+    """A bridge client process of either language, connected to node A's bridge."""
+    if request.param == "go":
+        argv = _go_argv(tmp_path_factory.mktemp("go"), node_a)
+    else:
+        argv = [sys.executable, str(BENCH / "_bridge_service.py"), "client", node_a.endpoint, SECRET]
+    client = _BenchLoop(argv)
+    yield client
+    _stop(client.proc)
+
+
+class _HerdP:
+    """Herd node ``P`` here, on its own uvloop loop, linked to ``A``."""
+
+    def __init__(self, a: _NodeA):
+        self.loop = uvloop.new_event_loop()
+        self.node = HerdNode(a.config, "P")
+        self.run(self.node.start())
+        self.sink = self.node.lookup("sink@A")
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    async def link(self):
+        """The link to ``A`` once up, after what came in while the loop sat idle was handled."""
+        await asyncio.sleep(0.005)
+        return await self.node.links.wait_up("A", timeout=START_TIMEOUT)
+
+    async def tells(self, n: int) -> None:
+        link = await self.link()
+        tell = self.sink.tell
+        i = 0
+        while i < n:
+            end = min(i + CHUNK, n)
+            while i < end:
+                tell(i)
+                i += 1
+            await link.drain()  # waits only while the transport pushes back
+            await asyncio.sleep(0)  # the link writes this chunk
+        await self.sink.ask("$count", timeout=DRAIN_TIMEOUT)
+
+    async def asks(self, n: int) -> None:
+        await self.link()
+        ask = self.sink.ask
+        for i in range(n):
+            await ask(i)
+
+    def close(self) -> None:
+        self.run(self.node.shutdown())
+        for task in asyncio.all_tasks(self.loop):
+            task.cancel()
+        self.run(asyncio.sleep(0))
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def herd_p(node_a):
+    p = _HerdP(node_a)
     try:
-        node.wait(10)
-    except subprocess.TimeoutExpired:
-        node.kill()
-
-
-def _go(argv, *args):
-    proc = subprocess.run([*argv, *args], capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _rounds(benchmark, fn, extra_key):
-    """Run fn (which returns (n, seconds)) as benchmark rounds; record the best rate."""
-    rates = []
-
-    def once():
-        n, seconds = fn()
-        rates.append(n / seconds)
-
-    benchmark.pedantic(once, rounds=3, iterations=1, warmup_rounds=0)
-    benchmark.extra_info[extra_key] = round(max(rates))
-
-
-@pytest.mark.benchmark(group="interop-tell")
-def test_go_to_python_tells(benchmark, bridge):
-    def run():
-        r = _go(bridge, "-service", "bench-tell", "bench-tell", "sink", str(TELLS))
-        return r["n"], r["seconds"]
-
-    _rounds(benchmark, run, "messages_per_s")
-
-
-@pytest.mark.benchmark(group="interop-tell")
-def test_raw_pyzmq_push_pull(benchmark):
-    import zmq
-
-    ctx = zmq.Context.instance()
-    pull = ctx.socket(zmq.PULL)
-    port = pull.bind_to_random_port("tcp://127.0.0.1")
-    push = ctx.socket(zmq.PUSH)
-    push.connect(f"tcp://127.0.0.1:{port}")
-    body = msgpack.packb([2, None, "sink", 12345], use_bin_type=True)
-
-    def run():
-        done = threading.Event()
-
-        def consume():
-            for _ in range(TELLS):
-                msgpack.unpackb(pull.recv(), raw=False)
-            done.set()
-
-        t = threading.Thread(target=consume)
-        t.start()
-        start = time.perf_counter()
-        for _ in range(TELLS):
-            push.send(body)
-        done.wait()
-        t.join()
-        return TELLS, time.perf_counter() - start
-
-    try:
-        _rounds(benchmark, run, "messages_per_s")
+        p.run(p.link())
+        assert p.run(p.sink.ask(-1, timeout=START_TIMEOUT)) == -1
+        yield p
     finally:
-        push.close(0)
-        pull.close(0)
+        p.close()
+
+
+@pytest.fixture(scope="module")
+def raw():
+    """``_bridge_service.py decode``: a PULL and a ROUTER echo in a child process, decoding every body."""
+    child = subprocess.Popen([sys.executable, str(BENCH / "_bridge_service.py"), "decode"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_child_env())
+    ready, _, _ = select.select([child.stdout], [], [], START_TIMEOUT)
+    line = child.stdout.readline() if ready else ""
+    assert line.startswith("READY"), f"_bridge_service.py decode: no READY line (got {line!r})"
+    ctx, (push, back, dealer) = connect_raw([int(x) for x in line.split()[1:]], sndhwm=1_000_000)
+    dealer.send(msgpack.packb("warm up"))
+    dealer.recv()
+    yield push, back, dealer
+    for s in (push, back, dealer):
+        s.close(0)
+    ctx.term()
+    _stop(child)
+
+
+def _check_count(a: _NodeA, before: int, calls: int, n: int) -> None:
+    after = a.count()
+    assert after - before == calls * n, f"sink counted {after - before} tells, expected {calls} x {n}"
+
+
+# --- interop-tell -----------------------------------------------------------------------------------
+
+@pytest.mark.benchmark(group="interop-tell")
+def test_bridge_tells(benchmark, bridge_client, node_a):
+    batches = []
+    before = node_a.count()
+
+    def round_():
+        r = bridge_client.round("tell", "sink", TELLS_N)
+        assert r["n"] == TELLS_N
+        batches.append(r["tell_batches"])
+
+    calls = _bench(benchmark, round_, TELLS_N, "messages_per_s")
+    benchmark.extra_info["zmq_messages_per_round"] = min(batches)
+    _check_count(node_a, before, calls, TELLS_N)
+
+
+@pytest.mark.benchmark(group="interop-tell")
+def test_herd_link_tells(benchmark, herd_p, node_a):
+    before = node_a.count()
+    calls = _bench(benchmark, lambda: herd_p.run(herd_p.tells(TELLS_N)), TELLS_N, "messages_per_s")
+    _check_count(node_a, before, calls, TELLS_N)
+    assert herd_p.node.counters["undeliverable"] == 0
+
+
+@pytest.mark.benchmark(group="interop-tell")
+def test_raw_pyzmq_push_pull_drained(benchmark, raw):
+    push, back, _ = raw
+    body = msgpack.packb([2, None, "sink", 12345], use_bin_type=True)  # what a Go tell carries
+
+    def round_():
+        send = push.send
+        for _ in range(TELLS_N):
+            send(body)
+        send(b"")  # the child answers an empty message with its count
+        assert int(back.recv()) == TELLS_N
+
+    _bench(benchmark, round_, TELLS_N, "messages_per_s")
+
+
+# --- interop-ask ------------------------------------------------------------------------------------
+
+@pytest.mark.benchmark(group="interop-ask")
+def test_bridge_asks(benchmark, bridge_client):
+    _bench(benchmark, lambda: bridge_client.round("ask", "sink", ASKS_N), ASKS_N, "round_trips_per_s")
 
 
 @pytest.mark.benchmark(group="interop-ask")
-def test_go_asks_python_round_trip(benchmark, bridge):
-    def run():
-        r = _go(bridge, "-service", "bench-ask", "bench-ask", "sink", str(ASKS))
-        return r["n"], r["seconds"]
-
-    _rounds(benchmark, run, "round_trips_per_s")
+def test_herd_link_asks(benchmark, herd_p):
+    _bench(benchmark, lambda: herd_p.run(herd_p.asks(ASKS_N)), ASKS_N, "round_trips_per_s")
 
 
 @pytest.mark.benchmark(group="interop-ask")
-def test_raw_pyzmq_dealer_router_echo(benchmark):
-    import zmq
-
-    ctx = zmq.Context.instance()
-    router = ctx.socket(zmq.ROUTER)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.connect(f"tcp://127.0.0.1:{port}")
-    stop = threading.Event()
-
-    def echo():
-        poller = zmq.Poller()
-        poller.register(router, zmq.POLLIN)
-        while not stop.is_set():
-            if poller.poll(50):
-                ident, body = router.recv_multipart()
-                msgpack.unpackb(body, raw=False)
-                router.send_multipart([ident, body])
-
-    t = threading.Thread(target=echo)
-    t.start()
+def test_raw_pyzmq_dealer_router_echo(benchmark, raw):
+    _, _, dealer = raw
     body = msgpack.packb([3, None, "sink", 1, "svc", 1], use_bin_type=True)
+    send, recv, unpack = dealer.send, dealer.recv, msgpack.unpackb
 
-    def run():
-        start = time.perf_counter()
-        for _ in range(ASKS):
-            dealer.send(body)
-            msgpack.unpackb(dealer.recv(), raw=False)
-        return ASKS, time.perf_counter() - start
+    def round_():
+        for _ in range(ASKS_N):
+            send(body)
+            unpack(recv())
 
-    try:
-        _rounds(benchmark, run, "round_trips_per_s")
-    finally:
-        stop.set()
-        t.join()
-        dealer.close(0)
-        router.close(0)
+    _bench(benchmark, round_, ASKS_N, "round_trips_per_s")

@@ -91,6 +91,12 @@ class _Target:
         if self.count >= self.goal and not self.done.done():
             self.done.set_result(None)
 
+    def on_batches(self, _link, envs):
+        """Counts the bodies of TELLS envelopes (``Link.send_tell``)."""
+        self.count += sum(len(env[3]) for env in envs)
+        if self.count >= self.goal and not self.done.done():
+            self.done.set_result(None)
+
 
 async def _pump(send, n, is_paused, wait_writable):
     env = TELL
@@ -109,20 +115,31 @@ async def _pump(send, n, is_paused, wait_writable):
 
 
 @pytest.mark.benchmark(group="link-tell-throughput")
-def test_tell_herdrt_link(benchmark, loop):
+@pytest.mark.parametrize("mode", ["send", "send_tell"])
+def test_tell_herdrt_link(benchmark, loop, mode):
+    """``send``: one TELL envelope per message. ``send_tell``: the same tells through
+    ``Link.send_tell``, which folds consecutive tells to one target into TELLS envelopes."""
     n = _count(benchmark, 200_000)
     target = _Target(loop)
+    on_arrival = target.on_envelopes if mode == "send" else target.on_batches
 
     async def setup():
-        server = await LinkServer(_settings("B"), target.on_envelopes).start()
+        server = await LinkServer(_settings("B"), on_arrival).start()
         link = await connect(*server.address, _settings("A"), lambda _l, _es: None)
         return server, link
 
     server, link = loop.run_until_complete(setup())
+    if mode == "send":
+        send = link.send
+    else:
+        body = TELL[3]
+
+        def send(_env):
+            link.send_tell("B", "actor-17", body)
 
     async def run_once():
         target.arm(n)
-        await _pump(link.send, n, lambda: link._paused, link.drain)
+        await _pump(send, n, lambda: link._paused, link.drain)
         await target.done
 
     benchmark.pedantic(lambda: loop.run_until_complete(run_once()), rounds=5, iterations=1, warmup_rounds=1)

@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"runtime"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,10 +18,15 @@ import (
 // (PROTOCOL.md, Bridge). It takes actor names on that node (Handle), and tells and asks any
 // actor of the herd (Tell, Ask) through the node.
 //
-// One goroutine owns the ZeroMQ socket (ZeroMQ sockets are not thread-safe). Every method of
-// Client is safe for concurrent use: callers encode their envelope and hand the bytes to that
-// goroutine over a channel; when it sleeps in zmq_poll they wake it through an inproc socket.
-// Handlers run on one goroutine per name, so a name sees its messages one at a time, in order.
+// Every method of Client is safe for concurrent use. The ZeroMQ socket is not thread-safe, so
+// it is used under one mutex (a ZeroMQ socket may move between threads behind a full memory
+// barrier, which a mutex is). Nothing sleeps inside libzmq: the socket's ZMQ_FD is waited on by
+// Go's own network poller, so a reply wakes the goroutine that delivers it directly, and an ask
+// is sent by the asking goroutine itself (no hand-off to a socket thread and no wake-up socket).
+// Tells are queued and sent by a flusher goroutine: consecutive tells to one target that are
+// queued by the time it runs go out as one TELLS envelope (never waiting for more: a lone tell
+// goes out at once). Handlers run on one goroutine per name, so a name sees its messages one at
+// a time, in order.
 //
 // Delivery is at-most-once, as everywhere in the herd: a tell may be lost when the bridge is
 // lost; an ask then fails with ErrNodeUnavailable (or is retried, see WithRetries).
@@ -29,19 +34,23 @@ type Client struct {
 	o        options
 	endpoint string
 	zctx     *zmq.Context
-	id       string // unique per client, for the inproc endpoints
+	id       string // unique per client, for the inproc monitor endpoints
 
-	cmds     chan command
-	closing  chan struct{}
-	done     chan struct{}
-	dialDone chan error
-	once     sync.Once
-	corr     atomic.Uint64
+	closing chan struct{}
+	done    chan struct{} // closed once the client is shut down
+	once    sync.Once
+	corr    atomic.Uint64
+	bg      sync.WaitGroup // the flusher and the timer goroutines
 
-	wakeMu     sync.Mutex
-	wakeTx     *zmq.Socket // guarded by wakeMu
-	wakeClosed bool
-	sleeping   atomic.Bool
+	// The send queue, in call order (guarded by qmu).
+	qmu      sync.Mutex
+	room     *sync.Cond // signalled when the queue shrinks or the client closes
+	queue    []outItem
+	spare    []outItem
+	qbytes   int
+	flushing bool // a goroutine is sending the queue (and will look again before it stops)
+	qclosed  bool
+	kick     chan struct{} // wakes the flusher goroutine (capacity 1)
 
 	mu    sync.Mutex // guards boxes, names, node
 	boxes map[string]*mailbox
@@ -53,15 +62,18 @@ type Client struct {
 	workers   sync.WaitGroup
 
 	st struct {
-		tells, asks, replies, received, dropped, badMessages, reconnects, heartbeats atomic.Int64
+		tells, asks, replies, received, dropped, badMessages, reconnects, heartbeats, batches atomic.Int64
 	}
 
-	// Owned by the socket goroutine.
+	maxFrame atomic.Int64 // the node's max_frame_size (WELCOME); DefaultMaxFrameSize before
+
+	// The socket and the session (guarded by smu).
+	smu         sync.Mutex
 	sock        *zmq.Socket
 	mon         *zmq.Socket
-	wakeRx      *zmq.Socket
-	poller      *zmq.Poller
+	watchers    []*os.File // dup'd ZMQ_FDs of sock and mon, waited on by the Go poller
 	gen         int
+	dialDone    chan error // nil once the first hello was answered
 	welcomed    bool
 	hbEvery     time.Duration
 	hbSeq       int64
@@ -69,23 +81,26 @@ type Client struct {
 	lastHeard   time.Time
 	pending     map[uint64]*pendingAsk
 	nextCheck   time.Time
-	outq        [][]byte
+	stuck       [][]byte // messages ZeroMQ refused (high-water mark): sent first, in order
 	lastRehello time.Time
+	scratch     []byte // where the flusher builds messages (ZeroMQ copies what it sends)
+	inbox       [][]byte
+	timerKick   chan struct{}
 }
 
-type opKind int
+type itemKind uint8
 
 const (
-	opSend opKind = iota
-	opAsk
-	opCancel
+	itemTell itemKind = iota // prefix + data: a tell's encoded dest/target and body
+	itemRaw                  // data is a whole envelope
+	itemAsk                  // ask.data is a whole ASK envelope
 )
 
-type command struct {
-	op   opKind
-	data []byte
-	ask  *pendingAsk
-	corr uint64
+type outItem struct {
+	kind   itemKind
+	prefix []byte // tells: the encoded dest_node and target fields (also the coalescing key)
+	data   []byte
+	ask    *pendingAsk
 }
 
 type askResult struct {
@@ -97,7 +112,7 @@ type pendingAsk struct {
 	corr      uint64
 	target    string
 	data      []byte
-	result    chan askResult // capacity 1: the socket goroutine never blocks on it
+	result    chan askResult // capacity 1: the receiving side never blocks on it
 	deadline  time.Time
 	triesLeft int
 	perTry    time.Duration
@@ -117,9 +132,11 @@ type mailbox struct {
 	started bool
 }
 
-// Stats are the client's counters.
+// Stats are the client's counters. TellBatches counts the ZeroMQ messages that carried tells
+// (TELL or TELLS): TellsSent / TellBatches is the average coalescing.
 type Stats struct {
 	TellsSent, AsksSent, RepliesSent, Received, Dropped, BadMessages, Reconnects, Heartbeats int64
+	TellBatches                                                                              int64
 }
 
 var clientIDs atomic.Int64
@@ -146,16 +163,16 @@ func Dial(ctx context.Context, endpoint string, opts ...Option) (*Client, error)
 	if err != nil {
 		return nil, fmt.Errorf("herd: zmq context: %w", err)
 	}
+	dialDone := make(chan error, 1)
 	c := &Client{
 		o: o, endpoint: endpoint, zctx: zctx, id: fmt.Sprintf("%d-%p", clientIDs.Add(1), &o),
-		cmds: make(chan command, o.sendQueue), closing: make(chan struct{}), done: make(chan struct{}),
-		dialDone: make(chan error, 1), boxes: map[string]*mailbox{}, pending: map[uint64]*pendingAsk{},
+		closing: make(chan struct{}), done: make(chan struct{}), kick: make(chan struct{}, 1),
+		timerKick: make(chan struct{}, 1), dialDone: dialDone,
+		boxes: map[string]*mailbox{}, pending: map[uint64]*pendingAsk{},
 	}
+	c.room = sync.NewCond(&c.qmu)
+	c.maxFrame.Store(DefaultMaxFrameSize)
 	c.runCtx, c.runCancel = context.WithCancel(context.Background())
-	if err := c.openWake(); err != nil {
-		zctx.Term()
-		return nil, err
-	}
 	for _, n := range o.names {
 		c.names = append(c.names, n)
 		c.boxes[n] = &mailbox{name: n, ch: make(chan inbound, o.mailboxSize)}
@@ -163,8 +180,16 @@ func Dial(ctx context.Context, endpoint string, opts ...Option) (*Client, error)
 	for n, h := range o.handlers {
 		c.startWorker(c.boxes[n], h)
 	}
-	dialDone := c.dialDone // the socket goroutine clears the field once it reported
-	go c.run()
+	c.smu.Lock()
+	err = c.openSocket()
+	c.smu.Unlock()
+	if err != nil {
+		c.shutdownNow()
+		return nil, fmt.Errorf("herd: connect %s: %w", endpoint, err)
+	}
+	c.bg.Add(2)
+	go c.flusher()
+	go c.timerLoop()
 
 	wait := o.connectTimeout
 	if dl, ok := ctx.Deadline(); ok {
@@ -188,54 +213,6 @@ func Dial(ctx context.Context, endpoint string, opts ...Option) (*Client, error)
 	}
 }
 
-func (c *Client) openWake() error {
-	rx, err := c.zctx.NewSocket(zmq.PAIR)
-	if err != nil {
-		return err
-	}
-	addr := "inproc://herd-wake-" + c.id
-	if err = rx.Bind(addr); err == nil {
-		var tx *zmq.Socket
-		if tx, err = c.zctx.NewSocket(zmq.PAIR); err == nil {
-			if err = tx.Connect(addr); err == nil {
-				c.wakeRx, c.wakeTx = rx, tx
-				return nil
-			}
-			tx.Close()
-		}
-	}
-	rx.Close()
-	return fmt.Errorf("herd: wake socket: %w", err)
-}
-
-// wake rouses the socket goroutine if it sleeps in zmq_poll (only then: the flag makes the
-// common case, a busy loop, cost one atomic operation).
-func (c *Client) wake() {
-	if !c.sleeping.CompareAndSwap(true, false) {
-		return
-	}
-	c.wakeMu.Lock()
-	if !c.wakeClosed {
-		c.wakeTx.SendBytes([]byte{0}, zmq.DONTWAIT) // a full pipe means a wake-up is pending anyway
-	}
-	c.wakeMu.Unlock()
-}
-
-func (c *Client) enqueue(cmd command) error {
-	select { // closed wins over a free slot (select would pick at random)
-	case <-c.closing:
-		return ErrClosed
-	default:
-	}
-	select {
-	case c.cmds <- cmd:
-		c.wake()
-		return nil
-	case <-c.closing:
-		return ErrClosed
-	}
-}
-
 // Node is the name of the bridge's node (from its WELCOME).
 func (c *Client) Node() string {
 	c.mu.Lock()
@@ -251,7 +228,7 @@ func (c *Client) Stats() Stats {
 	return Stats{
 		TellsSent: c.st.tells.Load(), AsksSent: c.st.asks.Load(), RepliesSent: c.st.replies.Load(),
 		Received: c.st.received.Load(), Dropped: c.st.dropped.Load(), BadMessages: c.st.badMessages.Load(),
-		Reconnects: c.st.reconnects.Load(), Heartbeats: c.st.heartbeats.Load(),
+		Reconnects: c.st.reconnects.Load(), Heartbeats: c.st.heartbeats.Load(), TellBatches: c.st.batches.Load(),
 	}
 }
 
@@ -287,7 +264,7 @@ func (c *Client) Handle(name string, h Handler) error {
 	if err != nil {
 		return err
 	}
-	return c.enqueue(command{op: opSend, data: data})
+	return c.enqueue(outItem{kind: itemRaw, data: data}, true)
 }
 
 // Unhandle gives name back (UNREGISTER); messages still in its mailbox are dropped.
@@ -312,7 +289,7 @@ func (c *Client) Unhandle(name string) error {
 	if err != nil {
 		return err
 	}
-	return c.enqueue(command{op: opSend, data: data})
+	return c.enqueue(outItem{kind: itemRaw, data: data}, true)
 }
 
 // startWorker runs h over box's mailbox; c.mu is held or the client is not running yet.
@@ -361,14 +338,16 @@ func (c *Client) reply(dest string, corr any, value any, err error) {
 	var data []byte
 	if err == nil {
 		data, err = Marshal([]any{KindReply, dest, corr, true, value})
-		if err != nil { // the handler's result cannot be sent: say so instead
+		if err == nil && len(data) > int(c.maxFrame.Load()) {
+			err = &RemoteError{Type: "FrameTooLarge", Message: fmt.Sprintf("the reply encodes to %d bytes, over the node's max_frame_size %d", len(data), c.maxFrame.Load())}
+		} else if err != nil { // the handler's result cannot be sent: say so instead
 			err = &RemoteError{Type: "TypeError", Message: fmt.Sprintf("reply cannot be encoded: %v", err)}
 		}
 	}
 	if err != nil {
 		data, _ = Marshal([]any{KindReply, dest, corr, false, errorReply(err)})
 	}
-	if c.enqueue(command{op: opSend, data: data}) == nil {
+	if c.enqueue(outItem{kind: itemRaw, data: data}, true) == nil {
 		c.st.replies.Add(1)
 	}
 }
@@ -388,39 +367,51 @@ func targetFields(t string) (any, any, error) {
 
 var encPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// encode marshals an envelope into a slice of its own (the bytes travel to the socket
-// goroutine), reusing encoder buffers.
-func encode(env []any) ([]byte, error) {
+// encode marshals a value into a slice of its own (it may wait in the send queue), reusing
+// encoder buffers.
+func encode(v any) ([]byte, error) {
 	buf := encPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer encPool.Put(buf)
-	if err := newEncoder(buf).Encode(env); err != nil {
+	if err := newEncoder(buf).Encode(v); err != nil {
 		return nil, fmt.Errorf("herd: message cannot be encoded: %w", err)
 	}
 	return bytes.Clone(buf.Bytes()), nil
 }
 
 // Tell sends msg to target ("name" on the bridge's node, or "name@Node") without waiting for
-// anything. It blocks only while the client's send queue is full (backpressure).
+// anything. It blocks only while the client's send queue is full (backpressure). A message
+// that cannot fit in the node's max_frame_size is refused (an error wrapping ErrFrameTooLarge).
 func (c *Client) Tell(target string, msg any) error {
-	dest, tgt, err := targetFields(target)
+	node, name, err := SplitTarget(target)
 	if err != nil {
 		return err
 	}
-	return c.tell(dest, tgt, msg)
+	prefix := appendMsgpackStr(nil, name)
+	if node == "" {
+		prefix = append([]byte{0xc0}, prefix...)
+	} else {
+		prefix = append(appendMsgpackStr(make([]byte, 0, len(node)+len(prefix)+3), node), prefix...)
+	}
+	return c.tell(prefix, msg)
 }
 
 // TellKey tells the keyed actor (kind, key), wherever the herd's ring places it.
 func (c *Client) TellKey(kind, key string, msg any) error {
-	return c.tell(nil, []any{kind, key}, msg)
+	prefix := []byte{0xc0, 0x92}
+	prefix = appendMsgpackStr(appendMsgpackStr(prefix, kind), key)
+	return c.tell(prefix, msg)
 }
 
-func (c *Client) tell(dest, tgt any, msg any) error {
-	data, err := encode([]any{KindTell, dest, tgt, msg})
+func (c *Client) tell(prefix []byte, msg any) error {
+	body, err := encode(msg)
 	if err != nil {
 		return err
 	}
-	if err := c.enqueue(command{op: opSend, data: data}); err != nil {
+	if limit := int(c.maxFrame.Load()); len(body)+len(prefix)+2 > limit {
+		return fmt.Errorf("%w: a tell of %d bytes is over the node's max_frame_size %d", ErrFrameTooLarge, len(body)+len(prefix)+2, limit)
+	}
+	if err := c.enqueue(outItem{kind: itemTell, prefix: prefix, data: body}, false); err != nil {
 		return err
 	}
 	c.st.tells.Add(1)
@@ -458,11 +449,14 @@ func (c *Client) ask(ctx context.Context, name string, dest, tgt any, msg any) (
 	if err != nil {
 		return nil, err
 	}
+	if limit := int(c.maxFrame.Load()); len(data) > limit {
+		return nil, fmt.Errorf("%w: an ask of %d bytes is over the node's max_frame_size %d", ErrFrameTooLarge, len(data), limit)
+	}
 	p := &pendingAsk{corr: corr, target: name, data: data, result: make(chan askResult, 1), deadline: deadline}
 	if c.o.retries > 0 {
 		p.triesLeft, p.perTry = c.o.retries, c.o.tryTimeout
 	}
-	if err := c.enqueue(command{op: opAsk, ask: p}); err != nil {
+	if err := c.enqueue(outItem{kind: itemAsk, ask: p}, true); err != nil {
 		return nil, err
 	}
 	c.st.asks.Add(1)
@@ -470,7 +464,9 @@ func (c *Client) ask(ctx context.Context, name string, dest, tgt any, msg any) (
 	case r := <-p.result:
 		return r.value, r.err
 	case <-ctx.Done():
-		c.enqueue(command{op: opCancel, corr: corr})
+		c.smu.Lock()
+		delete(c.pending, corr)
+		c.smu.Unlock()
 		select { // the reply may have raced the deadline
 		case r := <-p.result:
 			return r.value, r.err
@@ -486,90 +482,241 @@ func (c *Client) ask(ctx context.Context, name string, dest, tgt any, msg any) (
 // the sockets. It is safe to call more than once.
 func (c *Client) Close() error {
 	c.once.Do(func() {
+		c.qmu.Lock()
+		c.qclosed = true
+		c.room.Broadcast()
+		c.qmu.Unlock()
 		close(c.closing)
-		c.sleeping.Store(true)
-		c.wake()
-		<-c.done
-		c.runCancel()
-		c.workers.Wait()
-		c.wakeMu.Lock()
-		c.wakeClosed = true
-		c.wakeTx.Close()
-		c.wakeMu.Unlock()
-		c.zctx.Term()
+		c.bg.Wait() // the flusher has sent what was queued
+		c.smu.Lock()
+		c.shutdown(true)
+		c.smu.Unlock()
+		c.shutdownNow()
 	})
 	return nil
 }
 
-// ---- the socket goroutine -------------------------------------------------------------------
+// shutdownNow stops the handlers and ends the ZeroMQ context (the socket is closed already).
+func (c *Client) shutdownNow() {
+	select {
+	case <-c.done:
+	default:
+		close(c.done)
+	}
+	c.runCancel()
+	c.workers.Wait()
+	c.zctx.Term()
+}
+
+// ---- the send queue ---------------------------------------------------------------------------
+
+// enqueue appends it to the send queue, waiting while the queue is full. With direct (asks,
+// replies, registrations) the calling goroutine sends the queue itself when nobody else is
+// sending, so a lone ask costs no goroutine hand-off; tells wake the flusher goroutine instead,
+// so that a fast teller keeps encoding while earlier tells go out, and tells queued meanwhile
+// leave together.
+func (c *Client) enqueue(it outItem, direct bool) error {
+	size := len(it.data) + len(it.prefix)
+	if it.ask != nil {
+		size = len(it.ask.data)
+	}
+	c.qmu.Lock()
+	for !c.qclosed && len(c.queue) >= c.o.sendQueue {
+		c.room.Wait()
+	}
+	if c.qclosed {
+		c.qmu.Unlock()
+		return ErrClosed
+	}
+	c.queue = append(c.queue, it)
+	c.qbytes += size
+	if c.flushing {
+		c.qmu.Unlock()
+		return nil
+	}
+	c.flushing = true
+	if !direct {
+		c.qmu.Unlock()
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+		return nil
+	}
+	batch := c.takeQueue()
+	c.qmu.Unlock()
+	c.sendBatch(batch)
+	c.qmu.Lock()
+	if len(c.queue) == 0 {
+		c.flushing = false
+		c.qmu.Unlock()
+		return nil
+	}
+	c.qmu.Unlock()
+	select { // more came meanwhile: the flusher goroutine takes over
+	case c.kick <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// takeQueue swaps the queue out; qmu is held.
+func (c *Client) takeQueue() []outItem {
+	batch := c.queue
+	c.queue, c.spare = c.spare[:0], nil
+	c.qbytes = 0
+	c.room.Broadcast()
+	return batch
+}
+
+// flusher sends the queue whenever it is kicked, until the queue is empty.
+func (c *Client) flusher() {
+	defer c.bg.Done()
+	for {
+		select {
+		case <-c.kick:
+		case <-c.closing:
+			c.qmu.Lock()
+			batch := c.takeQueue()
+			c.qmu.Unlock()
+			c.sendBatch(batch)
+			return
+		}
+		for {
+			c.qmu.Lock()
+			if len(c.queue) == 0 {
+				c.flushing = false
+				c.qmu.Unlock()
+				break
+			}
+			batch := c.takeQueue()
+			c.qmu.Unlock()
+			c.sendBatch(batch)
+			c.waitUnstuck()
+		}
+	}
+}
+
+// waitUnstuck holds the flusher (and so, once the queue fills, the tellers) while ZeroMQ
+// refuses messages; the socket's events and the timer retry them.
+func (c *Client) waitUnstuck() {
+	for {
+		c.smu.Lock()
+		n := len(c.stuck)
+		c.smu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-c.closing:
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+		c.smu.Lock()
+		c.flushStuck()
+		c.smu.Unlock()
+	}
+}
+
+// sendBatch sends a batch taken from the queue, in order, coalescing runs of tells to one
+// target into TELLS envelopes under the node's max_frame_size.
+func (c *Client) sendBatch(batch []outItem) {
+	if len(batch) == 0 {
+		return
+	}
+	c.smu.Lock()
+	limit := int(c.maxFrame.Load())
+	for i := 0; i < len(batch); {
+		it := batch[i]
+		switch it.kind {
+		case itemRaw:
+			c.send(it.data)
+			i++
+			continue
+		case itemAsk:
+			p := it.ask
+			if p.perTry > 0 {
+				p.tryEnd = time.Now().Add(p.perTry)
+				c.kickTimer()
+			}
+			c.pending[p.corr] = p
+			c.nextCheck = time.Time{}
+			c.send(p.data)
+			i++
+			continue
+		}
+		// a run of tells to one target: [2, dest, target, body] or [15, dest, target, [bodies]]
+		overhead := 1 + 1 + len(it.prefix) + 5
+		size := overhead + len(it.data)
+		j := i + 1
+		for j < len(batch) && batch[j].kind == itemTell && bytes.Equal(batch[j].prefix, it.prefix) &&
+			size+len(batch[j].data) <= limit {
+			size += len(batch[j].data)
+			j++
+		}
+		buf := appendTellHead(c.scratch[:0], it.prefix, j-i)
+		for k := i; k < j; k++ {
+			buf = append(buf, batch[k].data...)
+		}
+		c.scratch = buf
+		c.send(buf)
+		c.st.batches.Add(1)
+		i = j
+	}
+	c.afterSend()
+	c.smu.Unlock()
+	clear(batch)
+	c.qmu.Lock()
+	if c.spare == nil {
+		c.spare = batch[:0]
+	}
+	c.qmu.Unlock()
+}
+
+// appendTellHead appends all of a TELL but its body (n == 1), or all of a TELLS but its n
+// bodies: prefix is the encoded dest_node and target; the encoded bodies follow, concatenated.
+func appendTellHead(b, prefix []byte, n int) []byte {
+	if n == 1 {
+		return append(append(b, 0x94, KindTell), prefix...)
+	}
+	b = append(append(b, 0x94, KindTells), prefix...)
+	return appendMsgpackArrayHeader(b, n)
+}
+
+func appendMsgpackStr(b []byte, s string) []byte {
+	n := len(s)
+	switch {
+	case n < 32:
+		b = append(b, 0xa0|byte(n))
+	case n < 1<<8:
+		b = append(b, 0xd9, byte(n))
+	case n < 1<<16:
+		b = append(b, 0xda, byte(n>>8), byte(n))
+	default:
+		b = append(b, 0xdb, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	return append(b, s...)
+}
+
+func appendMsgpackArrayHeader(b []byte, n int) []byte {
+	switch {
+	case n < 16:
+		return append(b, 0x90|byte(n))
+	case n < 1<<16:
+		return append(b, 0xdc, byte(n>>8), byte(n))
+	default:
+		return append(b, 0xdd, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+}
+
+// ---- the socket (every function below runs with smu held) --------------------------------------
 
 func (c *Client) logf(format string, args ...any) {
 	c.o.logger.Printf("herd: service %s: "+format, append([]any{c.o.service}, args...)...)
 }
 
-func (c *Client) run() {
-	runtime.LockOSThread() // the sockets stay on one OS thread
-	defer runtime.UnlockOSThread()
-	defer close(c.done)
-	if err := c.openSocket(); err != nil {
-		c.dialDone <- fmt.Errorf("herd: connect %s: %w", c.endpoint, err)
-		c.shutdown(false)
-		return
-	}
-	for {
-		c.flush()
-		if len(c.outq) == 0 {
-			c.drain()
-		}
-		select {
-		case <-c.closing:
-			c.shutdown(true)
-			return
-		default:
-		}
-		now := time.Now()
-		c.timers(now)
-		timeout := c.nextWake(now)
-		if len(c.outq) > 0 {
-			c.poller.UpdateBySocket(c.sock, zmq.POLLIN|zmq.POLLOUT)
-			timeout = min(timeout, 50*time.Millisecond)
-		} else {
-			c.poller.UpdateBySocket(c.sock, zmq.POLLIN)
-		}
-		if timeout > 0 {
-			c.sleeping.Store(true)
-			if len(c.cmds) > 0 {
-				timeout = 0
-			}
-		}
-		polled, err := c.poller.Poll(timeout)
-		c.sleeping.Store(false)
-		if err != nil {
-			if zmq.AsErrno(err) == zmq.ETERM {
-				return
-			}
-			continue // EINTR
-		}
-		for _, p := range polled {
-			switch p.Socket {
-			case c.sock:
-				if p.Events&zmq.POLLIN != 0 {
-					c.receive()
-				}
-			case c.wakeRx:
-				for {
-					if _, err := c.wakeRx.RecvBytes(zmq.DONTWAIT); err != nil {
-						break
-					}
-				}
-			case c.mon:
-				c.monitorEvents()
-			}
-		}
-	}
-}
-
-// openSocket opens a DEALER (with its monitor) and sends SERVICE_HELLO on it first.
+// openSocket opens a DEALER (with its monitor), starts waiting on their events and sends
+// SERVICE_HELLO first.
 func (c *Client) openSocket() error {
 	c.gen++
 	s, err := c.zctx.NewSocket(zmq.DEALER)
@@ -580,8 +727,10 @@ func (c *Client) openSocket() error {
 	if err := s.SetLinger(0); err != nil {
 		return fail(err)
 	}
-	// Deep queues: bursts of tells should not stall on the default 1000-message HWM.
-	s.SetSndhwm(200000)
+	// Deep queues: bursts should not stall on the default 1000-message HWM. Tells travel in
+	// batches (TELLS), so 20,000 messages is plenty, and bounds what waits when the node pushes
+	// back (it stops reading while one of its actors has a large backlog).
+	s.SetSndhwm(20000)
 	s.SetRcvhwm(200000)
 	s.SetReconnectIvl(100 * time.Millisecond)
 	s.SetReconnectIvlMax(time.Second)
@@ -609,14 +758,80 @@ func (c *Client) openSocket() error {
 		return fail(err)
 	}
 	c.sock, c.mon = s, mon
-	c.poller = zmq.NewPoller()
-	c.poller.Add(c.sock, zmq.POLLIN)
-	c.poller.Add(c.wakeRx, zmq.POLLIN)
-	c.poller.Add(c.mon, zmq.POLLIN)
 	c.welcomed = false
-	c.outq = c.outq[:0]
+	c.stuck = c.stuck[:0]
 	c.lastHeard = time.Now()
-	return c.sendHello()
+	for _, w := range []struct {
+		sock  *zmq.Socket
+		ready func()
+	}{{s, c.receive}, {mon, c.monitorEvents}} {
+		f, err := watchSocket(w.sock)
+		if err != nil {
+			c.closeSocket(0)
+			return err
+		}
+		c.watchers = append(c.watchers, f)
+		go c.watch(f, w.sock, c.gen, w.ready)
+	}
+	if err := c.sendHello(); err != nil {
+		return err
+	}
+	// ZMQ_FD signals only after a read found nothing (until then a pipe's reader counts as
+	// awake, and nobody is woken): look once now.
+	c.monitorEvents()
+	c.afterSend()
+	return nil
+}
+
+// watch runs ready (with smu held) whenever the socket's ZMQ_FD signals, until the socket is
+// replaced or closed. ZMQ_FD is edge-triggered, as is Go's poller: ready drains the socket and
+// reads ZMQ_EVENTS, after which the FD signals again when there is something new.
+func (c *Client) watch(f *os.File, s *zmq.Socket, gen int, ready func()) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		c.pollLoop(s, gen, ready)
+		return
+	}
+	for {
+		waited := false
+		err := rc.Read(func(uintptr) bool {
+			if waited {
+				return true
+			}
+			waited = true
+			return false
+		})
+		c.smu.Lock()
+		if c.gen != gen || c.sock == nil {
+			c.smu.Unlock()
+			return
+		}
+		if err != nil { // the FD is not pollable here: poll on a timer instead
+			c.smu.Unlock()
+			c.pollLoop(s, gen, ready)
+			return
+		}
+		ready()
+		c.smu.Unlock()
+	}
+}
+
+// pollLoop is watch's fallback when Go's poller cannot wait on a ZMQ_FD.
+func (c *Client) pollLoop(s *zmq.Socket, gen int, ready func()) {
+	for {
+		select {
+		case <-c.closing:
+			return
+		case <-time.After(time.Millisecond):
+		}
+		c.smu.Lock()
+		if c.gen != gen || c.sock == nil {
+			c.smu.Unlock()
+			return
+		}
+		ready()
+		c.smu.Unlock()
+	}
 }
 
 func (c *Client) sendHello() error {
@@ -636,6 +851,10 @@ func (c *Client) sendHello() error {
 }
 
 func (c *Client) closeSocket(linger time.Duration) {
+	for _, f := range c.watchers {
+		f.Close() // wakes its watcher, which sees the generation is gone
+	}
+	c.watchers = c.watchers[:0]
 	if c.sock == nil {
 		return
 	}
@@ -665,68 +884,102 @@ func (c *Client) reconnect(why string) {
 		p.tryEnd = now.Add(p.perTry)
 		c.send(p.data)
 	}
+	c.afterSend()
 	c.nextCheck = time.Time{}
 }
 
+// send sends one message without blocking; what ZeroMQ refuses (its high-water mark) waits in
+// c.stuck, and so does everything after it, to keep the order.
 func (c *Client) send(data []byte) {
-	if len(c.outq) == 0 {
+	if c.sock == nil {
+		return
+	}
+	if len(c.stuck) == 0 {
 		if _, err := c.sock.SendBytes(data, zmq.DONTWAIT); err == nil {
 			return
 		}
 	}
-	c.outq = append(c.outq, data)
+	c.stuck = append(c.stuck, bytes.Clone(data))
 }
 
-// flush sends what the socket refused before (its HWM was reached).
-func (c *Client) flush() {
+// flushStuck sends what the socket refused before.
+func (c *Client) flushStuck() {
+	if c.sock == nil {
+		return
+	}
 	i := 0
-	for ; i < len(c.outq); i++ {
-		if _, err := c.sock.SendBytes(c.outq[i], zmq.DONTWAIT); err != nil {
+	for ; i < len(c.stuck); i++ {
+		if _, err := c.sock.SendBytes(c.stuck[i], zmq.DONTWAIT); err != nil {
 			break
 		}
 	}
 	if i > 0 {
-		n := copy(c.outq, c.outq[i:])
-		clear(c.outq[n:])
-		c.outq = c.outq[:n]
+		n := copy(c.stuck, c.stuck[i:])
+		clear(c.stuck[n:])
+		c.stuck = c.stuck[:n]
+		c.afterSend()
 	}
 }
 
-// drain takes the commands queued by other goroutines, without blocking.
-func (c *Client) drain() {
-	for i := 0; i < 4096; i++ {
+// afterSend looks for messages that arrived meanwhile: sending processes the socket's commands,
+// which can use up the FD's edge for them.
+func (c *Client) afterSend() {
+	if c.sock == nil {
+		return
+	}
+	if ev, err := c.sock.GetEvents(); err == nil && ev&zmq.POLLIN != 0 {
+		c.receive()
+	}
+}
+
+func (c *Client) kickTimer() {
+	select {
+	case c.timerKick <- struct{}{}:
+	default:
+	}
+}
+
+// timerLoop sends heartbeats, declares a silent node lost and expires tries and asks.
+func (c *Client) timerLoop() {
+	defer c.bg.Done()
+	t := time.NewTimer(time.Millisecond)
+	defer t.Stop()
+	for {
 		select {
-		case cmd := <-c.cmds:
-			c.do(cmd)
-		default:
+		case <-c.closing:
 			return
+		case <-t.C:
+		case <-c.timerKick:
 		}
-	}
-}
-
-func (c *Client) do(cmd command) {
-	switch cmd.op {
-	case opSend:
-		c.send(cmd.data)
-	case opAsk:
-		p := cmd.ask
-		if p.perTry > 0 {
-			p.tryEnd = time.Now().Add(p.perTry)
+		c.smu.Lock()
+		now := time.Now()
+		c.flushStuck()
+		c.timers(now)
+		d := c.nextWake(now)
+		if len(c.stuck) > 0 {
+			d = min(d, 5*time.Millisecond)
 		}
-		c.pending[p.corr] = p
-		c.nextCheck = time.Time{}
-		c.send(p.data)
-	case opCancel:
-		delete(c.pending, cmd.corr)
+		c.smu.Unlock()
+		if !t.Stop() {
+			select {
+			case <-t.C:
+			default:
+			}
+		}
+		t.Reset(d)
 	}
 }
 
 // timers sends heartbeats, declares a silent node lost, and expires tries and asks.
 func (c *Client) timers(now time.Time) {
+	if c.sock == nil {
+		return
+	}
 	if c.welcomed && now.Sub(c.lastHB) >= c.hbEvery {
 		c.hbSeq++
 		data, _ := Marshal(Heartbeat{Seq: c.hbSeq, SentTime: float64(now.UnixNano()) / 1e9})
 		c.send(data)
+		c.afterSend()
 		c.lastHB = now
 		c.st.heartbeats.Add(1)
 	}
@@ -777,16 +1030,23 @@ func (c *Client) nextWake(now time.Time) time.Duration {
 		next = c.nextCheck
 	}
 	d := next.Sub(now)
-	if d < 0 {
-		return 0
+	if d < time.Millisecond {
+		return time.Millisecond
 	}
-	return d + time.Millisecond // zmq_poll rounds down to milliseconds
+	return d
 }
 
 func (c *Client) monitorEvents() {
+	if c.mon == nil {
+		return
+	}
 	for {
 		ev, addr, _, err := c.mon.RecvEvent(zmq.DONTWAIT)
 		if err != nil {
+			// Reading ZMQ_EVENTS re-arms the FD; POLLIN means an event came meanwhile.
+			if st, err := c.mon.GetEvents(); err == nil && st&zmq.POLLIN != 0 {
+				continue
+			}
 			return
 		}
 		switch {
@@ -810,10 +1070,19 @@ func (c *Client) signalDial(err error) bool {
 	return true
 }
 
+// receive drains the socket: every message waiting is handled, then ZMQ_EVENTS is read (which
+// re-arms the FD; it may also show that more arrived meanwhile).
 func (c *Client) receive() {
-	for i := 0; i < 4096; i++ {
+	for c.sock != nil {
 		b, err := c.sock.RecvBytes(zmq.DONTWAIT)
 		if err != nil {
+			ev, err := c.sock.GetEvents()
+			if err == nil && ev&zmq.POLLIN != 0 {
+				continue
+			}
+			if err == nil && ev&zmq.POLLOUT != 0 && len(c.stuck) > 0 {
+				c.flushStuck()
+			}
 			return
 		}
 		c.lastHeard = time.Now()
@@ -853,6 +1122,15 @@ func (c *Client) handle(b []byte) {
 			return
 		}
 		c.deliver(arr[2], inbound{body: arr[3]})
+	case KindTells:
+		bodies, ok := arr[len(arr)-1].([]any)
+		if len(arr) != 4 || !ok {
+			c.bad("TELLS is [15, dest_node, target, [body, ...]], not %s", describe(v))
+			return
+		}
+		for _, body := range bodies {
+			c.deliver(arr[2], inbound{body: body})
+		}
 	case KindAsk:
 		if len(arr) != 6 {
 			c.bad("ASK with %d elements", len(arr))
@@ -908,6 +1186,9 @@ func (c *Client) onWelcome(arr []any) {
 	}
 	node, _ := arr[1].(string)
 	interval, _ := asFloat64(arr[2])
+	if limit, ok := asInt64(arr[3]); ok && limit > 64 {
+		c.maxFrame.Store(limit)
+	}
 	c.mu.Lock()
 	c.node = node
 	c.mu.Unlock()
@@ -920,6 +1201,7 @@ func (c *Client) onWelcome(arr []any) {
 	}
 	c.welcomed = true
 	c.lastHB = time.Now()
+	c.kickTimer()
 	c.signalDial(nil)
 }
 
@@ -988,13 +1270,12 @@ func (c *Client) deliver(tgt any, m inbound) {
 	c.send(data)
 }
 
-// shutdown ends the socket goroutine: BYE, fail what is pending, close the sockets.
+// shutdown ends the session: BYE, fail what is pending, close the socket and the mailboxes.
 func (c *Client) shutdown(bye bool) {
 	if bye && c.sock != nil {
-		c.drain()
-		c.flush()
+		c.flushStuck()
 		if data, err := Marshal(Bye{Reason: "shutdown"}); err == nil {
-			c.sock.SendBytes(data, zmq.DONTWAIT)
+			c.send(data)
 		}
 	}
 	for corr, p := range c.pending {
@@ -1007,7 +1288,6 @@ func (c *Client) shutdown(bye bool) {
 		linger = time.Second // time for the BYE (and queued tells) to leave
 	}
 	c.closeSocket(linger)
-	c.wakeRx.Close()
 	c.mu.Lock()
 	for name, box := range c.boxes {
 		close(box.ch)

@@ -1,6 +1,7 @@
 package herd
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -34,6 +35,7 @@ var curveAuthStarted atomic.Bool
 type received struct {
 	identity string
 	env      []any
+	size     int // bytes of the body
 }
 
 // fakeBridge owns a ROUTER on one goroutine. It answers SERVICE_HELLO (checking version and
@@ -48,6 +50,7 @@ type fakeBridge struct {
 	stop     chan struct{}
 	stopped  chan struct{}
 
+	maxFrame   int          // announced in WELCOME (DefaultMaxFrameSize when 0); set before dial
 	heartbeats atomic.Bool  // send a HEARTBEAT to every service every 20 ms
 	dropAsks   atomic.Int32 // drop the next N asks
 	forget     atomic.Bool  // answer the next message with ERROR "protocol" (a node that forgot us)
@@ -144,7 +147,7 @@ func (b *fakeBridge) run(sock *zmq.Socket, cfg bridgeConfig) {
 			continue
 		}
 		env := v.([]any)
-		b.in <- received{identity: id, env: env}
+		b.in <- received{identity: id, env: env, size: len(body)}
 		if b.forget.CompareAndSwap(true, false) {
 			b.send(id, []any{KindError, nil, ECodeProtocol, "send SERVICE_HELLO first"})
 			continue
@@ -184,7 +187,11 @@ func (b *fakeBridge) hello(id string, env []any, cfg bridgeConfig) {
 	b.mu.Lock()
 	b.identities[service] = id
 	b.mu.Unlock()
-	b.send(id, []any{KindWelcome, "Bona", 0.05, DefaultMaxFrameSize})
+	maxFrame := b.maxFrame
+	if maxFrame == 0 {
+		maxFrame = DefaultMaxFrameSize
+	}
+	b.send(id, []any{KindWelcome, "Bona", 0.05, maxFrame})
 }
 
 func (b *fakeBridge) ask(id string, env []any) {
@@ -217,15 +224,24 @@ func (b *fakeBridge) toService(service string, env []any) {
 // expect returns the next recorded envelope of kind (skipping others), failing after 5 s.
 func (b *fakeBridge) expect(kind int64) received {
 	b.t.Helper()
+	return b.expectAny(kind)
+}
+
+// expectAny returns the next recorded envelope of one of kinds (skipping others).
+func (b *fakeBridge) expectAny(kinds ...int64) received {
+	b.t.Helper()
 	timeout := time.After(5 * time.Second)
 	for {
 		select {
 		case r := <-b.in:
-			if k, _ := asInt64(r.env[0]); k == kind {
-				return r
+			k, _ := asInt64(r.env[0])
+			for _, kind := range kinds {
+				if k == kind {
+					return r
+				}
 			}
 		case <-timeout:
-			b.t.Fatalf("fake bridge: no %s arrived", KindName(kind))
+			b.t.Fatalf("fake bridge: no %v arrived", kinds)
 		}
 	}
 }
@@ -261,7 +277,7 @@ func TestBridgeWireBytesMatchPython(t *testing.T) {
 		want string
 	}{
 		{[]any{KindServiceHello, ProtocolVersion, "stats-é", []string{"stats", "mean"}, cred},
-			"950b01a873746174732dc3a992a57374617473a46d65616ec4203e6a1fe007a5b83dd28aac70bf4f30a08393e82796f37e541f13ef9dd474d7b9"},
+			"950b02a873746174732dc3a992a57374617473a46d65616ec4203e6a1fe007a5b83dd28aac70bf4f30a08393e82796f37e541f13ef9dd474d7b9"},
 		{[]any{KindAsk, nil, "echo", map[string]any{"a": []any{1, 2.5, []byte("x")}}, "svc", uint64(7)},
 			"9603c0a46563686f81a1619301cb4004000000000000c40178a373766307"},
 		{[]any{KindReply, "Bona", int64(300), false, errorReply(&RemoteError{Type: "ValueError", Message: "boom"})},
@@ -332,7 +348,7 @@ func TestHelloWelcome(t *testing.T) {
 		t.Fatalf("node %q", c.Node())
 	}
 	hello := b.expect(KindServiceHello).env
-	want := []any{int64(KindServiceHello), int64(1), "svc", []any{"a", "b"}, BridgeCredential([]byte(testSecret), "svc")}
+	want := []any{int64(KindServiceHello), int64(ProtocolVersion), "svc", []any{"a", "b"}, BridgeCredential([]byte(testSecret), "svc")}
 	if !reflect.DeepEqual(hello, want) {
 		t.Fatalf("hello %v, want %v", hello, want)
 	}
@@ -641,5 +657,114 @@ func TestCurve(t *testing.T) {
 	_, err = Dial(ctxFor(t, 500*time.Millisecond), b.endpoint, WithService("plain"))
 	if err == nil {
 		t.Fatal("a plain client was welcomed by a CURVE bridge")
+	}
+}
+
+// ---- TELLS -------------------------------------------------------------------------------------
+
+// The client's hand-assembled TELL/TELLS bytes are the ones Python's encoder gives (the
+// "node-tells" golden vector, and a TELL built the same way).
+func TestTellsEnvelopeBytes(t *testing.T) {
+	v := loadEnvelopes(t)
+	var want string
+	for _, c := range v.Valid {
+		if c.Name == "node-tells" {
+			want = c.BodyHex
+		}
+	}
+	if want == "" {
+		t.Fatal("no node-tells vector")
+	}
+	prefix := appendMsgpackStr(appendMsgpackStr(nil, "Bona"), "sink")
+	bodies := []any{int64(1), "two", nil, []any{3.5, map[string]any{"k": []byte("v")}}}
+	buf := appendTellHead(nil, prefix, len(bodies))
+	for _, b := range bodies {
+		data, err := encode(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf = append(buf, data...)
+	}
+	if got := hex.EncodeToString(buf); got != want {
+		t.Fatalf("TELLS %s\nwant  %s", got, want)
+	}
+	one := appendTellHead(nil, append([]byte{0xc0}, appendMsgpackStr(nil, "sink")...), 1)
+	one = append(one, 0x07)
+	if want, _ := Marshal([]any{KindTell, nil, "sink", 7}); !bytes.Equal(one, want) {
+		t.Fatalf("TELL %x, want %x", one, want)
+	}
+}
+
+// Tells queued while the client is sending leave as TELLS (in order, under the node's
+// max_frame_size); a lone tell leaves at once as TELL; TELLS from the node reach the handler
+// body by body.
+func TestTellsCoalesce(t *testing.T) {
+	b := newFakeBridge(t, bridgeConfig{})
+	b.maxFrame = 300
+	var got []any
+	var mu sync.Mutex
+	c := dial(t, b, WithHandler("svc-sink", func(ctx context.Context, msg any) (any, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if msg == "count" {
+			return int64(len(got)), nil
+		}
+		got = append(got, msg)
+		return nil, nil
+	}))
+	b.expect(KindServiceHello)
+	if err := c.Tell("sink", "lone"); err != nil {
+		t.Fatal(err)
+	}
+	if r := b.expect(KindTell); !reflect.DeepEqual(r.env, []any{int64(KindTell), nil, "sink", "lone"}) {
+		t.Fatalf("lone tell %v", r.env)
+	}
+	if err := c.Tell("sink", string(make([]byte, 300))); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("a tell over max_frame_size: %v", err)
+	}
+	const n = 2000
+	for i := 0; i < n; i++ {
+		if err := c.Tell("sink@Clark", int64(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next, batches := int64(0), 0
+	for next < n {
+		r := b.expectAny(KindTell, KindTells)
+		if r.size > 300 {
+			t.Fatalf("a message of %d bytes, over the announced max_frame_size 300", r.size)
+		}
+		if r.env[1] != "Clark" || r.env[2] != "sink" {
+			t.Fatalf("tells to the wrong place: %v", r.env)
+		}
+		bodies := []any{r.env[3]}
+		if k, _ := asInt64(r.env[0]); k == KindTells {
+			bodies = r.env[3].([]any)
+			batches++
+		}
+		for _, body := range bodies {
+			if body != next {
+				t.Fatalf("tell %v arrived where %d was due", body, next)
+			}
+			next++
+		}
+	}
+	if batches == 0 {
+		t.Fatalf("%d tells queued back to back never left as TELLS", n)
+	}
+	if s := c.Stats(); s.TellBatches >= s.TellsSent || s.TellsSent != n+1 {
+		t.Fatalf("stats %+v", s)
+	}
+	// node -> service: TELLS delivers each body, in order, before a later ask
+	b.toService("svc", []any{KindTells, "Bona", "svc-sink", []any{"a", int64(2), []any{"c"}}})
+	b.toService("svc", []any{KindTell, "Bona", "svc-sink", "d"})
+	b.toService("svc", []any{KindAsk, "Bona", "svc-sink", "count", "Bona", int64(9)})
+	if r := b.expect(KindReply).env; !reflect.DeepEqual(r[3:], []any{true, int64(4)}) {
+		t.Fatalf("reply %v", r)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !reflect.DeepEqual(got, []any{"a", int64(2), []any{"c"}, "d"}) {
+		t.Fatalf("the handler saw %v", got)
 	}
 }

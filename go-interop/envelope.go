@@ -15,7 +15,7 @@ import (
 // encode themselves explicitly (array header, kind, fields), so the bytes are exactly Python's.
 
 // ProtocolVersion is the version every HELLO carries.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
 // Sizes and the domain-separation prefix of the AUTH MAC.
 const (
@@ -38,6 +38,8 @@ const (
 	KindMembership = 7 // node layer (reserved here)
 	KindFlood      = 8 // node layer (reserved here)
 	KindBye        = 9
+	KindHandoff    = 10 // node layer (reserved here)
+	KindTells      = 15 // node layer: [15, dest_node, target, [body, ...]]
 )
 
 // Error codes (the third element of an ERROR). Receivers must accept codes they do not know.
@@ -55,7 +57,7 @@ const (
 var kindNames = map[int64]string{
 	KindHello: "HELLO", KindAuth: "AUTH", KindTell: "TELL", KindAsk: "ASK", KindError: "ERROR",
 	KindHeartbeat: "HEARTBEAT", KindReply: "REPLY", KindMembership: "MEMBERSHIP", KindFlood: "FLOOD",
-	KindBye: "BYE",
+	KindBye: "BYE", KindHandoff: "HANDOFF", KindTells: "TELLS",
 }
 
 // KindName is "HELLO" for 0 and so on, "kind 42" for a kind this version does not know.

@@ -39,7 +39,7 @@ type options struct {
 func defaultOptions() options {
 	return options{
 		handlers:       map[string]Handler{},
-		deadAfter:      10 * time.Second,
+		deadAfter:      3 * time.Second,
 		tryTimeout:     time.Second,
 		askTimeout:     5 * time.Second,
 		connectTimeout: 5 * time.Second,
@@ -131,10 +131,9 @@ func WithHeartbeat(interval time.Duration) Option {
 
 // WithDeadAfter sets how long the node may stay silent (no message at all, heartbeats
 // included) before the client declares it lost: pending asks fail with ErrNodeUnavailable
-// (unless they retry) and the client reconnects and says SERVICE_HELLO again. Default 10 s:
-// longer than the bridge's eviction bound (3 s), because a node busy with a flood of this
-// service's own tells can fall seconds behind on its heartbeats; a node that is really gone
-// still fails asks at their deadline.
+// (unless they retry) and the client reconnects and says SERVICE_HELLO again. Default 3 s, the
+// bridge's own eviction bound: the node keeps sending heartbeats while it ingests a flood of
+// tells, and the client's heartbeats go out on its own timer whatever it is sending.
 func WithDeadAfter(d time.Duration) Option {
 	return func(o *options) error {
 		if d <= 0 {

@@ -278,6 +278,24 @@ def test_deliver_is_the_inbound_seam_for_links(run):
     run(main)
 
 
+def test_deliver_many_posts_in_order_and_counts_what_did_not_fit(run):
+    async def main():
+        async with strict_node() as node:
+            rec = node.spawn(Recorder, name="rec", mailbox_size=5, overflow="reject")
+            assert node.deliver_many("rec", [1, 2, 3]) == 0
+            assert node.deliver_many("rec", [4, 5, 6, 7]) == 2  # 3 + 4 > 5: two found it full
+            with pytest.raises(ActorNotFound):
+                node.deliver_many("nobody", [1])
+            await asyncio.sleep(0.01)
+            assert await rec.ask("get") == [1, 2, 3, 4, 5]
+            assert node.deliver_many("rec", list(range(5))) == 0  # drained: room again
+            await node.stop(rec)
+            with pytest.raises(ActorNotFound):  # gone from the node once stopped
+                node.deliver_many("rec", [1])
+
+    run(main)
+
+
 def test_remote_refs_route_through_the_poster_and_resolve(run):
     """What a link layer does: carry (target, message, corr) out, bring the outcome back."""
 

@@ -12,6 +12,7 @@ import zmq.asyncio
 from click.testing import CliRunner
 
 from herdrt import Actor
+from herdrt import protocol as P
 from herdrt.bridge import REGISTER, SERVICE_HELLO, UNREGISTER, WELCOME, service_credential
 from herdrt.cli import main as cli_main
 from herdrt.config import loads_config
@@ -19,7 +20,7 @@ from herdrt.errors import ActorNotFound, MailboxFull, NodeUnavailable, RemoteErr
 from herdrt.herd import HerdNode
 
 SECRET = "bridge-test-secret-0123"
-TELL, ASK, ERROR, HEARTBEAT, REPLY, BYE = 2, 3, 4, 5, 6, 9
+TELL, ASK, ERROR, HEARTBEAT, REPLY, BYE, TELLS = 2, 3, 4, 5, 6, 9, 15
 
 
 def bridge_config(names=("A", "B"), bridged=("A",), links=None, bridge_table="", extra="", base=None):
@@ -106,7 +107,7 @@ class Service:
         with pytest.raises(asyncio.TimeoutError):
             await self.recv(wait)
 
-    async def hello(self, version=1, names=None):
+    async def hello(self, version=P.PROTOCOL_VERSION, names=None):
         self.send([SERVICE_HELLO, version, self.name, self.names if names is None else names, self.credential])
         return await self.recv()
 
@@ -132,6 +133,8 @@ class Service:
                 continue
             if env[0] == TELL:
                 self.seen.append((env[2], env[3]))
+            elif env[0] == TELLS:
+                self.seen.extend((env[2], body) for body in env[3])
             elif env[0] == ASK:
                 _, _, name, body, src, corr = env
                 if body == "fail":
@@ -199,8 +202,8 @@ def test_refusals_wrong_credential_version_and_taken_names(run):
                 err = await bad.recv()
                 assert err[:3] == [ERROR, None, "protocol"] and "SERVICE_HELLO first" in err[3]
                 assert (await nocred.hello())[:3] == [ERROR, None, "auth"]
-                err = await old.hello(version=2)
-                assert err[:3] == [ERROR, None, "version"] and "version 1" in err[3]
+                err = await old.hello(version=P.PROTOCOL_VERSION + 1)
+                assert err[:3] == [ERROR, None, "version"] and f"version {P.PROTOCOL_VERSION}" in err[3]
                 assert (await first.hello())[0] == WELCOME
                 err = await second.hello()
                 assert err[:3] == [ERROR, None, "name_taken"] and "shared (served by first)" in err[3]
@@ -456,7 +459,7 @@ def test_curve_admits_allowed_keys_only(run, tmp_path):
                 assert (await allowed.hello())[0] == WELCOME  # the key authenticates: credential nil
                 assert (await nodes["B"].lookup("calc@A").ask(5))["echo"] == 5
                 for s in (stranger, plain):
-                    s.send([SERVICE_HELLO, 1, s.name, s.names, s.credential])
+                    s.send([SERVICE_HELLO, P.PROTOCOL_VERSION, s.name, s.names, s.credential])
                     s.send([TELL, None, "echo", 1])
                     await s.nothing(0.4)
                 assert set(a.bridge.stats()["services"]) == {"svc"}
@@ -478,3 +481,52 @@ def test_keys_command_prints_a_usable_key_pair(tmp_path):
     printed = CliRunner().invoke(cli_main, ["keys"])
     pub, sec = (line.split('"')[1] for line in printed.output.splitlines() if "_key = " in line)
     assert zmq.curve_public(sec.encode()).decode() == pub
+
+
+def test_tells_both_ways(run):
+    """TELLS from a service: each body in order, locally or across the herd; malformed ones are
+    refused like a bad TELL. Tells from the herd pending in one loop turn reach the service as
+    TELLS (under max_frame_size); a lone one as TELL."""
+    config = bridge_config(["A", "B", "C"], links=[("A", "B"), ("B", "C")], extra="max_frame_size = 2048\n")
+
+    async def main():
+        async with Herd(config) as nodes:
+            a, c = nodes["A"], nodes["C"]
+            near, far = a.spawn(Recorder, name="rec"), c.spawn(Recorder, name="rec")
+            svc = Service(a, names=["calc"])
+            try:
+                assert (await svc.hello())[0] == WELCOME
+                svc.send([TELLS, None, "rec", [0, "one", [2], {"k": 3}]])
+                svc.send([TELL, None, "rec", 4])
+                svc.send([TELLS, "C", "rec", list(range(50))])
+                svc.send([TELLS, None, "rec@C", [50, 51]])
+                svc.send([TELLS, None, "ghost", [1, 2]])  # no such actor: dropped, counted
+                await until(lambda: a.bridge.stats()["counters"]["undelivered_tells"] == 2)
+                assert await near.ask("get") == [0, "one", [2], {"k": 3}, 4]
+                await until(lambda: far._cell.actor is not None and len(far._cell.actor.seen) == 52)
+                assert await far.ask("get") == list(range(52))
+                counters = a.bridge.stats()["counters"]
+                assert counters["tells_from_services"] == 59 and counters["undelivered_tells"] == 2
+                for bad in ([TELLS, None, "rec", "not a list"], [TELLS, None, "rec"], [TELLS, None, 42, [1]]):
+                    svc.send(bad)
+                    err = await svc.recv()
+                    assert err[:3] == [ERROR, None, "protocol"], (bad, err)
+                assert a.bridge.stats()["counters"]["malformed"] == 3
+                assert await near.ask("get") == [0, "one", [2], {"k": 3}, 4]  # nothing of them delivered
+
+                svc.serve()
+                proxy = c.lookup("calc@A")
+                proxy.tell("lone")
+                await until(lambda: svc.seen == [("calc", "lone")])
+                for i in range(300):  # ~3 KB of bodies: more than one TELLS under 2048 bytes
+                    proxy.tell(f"t{i:05}")
+                assert (await proxy.ask("x"))["echo"] == "x"  # behind the tells (FIFO)
+                assert svc.seen[1:] == [("calc", f"t{i:05}") for i in range(300)]
+                counters = a.bridge.stats()["counters"]
+                assert counters["tells_to_services"] == 301
+                assert 2 < counters["tells_batches_to_services"] < 100  # coalesced, and split by size
+                assert counters["dropped_tells"] == 0
+            finally:
+                await svc.close()
+
+    run(main)

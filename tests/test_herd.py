@@ -98,6 +98,38 @@ def test_errors_cross_the_herd_typed(run):
     run(main)
 
 
+def test_batched_tells_are_delivered_and_counted_per_message(run):
+    # Tells queued in one loop turn travel as one TELLS envelope; whatever the receiver cannot
+    # take is still counted message by message.
+    config = herd_config(["a", "b"])
+
+    async def main():
+        async with Herd(config) as nodes:
+            a, b = nodes["a"], nodes["b"]
+            b.spawn(Recorder, name="rec")
+            b.spawn(Recorder, name="tiny", mailbox_size=10, overflow="reject")
+            rec, tiny = a.lookup("rec@b"), a.lookup("tiny@b")
+            for i in range(50):
+                rec.tell(i)
+                if i < 8:
+                    tiny.tell(i)  # interleaved: batches of one, in order
+            for i in range(5):
+                a.lookup("ghost@b").tell(i)
+            for i in range(50, 80):
+                rec.tell(i)
+            assert await rec.ask("get") == list(range(80))
+            assert await tiny.ask("get") == list(range(8))
+            for i in range(30):
+                tiny.tell(100 + i)  # one TELLS of 30 into a mailbox of 10: 10 in, 20 counted
+            await until(lambda: b.counters["undeliverable"] == 20)
+            assert (await tiny.ask("get"))[8:] == list(range(100, 110))
+            assert b.counters["unknown_actor"] == 5
+            assert b.counters["undeliverable"] == 20
+            assert b.counters["tells_in"] == 80 + 8 + 5 + 30
+
+    run(main)
+
+
 def test_node_leaving_fails_asks_at_once_and_tells_are_counted(run):
     # A graceful shutdown answers what it was handling (ActorStopped); a crash (SIGKILL) is in
     # test_herd_processes.py, where the asker gets NodeUnavailable.

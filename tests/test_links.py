@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -18,6 +19,7 @@ from herdrt import protocol as P
 from herdrt.config import HerdConfig, NodeConfig
 from herdrt.core import FrameDecoder, encode_frame, encode_frames
 from herdrt.links import (
+    TELLS_MAX,
     LinkClosed,
     LinkManager,
     LinkOverflow,
@@ -68,6 +70,20 @@ class Inbox:
             while not predicate():
                 self._changed.clear()
                 await self._changed.wait()
+
+
+@contextlib.asynccontextmanager
+async def linked(a: LinkSettings | None = None, b: LinkSettings | None = None):
+    """``A`` linked to ``B`` on loopback: yields ``(link, inbox)``, ``inbox`` getting what B receives."""
+    inbox = Inbox()
+    srv = await LinkServer(b or settings("B"), inbox.on_envelopes, on_link_up=inbox.on_up).start()
+    link = await connect(*srv.address, a or settings("A"), inbox.on_envelopes, peer="B")
+    await inbox.until(lambda: inbox.ups)
+    try:
+        yield link, inbox
+    finally:
+        link.close()
+        await srv.close()
 
 
 def free_port() -> int:
@@ -134,7 +150,7 @@ def test_kinds_and_codes_are_the_documented_numbers():
 def test_hello_frame_bytes_match_the_spec_example():
     frame = encode_frame(P.hello("Clark", bytes(range(16))))
     # PROTOCOL.md (Links, Examples) shows exactly these bytes
-    assert frame.hex(" ") == "00 00 00 1b 94 00 01 a5 43 6c 61 72 6b c4 10 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
+    assert frame.hex(" ") == "00 00 00 1b 94 00 02 a5 43 6c 61 72 6b c4 10 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
 
 
 def test_auth_frame_bytes_match_the_spec_example():
@@ -219,6 +235,71 @@ def test_envelopes_flow_both_ways_in_order(run):
     run(body)
 
 
+def test_consecutive_tells_to_one_target_travel_as_one_tells_envelope(run):
+    async def body():
+        async with linked() as (link, inbox):
+            for i in range(TELLS_MAX + 10):  # one loop turn: TELLS_MAX bodies, then a second batch
+                link.send_tell("B", "sink", i)
+            link.send_tell("B", "other", "x")  # another target: a new batch
+            link.send([P.ASK, "B", "sink", "count?", "A", 1])  # any other envelope ends the batch
+            link.send_tell("B", "sink", "after")
+            link.send_tell("B", ["session", "k1"], 1)  # keyed targets batch too
+            link.send_tell("B", ["session", "k1"], 2)
+            assert link.queued == TELLS_MAX + 15  # bounded and counted per message
+            await inbox.until(lambda: len(inbox.envs) == 6)
+            assert inbox.envs == [
+                [P.TELLS, "B", "sink", list(range(TELLS_MAX))],
+                [P.TELLS, "B", "sink", list(range(TELLS_MAX, TELLS_MAX + 10))],
+                [P.TELLS, "B", "other", ["x"]],
+                [P.ASK, "B", "sink", "count?", "A", 1],
+                [P.TELLS, "B", "sink", ["after"]],
+                [P.TELLS, "B", ["session", "k1"], [1, 2]],
+            ]
+            assert link.queued == 0 and link.frames_out >= 6
+
+    run(body)
+
+
+def test_max_queued_bounds_batched_tells_per_message(run):
+    async def body():
+        async with linked(settings("A", max_queued=100)) as (link, inbox):
+            for i in range(100):
+                link.send_tell("B", "sink", i)
+            with pytest.raises(LinkOverflow, match="100 messages already queued"):
+                link.send_tell("B", "sink", 100)
+            with pytest.raises(LinkOverflow):
+                link.send([P.TELL, "B", "sink", 100])
+            assert (link.queued, link.overflows) == (100, 2)
+            await link.drain()
+            await inbox.until(lambda: inbox.envs)
+            assert inbox.envs == [[P.TELLS, "B", "sink", list(range(100))]]
+
+    run(body)
+
+
+def test_a_tells_batch_over_the_frame_limit_is_split_and_an_oversized_message_dropped(run, caplog):
+    limit = 4096
+
+    async def body():
+        async with linked(settings("A", max_frame_size=limit), settings("B", max_frame_size=limit)) as (link, inbox):
+            big = b"x" * 1000  # four fit in a frame, not forty
+            for i in range(40):
+                link.send_tell("B", "sink", [i, big])
+            link.send([P.TELL, "B", "sink", b"y" * (limit + 1)])  # can never fit: dropped, counted
+            for body in ("a", "b", {1, 2}, "c"):  # a set: msgpack cannot carry it; only it is dropped
+                link.send_tell("B", "mixed", body)
+            link.send_tell("B", "sink", "still up")
+            await inbox.until(lambda: inbox.envs and inbox.envs[-1] == [P.TELLS, "B", "sink", ["still up"]])
+            bodies = [b for env in inbox.envs if env[2] == "sink" for b in env[3]]
+            assert bodies == [[i, big] for i in range(40)] + ["still up"]  # all, in order, in several frames
+            assert [b for env in inbox.envs if env[2] == "mixed" for b in env[3]] == ["a", "b", "c"]
+            assert all(env[0] == P.TELLS and len(encode_frame(env)) <= limit + 4 for env in inbox.envs)
+            assert link.is_up and link.errors == {"oversize": 1, "encode": 1}
+
+    run(body)
+    assert any("dropped an envelope: over the peer's max_frame_size" in r.getMessage() for r in caplog.records)
+
+
 def test_wrong_secret_is_refused_on_both_sides_and_nothing_is_delivered(run, caplog):
     caplog.set_level(logging.WARNING, "herdrt.links")
 
@@ -245,9 +326,9 @@ def test_wrong_version_is_refused_naming_both_versions(run):
         inbox = Inbox()
         srv = await LinkServer(settings("B"), inbox.on_envelopes, on_link_up=inbox.on_up).start()
         with pytest.raises(LinkRefused) as info:
-            await connect(*srv.address, settings("A", version=2), inbox.on_envelopes)
+            await connect(*srv.address, settings("A", version=3), inbox.on_envelopes)
         assert info.value.code == "version"
-        assert "version 2" in info.value.reason and "version 1" in info.value.reason
+        assert "version 3" in info.value.reason and "version 2" in info.value.reason
         # a raw peer sees the ERROR envelope, then the close
         reader, writer = await asyncio.open_connection(*srv.address)
         writer.write(encode_frame(P.hello("A", P.new_nonce(), 99)))

@@ -41,7 +41,7 @@ import zmq
 
 from . import protocol as P
 from .actor import Actor
-from .errors import FrameTooLarge, MailboxFull, NodeUnavailable, RemoteError
+from .errors import FrameTooLarge, HerdError, MailboxFull, NodeUnavailable, RemoteError
 
 if TYPE_CHECKING:
     from .herd import HerdNode
@@ -82,7 +82,9 @@ _RCVMORE = int(zmq.RCVMORE)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
-_DRAIN_BUDGET = 2048  # messages handled per loop turn before the loop gets control back
+_DRAIN_BUDGET = 4096  # tells/asks handled per loop turn before the loop gets control back
+_BACKLOG_HIGH = 8192  # stop reading while a local actor fed by the bridge has this many queued (as links do)
+_THROTTLE_POLL = 0.002  # seconds between looks at a throttling backlog
 _RETRY_DELAY = 0.005  # seconds between attempts to flush outboxes ZeroMQ pushed back on
 _MAX_NAME = 64
 
@@ -120,7 +122,8 @@ class _Service:
     """One service known to the bridge: its connection (if live), names and asks in flight."""
 
     __slots__ = ("name", "identity", "names", "live", "last_heard", "last_beat", "beat_seq", "pending",
-                 "outbox", "overflowing", "messages_in", "messages_out", "since")
+                 "outbox", "overflowing", "messages_in", "messages_out", "since", "tell_name", "tell_bodies",
+                 "tell_size", "respond")
 
     def __init__(self, name: str):
         self.name = name
@@ -136,6 +139,12 @@ class _Service:
         self.messages_in = 0
         self.messages_out = 0
         self.since = time.time()
+        # Tells to one of its names, packed and waiting for the end of this loop turn: a run of
+        # them leaves as one TELLS (see Bridge._queue_tell).
+        self.tell_name = ""
+        self.tell_bodies: list[bytes] = []
+        self.tell_size = 0
+        self.respond = None  # its responder for asks performed by the node (made once)
 
 
 class _Proxy(Actor):
@@ -184,13 +193,18 @@ class Bridge:
             "tells_from_services": 0, "asks_from_services": 0, "tells_to_services": 0, "asks_to_services": 0,
             "replies_from_services": 0, "stray_replies": 0, "dropped_tells": 0, "failed_asks": 0,
             "errors_sent": 0, "malformed": 0, "dropped_unknown": 0, "outbox_overflows": 0, "unroutable": 0,
-            "curve_denied": 0, "handler_errors": 0,
+            "curve_denied": 0, "handler_errors": 0, "undelivered_tells": 0, "tells_batches_to_services": 0, "throttled": 0,
         }
         self._services: dict[str, _Service] = {}
         self._by_identity: dict[bytes, _Service] = {}
         self._owners: dict[str, _Service] = {}  # served actor name -> its service
         self._backlog: set[_Service] = set()  # services whose outbox is not empty
-        self._pack = msgpack.Packer(use_bin_type=True).pack
+        packer = msgpack.Packer(use_bin_type=True)
+        self._pack = packer.pack
+        self._pack_array_header = packer.pack_array_header
+        self._me_packed = packer.pack(node.name)
+        self._tells_waiting: list[_Service] = []  # services holding tells (see _queue_tell)
+        self._tells_due = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
@@ -200,6 +214,8 @@ class Bridge:
         self._retry: asyncio.TimerHandle | None = None
         self._recheck = False
         self._now = 0.0
+        self._work = 0  # tells and asks handled in this drain (a TELLS counts its bodies)
+        self._paused: tuple | None = None  # (cell, low): not reading until cell's backlog is down to low
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -255,9 +271,13 @@ class Bridge:
             if handle is not None:
                 handle.cancel()
         self._timer = self._retry = None
-        self._loop.remove_reader(self._fd)
+        if self._paused is None:
+            self._loop.remove_reader(self._fd)
+        self._paused = None
         for svc in list(self._services.values()):
             if svc.live:
+                if svc.tell_bodies:
+                    self._flush_tells(svc)
                 self._raw_send(svc.identity, [P.BYE, "shutdown"])
                 self._disconnect(svc, "the bridge closed")
         self._sock = None
@@ -273,18 +293,29 @@ class Bridge:
     def _drain(self) -> None:
         """Handle every message waiting on the socket (up to a budget per loop turn)."""
         sock = self._sock
-        if sock is None:
+        if sock is None or self._paused is not None:
             return
         handle = self._handle
         self._now = self._loop.time()
-        n = 0
-        while True:
+        self._work = 0
+        # The actors these messages wake run when the drain ends, in this callback (as for herd
+        # links), so their replies leave now rather than a loop turn later.
+        sched = self.node._sched
+        armed = sched.hold()
+        try:
+            self._drain_socket(sock, handle)
+        finally:
+            sched.release(armed)
+        if self._backlog:
+            self._flush_backlog()
+
+    def _drain_socket(self, sock, handle) -> None:
+        # Ask ZMQ_EVENTS before each receive rather than catch zmq.Again (building that exception
+        # costs more than handling a message). Reading EVENTS also re-arms the edge-triggered FD.
+        while _zget(sock, _EVENTS) & _POLLIN:
             try:
                 identity = _zrecv(sock, _NOBLOCK)
             except zmq.Again:
-                # Reading EVENTS re-arms the edge-triggered FD; POLLIN here means more arrived.
-                if _zget(sock, _EVENTS) & _POLLIN:
-                    continue
                 break
             frames = [identity, _zrecv(sock, _NOBLOCK)]  # a message arrives whole: never Again here
             while _zget(sock, _RCVMORE):
@@ -294,12 +325,12 @@ class Bridge:
             except Exception:  # a bug must not stop the bridge from reading
                 self.counters["handler_errors"] += 1
                 log.exception("%s: bridge failed handling a message", self.node.name)
-            n += 1
-            if n >= _DRAIN_BUDGET:
+            self._work += 1
+            if self._paused is not None:
+                break  # a local actor has a backlog: read again once it is worked off
+            if self._work >= _DRAIN_BUDGET:
                 self._loop.call_soon(self._drain)  # the FD will not signal again for these
                 break
-        if self._backlog:
-            self._flush_backlog()
 
     def _handle(self, frames: list[bytes]) -> None:
         c = self.counters
@@ -337,6 +368,8 @@ class Bridge:
                 if kind != SERVICE_HELLO:
                     raise _Refused(P.E_PROTOCOL, f"send SERVICE_HELLO first (got {self._kind_name(kind)})")
                 self._hello(identity, env)
+            elif kind == P.TELLS:
+                self._tells_from_service(svc, env)
             elif kind == P.TELL or kind == P.ASK:
                 self._from_service(svc, env)
             elif kind == P.REPLY:
@@ -488,6 +521,10 @@ class Bridge:
             self._by_identity.pop(svc.identity, None)
             svc.identity = None
         svc.live = False
+        if svc.tell_bodies:
+            self.counters["dropped_tells"] += len(svc.tell_bodies)
+            svc.tell_bodies = []
+            svc.tell_size = 0
         if svc.outbox:
             self.counters["dropped_tells"] += len(svc.outbox)
             svc.outbox.clear()
@@ -518,7 +555,7 @@ class Bridge:
             if not svc.live:
                 continue
             silent = now - svc.last_heard
-            if silent > self.evict_after:
+            if silent > self.evict_after and self._paused is None:  # not judged while we do not read
                 self._evict(svc, f"silent for {silent:.2f}s")
                 continue
             if now - svc.last_beat >= self.heartbeat_interval * 0.95:
@@ -530,31 +567,117 @@ class Bridge:
 
     # -- service -> herd -------------------------------------------------------------------------
 
+    def _target(self, dest, target, corr=None) -> tuple[str | None, str | list]:
+        """``(local name or None, herd path)`` of a TELL/ASK/TELLS from a service.
+
+        The local name is set when the target is an actor on this node (the fast path: straight
+        into its mailbox with :meth:`Node.deliver`); otherwise the path is for ``node.perform``."""
+        me = self.node.name
+        if dest is None:
+            dest = me
+        elif dest.__class__ is not str or not dest:
+            raise _Refused(P.E_PROTOCOL, "dest_node must be a node name or nil", corr)
+        if target.__class__ is str and target:
+            if "@" in target:
+                name, _, node = target.rpartition("@")
+                return (name if node == me and name else None), target
+            return (target if dest == me else None), f"{target}@{dest}"
+        if target.__class__ is list and len(target) == 2 and all(t.__class__ is str for t in target):
+            return None, target
+        raise _Refused(P.E_PROTOCOL, "target must be \"name\", \"name@node\" or [kind, key]", corr)
+
     def _from_service(self, svc: _Service, env: list) -> None:
         kind = env[0]
         if kind == P.TELL:
             if len(env) != 4:
                 raise _Refused(P.E_PROTOCOL, "TELL is [2, dest_node, target, body]")
-            corr = None
+            local, path = self._target(env[1], env[2])
             self.counters["tells_from_services"] += 1
-        else:
-            if len(env) != 6 or env[5].__class__ is not int:
-                corr = env[5] if len(env) == 6 and env[5].__class__ is int else None
-                raise _Refused(P.E_PROTOCOL, "ASK is [3, dest_node, target, body, src, corr:int]", corr)
-            corr = env[5]
-            self.counters["asks_from_services"] += 1
-        dest, target = env[1], env[2]
-        if dest is None:
-            dest = self.node.name
-        elif dest.__class__ is not str or not dest:
-            raise _Refused(P.E_PROTOCOL, "dest_node must be a node name or nil", corr)
-        if target.__class__ is str and target:
-            path = target if "@" in target else f"{target}@{dest}"
-        elif target.__class__ is list and len(target) == 2 and all(t.__class__ is str for t in target):
-            path = target
-        else:
-            raise _Refused(P.E_PROTOCOL, "target must be \"name\", \"name@node\" or [kind, key]", corr)
-        self.node.perform(svc.name, path, env[3], corr, self._responder(svc) if corr is not None else None)
+            if local is None:
+                self.node.perform(svc.name, path, env[3], None, None)
+                return
+            try:
+                self.node.deliver(local, env[3])
+            except HerdError as exc:
+                self._tell_failed(svc, path, exc, 1)
+            self._check_backlog(local)
+            return
+        if len(env) != 6 or env[5].__class__ is not int:
+            corr = env[5] if len(env) == 6 and env[5].__class__ is int else None
+            raise _Refused(P.E_PROTOCOL, "ASK is [3, dest_node, target, body, src, corr:int]", corr)
+        corr = env[5]
+        local, path = self._target(env[1], env[2], corr)
+        self.counters["asks_from_services"] += 1
+        respond = svc.respond
+        if respond is None:
+            respond = svc.respond = self._responder(svc)
+        if local is None:
+            self.node.perform(svc.name, path, env[3], corr, respond)
+            return
+        try:
+            # The reply callback runs in the handler's own turn: the REPLY leaves at once.
+            self.node.deliver(local, env[3], lambda ok, value: respond(corr, ok, value))
+        except HerdError as exc:
+            respond(corr, False, [type(exc).__name__, str(exc)])
+
+    def _tells_from_service(self, svc: _Service, env: list) -> None:
+        """TELLS ``[15, dest_node, target, [body, ...]]``: each body in order, exactly as a TELL."""
+        if len(env) != 4 or env[3].__class__ is not list:
+            raise _Refused(P.E_PROTOCOL, "TELLS is [15, dest_node, target, [body, ...]]")
+        local, path = self._target(env[1], env[2])
+        bodies = env[3]
+        n = len(bodies)
+        self.counters["tells_from_services"] += n
+        if local is None:
+            perform, who = self.node.perform, svc.name
+            for body in bodies:
+                perform(who, path, body, None, None)
+            return
+        self._work += n
+        try:
+            lost = self.node.deliver_many(local, bodies)
+        except HerdError as exc:  # no such actor
+            self._tell_failed(svc, path, exc, n)
+            return
+        if lost:
+            self._tell_failed(svc, path, MailboxFull(f"{lost} of {n} tells found the mailbox full or the actor stopped"), lost)
+        self._check_backlog(local)
+
+    def _check_backlog(self, name: str) -> None:
+        """Stop reading the socket while the local actor ``name`` has a large backlog (bounded
+        memory, a responsive node): ZeroMQ then pushes back on the services (their high-water
+        marks), as a paused herd link pushes back on its peer."""
+        cell = self.node._cells.get(name)
+        if cell is None or self._paused is not None:
+            return
+        high = min(_BACKLOG_HIGH, max(cell.capacity // 2, 1))
+        if len(cell.mailbox) >= high:
+            self._paused = (cell, high // 4)
+            self.counters["throttled"] += 1
+            self._loop.remove_reader(self._fd)
+            self._loop.call_later(_THROTTLE_POLL, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        if self._paused is None or self._sock is None:
+            return
+        cell, low = self._paused
+        if len(cell.mailbox) > low and cell.capacity >= 0 and self.node._cells.get(cell.ref.name) is cell:
+            self._loop.call_later(_THROTTLE_POLL, self._unthrottle)
+            return
+        self._paused = None
+        now = self._loop.time()
+        for svc in self._services.values():  # services could not be heard while we did not read
+            if svc.live and svc.last_heard < now:
+                svc.last_heard = now
+        self._loop.add_reader(self._fd, self._drain)
+        self._drain()
+
+    def _tell_failed(self, svc: _Service, path, exc: HerdError, n: int) -> None:
+        c = self.counters
+        c["undelivered_tells"] += n
+        if c["undelivered_tells"] - n < 10 or (c["undelivered_tells"] & 0x3FF) == 0:  # do not flood the log
+            log.info("%s: %s's tell to %s failed (%d so far): %s", self.node.name, svc.name, path,
+                     c["undelivered_tells"], exc)
 
     def _responder(self, svc: _Service):
         def respond(corr: int, ok: bool, value: Any) -> None:
@@ -615,19 +738,71 @@ class Bridge:
                 svc.pending.discard(corr)
                 self.counters["failed_asks"] += 1
                 self.node._fail(corr, MailboxFull(f"the bridge outbox to service {svc.name} is full ({self.settings.max_queued})"))
-        elif self._send(svc, [P.TELL, me, name, message]):
-            self.counters["tells_to_services"] += 1
         else:
-            self.counters["dropped_tells"] += 1
+            self._queue_tell(svc, name, message)
+
+    def _queue_tell(self, svc: _Service, name: str, message: Any) -> None:
+        """Pack a tell for ``svc`` and hold it until the end of this loop turn (or until anything
+        else is sent to ``svc``): consecutive tells to one name then leave as one TELLS, under
+        ``max_frame_size``. A lone tell leaves as TELL. Never waits for more than the turn."""
+        body = self._pack(message)  # TypeError/ValueError: msgpack cannot carry it
+        size = len(body)
+        overhead = 16 + len(self._me_packed) + 4 * len(name)  # array headers, kind, node, name (UTF-8)
+        if size + overhead > self.max_frame_size:
+            raise FrameTooLarge(f"a tell of {size} bytes for service {svc.name} is over max_frame_size {self.max_frame_size}")
+        if svc.tell_bodies and (svc.tell_name != name or svc.tell_size + size + overhead > self.max_frame_size):
+            self._flush_tells(svc)
+        if not svc.tell_bodies:
+            svc.tell_name = name
+            self._tells_waiting.append(svc)
+            if not self._tells_due:
+                self._tells_due = True
+                self._loop.call_soon(self._flush_all_tells)
+        svc.tell_bodies.append(body)
+        svc.tell_size += size
+
+    def _flush_all_tells(self) -> None:
+        self._tells_due = False
+        waiting, self._tells_waiting = self._tells_waiting, []
+        for svc in waiting:
+            if svc.tell_bodies:
+                self._flush_tells(svc)
+
+    def _flush_tells(self, svc: _Service) -> None:
+        """Send the tells ``svc`` holds: ``[2, node, name, body]`` for one, else
+        ``[15, node, name, [body, ...]]`` (bodies are packed already: the envelope is joined)."""
+        bodies = svc.tell_bodies
+        n = len(bodies)
+        svc.tell_bodies = []
+        svc.tell_size = 0
+        c = self.counters
+        if not svc.live:
+            c["dropped_tells"] += n
+            return
+        head = self._pack_array_header(4) + (b"\x02" if n == 1 else b"\x0f") + self._me_packed + self._pack(svc.tell_name)
+        if n == 1:
+            data = head + bodies[0]
+        else:
+            data = head + self._pack_array_header(n) + b"".join(bodies)
+        if self._send_bytes(svc, data):
+            c["tells_to_services"] += n
+            c["tells_batches_to_services"] += 1
+        else:
+            c["dropped_tells"] += n
 
     def _send(self, svc: _Service, env: list) -> bool:
         """Send to a live service; False if it could not be sent or queued (counted).
 
         Raises TypeError/ValueError if msgpack cannot carry ``env``, FrameTooLarge if it is over
-        ``max_frame_size``."""
+        ``max_frame_size``. Tells held for ``svc`` go first (message order is FIFO)."""
         body = self._pack(env)
         if len(body) > self.max_frame_size:
             raise FrameTooLarge(f"a message of {len(body)} bytes for service {svc.name} is over max_frame_size {self.max_frame_size}")
+        if svc.tell_bodies:
+            self._flush_tells(svc)
+        return self._send_bytes(svc, body)
+
+    def _send_bytes(self, svc: _Service, body: bytes) -> bool:
         outbox = svc.outbox
         if not outbox:
             try:
@@ -671,7 +846,7 @@ class Bridge:
     def _after_sends(self) -> None:
         self._recheck = False
         sock = self._sock
-        if sock is not None and _zget(sock, _EVENTS) & _POLLIN:
+        if sock is not None and self._paused is None and _zget(sock, _EVENTS) & _POLLIN:
             self._drain()
 
     def _arm_retry(self) -> None:

@@ -49,10 +49,10 @@ from .errors import (
     MailboxFull,
     NodeUnavailable,
 )
-from .links import Link, LinkClosed, LinkManager, LinkSettings
+from .links import Link, LinkClosed, LinkManager, LinkOverflow, LinkSettings
 from .mailbox import check_msgpack
 from .membership import LinkState, PhiAccrualDetector
-from .node import Node
+from .node import Node, _ReplyProxy
 from .ref import ActorRef
 
 __all__ = ["HerdNode", "ADMIN_ACTOR", "placement_key", "ring_shares"]
@@ -70,6 +70,9 @@ _SEEN_FLOODS = 65536  # broadcast ids remembered for de-duplication
 _BACKLOG_HIGH = 8192
 _THROTTLE_POLL = 0.002
 _MISSING = object()
+# Kinds addressed to one node (dest_node second): delivered there, forwarded by the others.
+_ROUTED = frozenset((P.TELL, P.TELLS, P.ASK, P.REPLY, P.HANDOFF))
+_TELL, _TELLS, _ASK, _REPLY = P.TELL, P.TELLS, P.ASK, P.REPLY
 
 
 def placement_key(kind: str, key: str) -> str:
@@ -254,7 +257,7 @@ class HerdNode(Node):
         me = self.name
         remote_asks = self._remote_asks
         strict = self.strict_messages
-        tell_kind, ask_kind = P.TELL, P.ASK
+        ask_kind = P.ASK
         route = [None, -1]  # the link towards node_name, and the routing epoch it was chosen in
 
         def post(message: Any, corr: int = 0) -> None:
@@ -264,20 +267,23 @@ class HerdNode(Node):
             if route[1] != self._route_epoch or link is None:
                 link = route[0] = self._link_to(node_name)
                 route[1] = self._route_epoch
-            if corr:
-                remote_asks[corr] = node_name
-                self.counters["asks_out"] += 1
-                env = [ask_kind, node_name, name, message, me, corr]
-            else:
-                env = [tell_kind, node_name, name, message]
             try:
-                link.send(env)
+                if corr:
+                    remote_asks[corr] = node_name
+                    self.counters["asks_out"] += 1
+                    link.send([ask_kind, node_name, name, message, me, corr])
+                else:
+                    link.send_tell(node_name, name, message)
             except LinkClosed as exc:
                 route[0] = None
                 if corr:
                     del remote_asks[corr]
                 self.counters["undeliverable"] += 1
                 raise NodeUnavailable(f"node {node_name}: {exc}") from None
+            except LinkOverflow:
+                if corr:
+                    del remote_asks[corr]
+                raise
 
         return post
 
@@ -294,56 +300,99 @@ class HerdNode(Node):
                 self._fail(corr, cls(str(message)))
                 return
             value = (type_name, message)
-        super().resolve(corr, ok, value)
+        Node.resolve(self, corr, ok, value)  # (not super(): this is the path of every reply)
 
-    def _reply_to(self, src: str, corr: int) -> Callable[[bool, Any], None]:
-        def reply(ok: bool, value: Any) -> None:
-            if src == self.name:
-                self.resolve(corr, ok, value)
-                return
-            try:
-                self._send(src, [P.REPLY, src, corr, ok, value])
-            except NodeUnavailable:
-                log.debug("%s: reply to %s (ask %d) lost: node unreachable", self.name, src, corr)
-
-        return reply
+    def _reply(self, src: str, corr: int, ok: bool, value: Any, link: Link | None = None) -> None:
+        """Send ask ``corr``'s outcome to the asker's node ``src``: back over ``link`` (the link
+        the ask came in on) when that is the link to ``src``, else routed."""
+        if src == self.name:
+            self.resolve(corr, ok, value)
+            return
+        env = [P.REPLY, src, corr, ok, value]
+        try:
+            if link is not None and link.peer == src:
+                try:
+                    link.send(env)
+                    return
+                except LinkClosed:
+                    pass  # routed below, if another way is left
+            self._send(src, env)
+        except (NodeUnavailable, LinkOverflow) as exc:
+            # The asker's node is gone or not reading: its ask fails there (NodeUnavailable or
+            # AskTimeout); the handler that answered must not fail for it.
+            self.counters["undeliverable"] += 1
+            log.info("%s: reply to %s (ask %d) lost: %s", self.name, src, corr, exc)
 
     # -- inbound ---------------------------------------------------------------------------------
 
     def _on_envelopes(self, link: Link, envs: list) -> None:
-        me = self.name
         if link.peer.startswith(P.CLIENT_PREFIX):
             for env in envs:
                 self._guarded(link, self._from_client, link, env)
             return
+        # Arrivals go to mailboxes first; the actors they wake run right after (release), in
+        # this read callback, so replies leave in the write that ends it.
+        sched = self._sched
+        armed = sched.hold()
+        try:
+            self._dispatch(link, envs)
+        finally:
+            sched.release(armed)
+
+    def _dispatch(self, link: Link, envs: list) -> None:
+        # The hot paths, inline: REPLY for this node, and TELL, TELLS and ASK for a named actor
+        # here. Everything else (keyed targets, forwarding, membership, ...) takes _envelope.
+        me = self.name
         cells = self._cells
-        tell_kind = P.TELL
-        tells = 0
-        last_target = post = cell = None
-        fed = []
+        tells = lost = 0
+        fed = None
         for env in envs:
-            # The hot path: a TELL for a named actor here goes straight to its mailbox.
-            if env.__class__ is list and len(env) == 4 and env[0] == tell_kind and env[1] == me:
+            try:
+                if env.__class__ is not list or len(env) < 4 or env[1] != me:
+                    self._envelope(link, env)
+                    continue
+                kind = env[0]
+                if kind == _REPLY and len(env) == 5:
+                    self.counters["replies_in"] += 1
+                    self.resolve(env[2], bool(env[3]), env[4])
+                    continue
                 target = env[2]
-                if target != last_target or post is None:
-                    cell = cells.get(target) if target.__class__ is str else None
-                    if cell is None:
-                        tells += 1
-                        self._guarded(link, self._arrived, tell_kind, env)
-                        last_target = post = None
-                        continue
-                    last_target, post = target, cell.ref.tell
-                    fed.append(cell)
-                tells += 1
-                try:
-                    post(env[3])
-                except HerdError as exc:
-                    self.counters["undeliverable"] += 1
-                    log.info("%s: tell to %r dropped: %s", me, target, exc)
-                continue
-            self._guarded(link, self._envelope, link, env)
+                cell = cells.get(target) if target.__class__ is str else None
+                if cell is None:
+                    self._envelope(link, env)
+                elif kind == _ASK and len(env) == 6:
+                    self.counters["asks_in"] += 1
+                    proxy = _LinkReply(self, link, env[4], env[5])
+                    try:
+                        self._post_ask(cell, env[3], proxy)
+                    except HerdError as exc:
+                        proxy.set_exception(exc)
+                elif kind == _TELLS and len(env) == 4 and env[3].__class__ is list:
+                    tells += len(env[3])
+                    lost += cell.post_many(env[3])
+                    if fed is None:
+                        fed = [cell]
+                    elif fed[-1] is not cell:
+                        fed.append(cell)
+                elif kind == _TELL and len(env) == 4:
+                    tells += 1
+                    try:
+                        cell.post(env[3])
+                    except HerdError:
+                        lost += 1
+                    if fed is None:
+                        fed = [cell]
+                    elif fed[-1] is not cell:
+                        fed.append(cell)
+                else:
+                    self._envelope(link, env)
+            except (IndexError, TypeError, ValueError, KeyError, P.ProtocolError) as exc:
+                self._bad_envelope(link, env, exc)
         if tells:
             self.counters["tells_in"] += tells
+            if lost:
+                self.counters["undeliverable"] += lost
+                log.info("%s: %d tells from %s dropped: mailbox full or actor stopped", me, lost, link.peer)
             for cell in fed:
                 high = min(_BACKLOG_HIGH, max(cell.capacity // 2, 1))
                 if len(cell.mailbox) >= high:
@@ -374,14 +423,17 @@ class HerdNode(Node):
         try:
             handler(*args)
         except (IndexError, TypeError, ValueError, KeyError, P.ProtocolError) as exc:
-            self.counters["bad_envelopes"] += 1
-            log.warning("%s: bad envelope from %s dropped (%s): %.200r", self.name, link.peer, exc, args[-1])
+            self._bad_envelope(link, args[-1], exc)
+
+    def _bad_envelope(self, link: Link, env: Any, exc: Exception) -> None:
+        self.counters["bad_envelopes"] += 1
+        log.warning("%s: bad envelope from %s dropped (%s): %.200r", self.name, link.peer, exc, env)
 
     def _envelope(self, link: Link, env: list) -> None:
         kind = env[0]
-        if kind == P.TELL or kind == P.ASK or kind == P.REPLY or kind == P.HANDOFF:
+        if kind in _ROUTED:
             if env[1] == self.name:
-                self._arrived(kind, env)
+                self._arrived(link, kind, env)
             else:
                 self.counters["forwarded"] += 1
                 self._forward(env)
@@ -400,24 +452,33 @@ class HerdNode(Node):
             self._send(env[1], env)
         except NodeUnavailable as exc:
             if env[0] == P.ASK:  # tell the asker now rather than let it time out
-                self._reply_to(env[4], env[5])(False, ("NodeUnavailable", str(exc)))
+                self._reply(env[4], env[5], False, ("NodeUnavailable", str(exc)))
 
-    def _arrived(self, kind: int, env: list) -> None:
-        if kind == P.TELL:
+    def _arrived(self, link: Link, kind: int, env: list) -> None:
+        if kind == P.TELL or kind == P.TELLS:
+            bodies = (env[3],) if kind == P.TELL else env[3]
+            if kind == P.TELLS and bodies.__class__ is not list:
+                raise P.ProtocolError(f"TELLS carries a list of bodies, not {P._describe(bodies)}")
+            self.counters["tells_in"] += len(bodies)
             try:
-                self._deliver_to(env[2], env[3], None)
+                cell = self._target_cell(env[2])
             except HerdError as exc:
-                self.counters["unknown_actor" if isinstance(exc, ActorNotFound) else "undeliverable"] += 1
-                log.info("%s: tell to %r dropped: %s", self.name, env[2], exc)
+                self.counters["unknown_actor" if isinstance(exc, ActorNotFound) else "undeliverable"] += len(bodies)
+                log.info("%s: %d tell(s) to %r dropped: %s", self.name, len(bodies), env[2], exc)
+                return
+            lost = cell.post_many(list(bodies))
+            if lost:
+                self.counters["undeliverable"] += lost
+                log.info("%s: %d tell(s) to %r dropped: mailbox full or actor stopped", self.name, lost, env[2])
         elif kind == P.ASK:
             self.counters["asks_in"] += 1
-            reply = self._reply_to(env[4], env[5])
+            proxy = _LinkReply(self, link, env[4], env[5])
             try:
-                self._deliver_to(env[2], env[3], reply)
+                self._post_ask(self._target_cell(env[2]), env[3], proxy)
             except HerdError as exc:
                 if isinstance(exc, ActorNotFound):
                     self.counters["unknown_actor"] += 1
-                reply(False, (type(exc).__name__, str(exc)))
+                proxy.set_exception(exc)
         elif kind == P.REPLY:
             self.counters["replies_in"] += 1
             self.resolve(env[2], bool(env[3]), env[4])
@@ -426,12 +487,15 @@ class HerdNode(Node):
             self.counters["handoffs_in"] += 1
             self._handoffs[(kind_name, key)] = state
 
-    def _deliver_to(self, target, message: Any, reply) -> None:
+    def _target_cell(self, target):
+        """The local cell of ``target`` (an actor name, or ``[kind, key]``: activated on demand)."""
         if target.__class__ is str:
-            self.deliver(target, message, reply)
-            return
+            cell = self._cells.get(target)
+            if cell is None:
+                raise ActorNotFound(f"no actor {target!r} on node {self.name}")
+            return cell
         kind, key = target
-        self.deliver(self._activate(kind, key).ref.name, message, reply)
+        return self._activate(kind, key)
 
     def _from_client(self, link: Link, env: list) -> None:
         """A client's TELL/ASK: performed by this node on the client's behalf."""
@@ -724,3 +788,31 @@ class HerdNode(Node):
             "stats": self.stats()["total"],
             "bridge": self.bridge.stats() if self.bridge is not None else None,
         }
+
+
+class _LinkReply(_ReplyProxy):
+    """The pending-ask entry of an ask that came over a link: the outcome goes back as a REPLY."""
+
+    __slots__ = ("node", "link", "src", "corr")
+
+    def __init__(self, node: HerdNode, link: Link, src: str, corr: int):
+        self._done = False
+        self.node = node
+        self.link = link
+        self.src = src
+        self.corr = corr
+
+    def set_result(self, value: Any) -> None:
+        # The common case in one call: answer over the link the ask came in on.
+        self._done = True
+        link = self.link
+        if link.peer == self.src:
+            try:
+                link.send([P.REPLY, self.src, self.corr, True, value])
+                return
+            except (LinkClosed, LinkOverflow):
+                pass  # _reply routes it another way, or counts it lost
+        self.node._reply(self.src, self.corr, True, value, link)
+
+    def send(self, ok: bool, value: Any) -> None:
+        self.node._reply(self.src, self.corr, ok, value, self.link)

@@ -264,9 +264,24 @@ class Node:
         if reply is None:
             cell.ref.tell(message)
             return
+        self._post_ask(cell, message, _CallbackReply(reply))
+
+    def deliver_many(self, target: str, messages: list) -> int:
+        """Deliver several tells, in order, to the local actor ``target`` (a TELLS envelope).
+
+        Returns how many could not be taken (a full mailbox under ``reject``/``block`` or
+        ``drop_newest``, a stopped actor): the caller counts them. Raises
+        :class:`~herdrt.errors.ActorNotFound` if there is no such actor."""
+        cell = self._cells.get(target)
+        if cell is None:
+            raise ActorNotFound(f"no actor {target!r} on node {self.name}")
+        return cell.post_many(messages)
+
+    def _post_ask(self, cell: _Cell, message: Any, proxy: _ReplyProxy) -> None:
+        """Post an ask that came from outside this node; ``proxy`` stands in for the asker."""
         corr = self._next_corr
         self._next_corr = corr + 1
-        self._pending[corr] = _ReplyProxy(reply)
+        self._pending[corr] = proxy
         try:
             cell.ref.tell(message, corr)  # the poster takes a correlation id
         except BaseException:
@@ -510,12 +525,13 @@ class Node:
 
 
 class _ReplyProxy:
-    """Stands in the pending-ask table for an asker on another node: forwards the outcome."""
+    """Stands in the pending-ask table for an asker elsewhere (another node, a client, a
+    service): passes the outcome on with :meth:`send` — ``(True, result)`` or
+    ``(False, (type_name, message))``, msgpack-able as it is."""
 
-    __slots__ = ("_reply", "_done")
+    __slots__ = ("_done",)
 
-    def __init__(self, reply: Callable[[bool, Any], None]):
-        self._reply = reply
+    def __init__(self):
         self._done = False
 
     def done(self) -> bool:
@@ -523,14 +539,30 @@ class _ReplyProxy:
 
     def set_result(self, value: Any) -> None:
         self._done = True
-        self._reply(True, value)
+        self.send(True, value)
 
     def set_exception(self, exc: BaseException) -> None:
         self._done = True
         if isinstance(exc, RemoteError):
-            self._reply(False, (exc.type_name, exc.message))
+            self.send(False, (exc.type_name, exc.message))
         else:
-            self._reply(False, (type(exc).__name__, str(exc)))
+            self.send(False, (type(exc).__name__, str(exc)))
+
+    def send(self, ok: bool, value: Any) -> None:
+        raise NotImplementedError
+
+
+class _CallbackReply(_ReplyProxy):
+    """The outcome goes to ``reply(ok, value)`` (:meth:`Node.deliver`)."""
+
+    __slots__ = ("_reply",)
+
+    def __init__(self, reply: Callable[[bool, Any], None]):
+        self._done = False
+        self._reply = reply
+
+    def send(self, ok: bool, value: Any) -> None:
+        self._reply(ok, value)
 
 
 def run(main: Callable[[], Coroutine[Any, Any, Any]] | Coroutine[Any, Any, Any], *, use_uvloop: bool = True) -> Any:

@@ -37,6 +37,7 @@ __all__ = [
     "FLOOD",
     "BYE",
     "HANDOFF",
+    "TELLS",
     "KIND_NAMES",
     "LINK_KINDS",
     "E_VERSION",
@@ -70,7 +71,7 @@ __all__ = [
 CLIENT_PREFIX = "~"
 
 #: The version every HELLO carries; a peer speaking another version is refused with ERROR "version".
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: Domain-separation prefix of the AUTH MAC (so the MAC can never be mistaken for another use of the secret).
 AUTH_CONTEXT = b"herdrt-link-v1"
@@ -89,6 +90,8 @@ MEMBERSHIP = 7  #: ``[7, origin, incarnation, seq, [live neighbors]]`` — flood
 FLOOD = 8  #: ``[8, origin, incarnation, seq, topic, body]`` — a broadcast, flooded along links
 BYE = 9  #: ``[9, reason:str]`` — the sender is closing the link on purpose
 HANDOFF = 10  #: ``[10, dest_node, kind, key, state]`` — a keyed actor's state, to its new owner
+# 11-14 are the bridge's (herdrt.bridge).
+TELLS = 15  #: ``[15, dest_node, target, [body, ...]]`` — consecutive TELLs to one target, in order
 
 KIND_NAMES = {
     HELLO: "HELLO",
@@ -102,6 +105,7 @@ KIND_NAMES = {
     FLOOD: "FLOOD",
     BYE: "BYE",
     HANDOFF: "HANDOFF",
+    TELLS: "TELLS",
 }
 
 #: Kinds the link layer consumes itself (an ERROR with a correlation id goes up to the node layer).

@@ -27,6 +27,7 @@ import inspect
 import logging
 import types
 import weakref
+from itertools import repeat
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -91,10 +92,39 @@ class _Scheduler:
             self.loop.call_soon(self.drain)
 
     def drain(self) -> None:
-        runq = self.runq
         if self.closed:
-            runq.clear()
+            self.runq.clear()
             return
+        self._run()
+        if self.runq:
+            self.loop.call_soon(self.drain)  # let I/O and other tasks in, then go on
+        else:
+            self.armed = False
+
+    def hold(self) -> bool:
+        """Start handing a read's worth of arrivals to mailboxes: until :meth:`release`, posts
+        schedule no drain (release runs them). Returns what :meth:`release` needs."""
+        armed = self.armed
+        self.armed = True
+        return armed
+
+    def release(self, armed: bool) -> None:
+        """Run what the arrivals made runnable now, in the I/O callback that brought them,
+        instead of a loop turn later: a request is handled and its reply queued before the read
+        callback returns, so the link writes it at once. A drain is scheduled only for what the
+        time slice leaves."""
+        if self.closed:
+            return
+        if self.runq and self.now == 0.0:  # now != 0.0: called from inside a drain
+            self._run()
+        if not armed:
+            if self.runq:
+                self.loop.call_soon(self.drain)
+            else:
+                self.armed = False
+
+    def _run(self) -> None:
+        runq = self.runq
         budget = self.batch_budget
         t = perf_counter()
         end = t + self.time_slice
@@ -104,10 +134,6 @@ class _Scheduler:
             if t >= end:
                 break
         self.now = 0.0
-        if runq:
-            self.loop.call_soon(self.drain)  # let I/O and other tasks in, then go on
-        else:
-            self.armed = False
 
     def close(self) -> None:
         self.closed = True
@@ -198,6 +224,23 @@ class _Cell:
             if not sched.armed:
                 sched.armed = True
                 sched.loop.call_soon(sched.drain)
+
+    def post_many(self, messages: list) -> int:
+        """Append several tells in order (a TELLS envelope); returns how many could not be
+        posted (full mailbox under ``reject``/``block``, ``drop_newest``, or a stopped actor)."""
+        mb = self.mailbox
+        if len(mb) + len(messages) > self.capacity:
+            lost = 0
+            for message in messages:
+                try:
+                    self.post(message)
+                except (MailboxFull, ActorStopped):
+                    lost += 1
+            return lost
+        mb.extend(zip(messages, repeat(0)))
+        if mb:
+            self.make_runnable()
+        return 0
 
     def post_checked(self, message: Any, corr: int = 0) -> None:
         """``post`` behind the strict-mode msgpack check."""

@@ -123,6 +123,7 @@ def _valid():
         ("bye-empty", P.bye("")),
         ("bye-long", P.bye("replaced by a newer link " * 12)),
         ("node-tell", [P.TELL, "echo@Bona", b"\x01\x02", None]),
+        ("node-tells", [P.TELLS, "Bona", "sink", [1, "two", None, [3.5, {"k": b"v"}]]]),
         ("node-ask", [P.ASK, 17, "svc", {"a": 1, "b": [1.5, True, False]}, 2.5]),
         ("node-unknown-kind-ints", [42, -1, -32, -33, -128, -129, -32769, -(2**31) - 1, -(2**63), 127, 128, 255, 256, 65535, 65536, 2**32, 2**64 - 1]),
         ("node-kind-uint8", [200, "x" * 31, "y" * 32, b"", b"z" * 256, [], {}]),

@@ -6,12 +6,18 @@
 //	herd-call [common flags] tell sink@B '"x"'
 //	herd-call [common flags] bench-tell sink@B 100000   -> {"n": ..., "seconds": ...}
 //	herd-call [common flags] bench-ask echo@B 10000     -> {"n": ..., "seconds": ...}
+//	herd-call [common flags] bench-loop                  (commands on stdin, one JSON line each)
+//
+// bench-loop keeps one connection for many rounds: each stdin line "tell TARGET N" or
+// "ask TARGET N" runs one round as bench-tell or bench-ask and prints its result (plus the
+// client's tell batches), so a benchmark can time rounds without process start-up.
 //
 // Messages are JSON; integral numbers become integers. A failed ask prints {"ok": false,
 // "type": ..., "message": ...} and exits 1; a refused connection exits 2.
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -21,6 +27,7 @@ import (
 	"log"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	herd "github.com/herdrt/herdrt/go-interop"
@@ -85,8 +92,8 @@ func main() {
 	window := flag.Int("window", 1, "bench-ask: asks in flight at once (1: sequential round trips)")
 	flag.Parse()
 	args := flag.Args()
-	if len(args) < 2 {
-		log.Fatal("usage: herd-call [flags] ask|tell|bench-tell|bench-ask TARGET [MESSAGE|N]")
+	if len(args) < 2 && !(len(args) == 1 && args[0] == "bench-loop") {
+		log.Fatal("usage: herd-call [flags] ask|tell|bench-tell|bench-ask TARGET [MESSAGE|N] | bench-loop")
 	}
 	opts, err := f.Options()
 	if err != nil {
@@ -106,6 +113,10 @@ func main() {
 		os.Exit(2)
 	}
 	defer c.Close()
+	if args[0] == "bench-loop" {
+		benchLoop(c, *window)
+		return
+	}
 	op, target := args[0], args[1]
 	msg := any(nil)
 	if len(args) > 2 {
@@ -134,44 +145,85 @@ func main() {
 		if err != nil {
 			log.Fatal("N must be an integer")
 		}
-		start := time.Now()
-		if op == "bench-tell" {
-			for i := 0; i < n; i++ {
-				if err := c.Tell(target, int64(i)); err != nil {
-					log.Fatal(err)
-				}
-			}
-			// an ask behind the tells: they are all through the bridge when it returns
-			// (FIFO per sender-receiver pair)
-			if _, err := c.Ask(context.Background(), target, "$count"); err != nil {
-				log.Fatal(err)
-			}
-		} else {
-			sem := make(chan struct{}, *window)
-			errs := make(chan error, 1)
-			for i := 0; i < n; i++ {
-				sem <- struct{}{}
-				go func(i int) {
-					defer func() { <-sem }()
-					if _, err := c.Ask(context.Background(), target, int64(i)); err != nil {
-						select {
-						case errs <- err:
-						default:
-						}
-					}
-				}(i)
-			}
-			for i := 0; i < cap(sem); i++ {
-				sem <- struct{}{}
-			}
-			select {
-			case err := <-errs:
-				log.Fatal(err)
-			default:
-			}
+		seconds, err := benchRound(c, op == "bench-tell", target, n, *window)
+		if err != nil {
+			log.Fatal(err)
 		}
-		out(map[string]any{"n": n, "seconds": time.Since(start).Seconds()})
+		out(map[string]any{"n": n, "seconds": seconds})
 	default:
 		log.Fatalf("unknown operation %q", op)
+	}
+}
+
+// benchRound tells n numbers to target (then one ask behind them, which returns once they are
+// all through the bridge: FIFO per sender-receiver pair), or asks it n times, window in flight.
+func benchRound(c *herd.Client, tells bool, target string, n, window int) (float64, error) {
+	start := time.Now()
+	if tells {
+		for i := 0; i < n; i++ {
+			if err := c.Tell(target, int64(i)); err != nil {
+				return 0, err
+			}
+		}
+		if _, err := c.Ask(context.Background(), target, "$count"); err != nil {
+			return 0, err
+		}
+		return time.Since(start).Seconds(), nil
+	}
+	if window <= 1 {
+		for i := 0; i < n; i++ {
+			if _, err := c.Ask(context.Background(), target, int64(i)); err != nil {
+				return 0, err
+			}
+		}
+		return time.Since(start).Seconds(), nil
+	}
+	sem := make(chan struct{}, window)
+	errs := make(chan error, 1)
+	for i := 0; i < n; i++ {
+		sem <- struct{}{}
+		go func(i int) {
+			defer func() { <-sem }()
+			if _, err := c.Ask(context.Background(), target, int64(i)); err != nil {
+				select {
+				case errs <- err:
+				default:
+				}
+			}
+		}(i)
+	}
+	for i := 0; i < cap(sem); i++ {
+		sem <- struct{}{}
+	}
+	select {
+	case err := <-errs:
+		return 0, err
+	default:
+	}
+	return time.Since(start).Seconds(), nil
+}
+
+// benchLoop runs the rounds stdin asks for ("tell TARGET N" / "ask TARGET N") until EOF.
+func benchLoop(c *herd.Client, window int) {
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		f := strings.Fields(in.Text())
+		if len(f) != 3 || (f[0] != "tell" && f[0] != "ask") {
+			out(map[string]any{"error": fmt.Sprintf("bad command %q: want tell|ask TARGET N", in.Text())})
+			continue
+		}
+		n, err := strconv.Atoi(f[2])
+		if err != nil {
+			out(map[string]any{"error": "N must be an integer"})
+			continue
+		}
+		before := c.Stats()
+		seconds, err := benchRound(c, f[0] == "tell", f[1], n, window)
+		if err != nil {
+			out(map[string]any{"error": err.Error()})
+			continue
+		}
+		after := c.Stats()
+		out(map[string]any{"n": n, "seconds": seconds, "tell_batches": after.TellBatches - before.TellBatches})
 	}
 }
