@@ -278,6 +278,54 @@ def test_deliver_is_the_inbound_seam_for_links(run):
     run(main)
 
 
+class Gatherer(Actor):
+    """Defers asks and answers the whole group once three are waiting; "bad" fails the group."""
+
+    supervision = "resume"  # a failed handler keeps the instance (and the asks it holds)
+
+    def __init__(self):
+        self.waiting = []
+
+    def receive(self, message, ctx):
+        if message == "tell-defer":
+            ctx.defer()  # a tell has no ask to defer: ActorError (a handler failure)
+        self.waiting.append((message, ctx.defer()))
+        if message == "bad":
+            for _, d in self.waiting:
+                d.fail(KeyError(message))
+            self.waiting = []
+        elif len(self.waiting) == 3:
+            got = [m for m, _ in self.waiting]
+            for _, d in self.waiting:
+                d.reply(got)
+            self.waiting = []
+        return "not the reply"  # ignored: the ask was deferred
+
+
+def test_deferred_asks_are_answered_later_and_the_actor_goes_on_meanwhile(run):
+    async def main():
+        async with strict_node(ask_timeout=0.2) as node:
+            g = node.spawn(Gatherer, name="g")
+            first = [asyncio.ensure_future(g.ask(i)) for i in range(2)]
+            await asyncio.sleep(0.02)
+            assert not any(f.done() for f in first)  # handled, deferred, nobody answered yet
+            assert await g.ask(2) == [0, 1, 2]
+            assert [await f for f in first] == [[0, 1, 2]] * 2
+            with pytest.raises(RemoteError) as info:
+                await g.ask("bad")
+            assert info.value.type_name == "KeyError"
+            g.tell("tell-defer")
+            await asyncio.sleep(0.02)
+            assert node.stats()["actors"]["g"]["failures"] == 1  # defer() on a tell raised ActorError
+            with pytest.raises(AskTimeout):
+                await g.ask("alone")  # deferred, never answered: the asker's timeout applies
+            stale = node._cells["g"].actor.waiting[0][1]
+            assert not stale.waiting and "done" in repr(stale)
+            stale.reply("late")  # answering after the timeout is ignored
+
+    run(main)
+
+
 def test_deliver_many_posts_in_order_and_counts_what_did_not_fit(run):
     async def main():
         async with strict_node() as node:

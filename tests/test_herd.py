@@ -10,9 +10,10 @@ import pytest
 from _herdtest import Recorder, free_ports, until
 
 from herd_app import Counter, Echo
+from herdrt import Actor
 from herdrt.client import HerdClient
 from herdrt.config import loads_config
-from herdrt.errors import ActorNotFound, ActorStopped, AskTimeout, NodeUnavailable, RemoteError
+from herdrt.errors import ActorNotFound, ActorStopped, AskTimeout, MailboxFull, NodeUnavailable, RemoteError
 from herdrt.herd import ADMIN_ACTOR, HerdNode, ring_shares
 from herdrt.links import LinkRefused
 
@@ -126,6 +127,38 @@ def test_batched_tells_are_delivered_and_counted_per_message(run):
             assert b.counters["unknown_actor"] == 5
             assert b.counters["undeliverable"] == 20
             assert b.counters["tells_in"] == 80 + 8 + 5 + 30
+
+    run(main)
+
+
+class Later(Actor):
+    """Defers every ask and answers it 20 ms later from a timer: the value, or a failure."""
+
+    def receive(self, message, ctx):
+        deferred = ctx.defer()
+        loop = asyncio.get_running_loop()
+        if message == "full":
+            loop.call_later(0.02, deferred.fail, MailboxFull("try later"))
+        elif message == "bad":
+            loop.call_later(0.02, deferred.fail, ValueError("no"))
+        else:
+            loop.call_later(0.02, deferred.reply, [message, "later"])
+
+
+def test_deferred_replies_cross_the_herd(run):
+    config = herd_config(["a", "b"])
+
+    async def main():
+        async with Herd(config) as nodes:
+            nodes["b"].spawn(Later, name="later")
+            later = nodes["a"].lookup("later@b")
+            answers = await asyncio.gather(*(later.ask(i) for i in range(5)))  # all in flight at once
+            assert answers == [[i, "later"] for i in range(5)]
+            with pytest.raises(MailboxFull, match="try later"):  # herdrt's errors keep their type
+                await later.ask("full")
+            with pytest.raises(RemoteError) as info:
+                await later.ask("bad")
+            assert (info.value.type_name, info.value.message) == ("ValueError", "no")
 
     run(main)
 

@@ -30,7 +30,7 @@ from .errors import (
     NodeUnavailable,
     RemoteError,
 )
-from .actor import Actor, Context, Supervision, Terminated, Timer
+from .actor import Actor, Context, Deferred, Supervision, Terminated, Timer
 from .mailbox import Overflow
 from .node import Node, run
 from .ref import ActorRef
@@ -56,6 +56,7 @@ __all__ = [
     "Actor",
     "ActorRef",
     "Context",
+    "Deferred",
     "Node",
     "Overflow",
     "Supervision",

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import ActorError
+from .errors import ActorError, HerdError, RemoteError
 
 if TYPE_CHECKING:
     from .node import Node
@@ -40,7 +40,8 @@ class Context:
     """What a handler knows about the message it is handling; valid until the handler returns.
 
     ``ctx.reply(value)`` answers an ask (a handler's return value is the reply otherwise);
-    ``ctx.is_ask`` says whether anyone waits for a reply.
+    ``ctx.defer()`` takes the answer along to give it later, from anywhere (the actor goes on
+    with other messages meanwhile); ``ctx.is_ask`` says whether anyone waits for a reply.
     """
 
     __slots__ = ("_cell", "_corr")
@@ -69,6 +70,47 @@ class Context:
         if corr:
             self._corr = 0
             self._cell.node._complete(corr, value)
+
+    def defer(self) -> Deferred:
+        """Answer the ask being handled later: returns a :class:`Deferred` to answer it with,
+        and the handler's return value is then not the reply. The asker's timeout still applies.
+        Raises :class:`~herdrt.errors.ActorError` when there is no unanswered ask to defer."""
+        corr = self._corr
+        if not corr:
+            raise ActorError(f"{self._cell.ref.path}: defer() needs an unanswered ask (this is a tell, or it was answered)")
+        self._corr = 0
+        return Deferred(self._cell.node, corr)
+
+
+class Deferred:
+    """An ask to answer later (from :meth:`Context.defer`): call :meth:`reply` or :meth:`fail`
+    once, from any code on the node's loop. ``id`` is unique among the node's pending asks."""
+
+    __slots__ = ("_node", "id")
+
+    def __init__(self, node: Node, corr: int):
+        self._node = node
+        self.id = corr
+
+    @property
+    def waiting(self) -> bool:
+        """True until the ask is answered, failed or timed out (no one waits any more)."""
+        return self.id in self._node._pending
+
+    def reply(self, value: Any) -> None:
+        """Answer the ask (ignored once it is answered or timed out)."""
+        self._node._complete(self.id, value)
+
+    def fail(self, exc: Exception) -> None:
+        """Fail the ask, as a handler raising ``exc`` would: the asker gets herdrt's own errors
+        (``NodeUnavailable``, ``MailboxFull``, ...) as they are, anything else as a
+        :class:`~herdrt.errors.RemoteError` naming its type — on this node and across the herd."""
+        if not isinstance(exc, HerdError):
+            exc = RemoteError(type(exc).__name__, str(exc))
+        self._node._fail(self.id, exc)
+
+    def __repr__(self) -> str:
+        return f"<Deferred ask #{self.id}{'' if self.waiting else ' (done)'}>"
 
 
 class Timer:

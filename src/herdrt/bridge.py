@@ -40,8 +40,8 @@ import msgpack
 import zmq
 
 from . import protocol as P
-from .actor import Actor
-from .errors import FrameTooLarge, HerdError, MailboxFull, NodeUnavailable, RemoteError
+from .actor import Actor, Deferred
+from .errors import FrameTooLarge, HerdError, MailboxFull, NodeUnavailable
 
 if TYPE_CHECKING:
     from .herd import HerdNode
@@ -133,7 +133,7 @@ class _Service:
         self.last_heard = 0.0
         self.last_beat = 0.0
         self.beat_seq = 0
-        self.pending: set[int] = set()  # node ask ids the service has yet to answer
+        self.pending: dict[int, Deferred] = {}  # asks the service has yet to answer, by id
         self.outbox: collections.deque[bytes] = collections.deque()
         self.overflowing = False
         self.messages_in = 0
@@ -150,9 +150,9 @@ class _Service:
 class _Proxy(Actor):
     """Stands on the bridge node for one name a service serves: forwards tells and asks to it.
 
-    An ask is not answered by the handler: the proxy takes its correlation id off the context (so
-    the scheduler does not reply with ``None``) and the service's REPLY completes it later, so
-    many asks to one service are in flight at once. The asker's usual timeout still applies.
+    An ask is not answered by the handler: the proxy defers it (``ctx.defer()``) and the
+    service's REPLY answers it later, so many asks to one service are in flight at once. The
+    asker's usual timeout still applies.
     """
 
     def __init__(self, bridge: Bridge):
@@ -163,10 +163,7 @@ class _Proxy(Actor):
         self._served = self.name
 
     def receive(self, message, ctx):
-        corr = ctx._corr
-        if corr:
-            ctx._corr = 0
-        self._forward(self._served, message, corr)
+        self._forward(self._served, message, ctx.defer() if ctx.is_ask else None)
 
 
 class Bridge:
@@ -529,11 +526,11 @@ class Bridge:
             self.counters["dropped_tells"] += len(svc.outbox)
             svc.outbox.clear()
         self._backlog.discard(svc)
-        pending, svc.pending = svc.pending, set()
+        pending, svc.pending = svc.pending, {}
         if pending:
             exc = NodeUnavailable(f"service {svc.name} on {self.node.name} is unavailable: {reason}")
-            for corr in pending:
-                self.node._fail(corr, exc)
+            for deferred in pending.values():
+                deferred.fail(exc)
             self.counters["failed_asks"] += len(pending)
 
     def _evict(self, svc: _Service, reason: str) -> None:
@@ -550,7 +547,6 @@ class Bridge:
         loop = self._loop
         self._timer = loop.call_later(self._tick_interval(), self._tick)
         now = self._now = loop.time()
-        waiting = self.node._pending
         for svc in list(self._services.values()):
             if not svc.live:
                 continue
@@ -562,8 +558,8 @@ class Bridge:
                 svc.last_beat = now
                 svc.beat_seq += 1
                 self._send(svc, [P.HEARTBEAT, svc.beat_seq, time.time()])
-            if svc.pending:
-                svc.pending.intersection_update(waiting)  # asks the asker stopped waiting for
+            if svc.pending:  # forget asks the asker stopped waiting for (timed out)
+                svc.pending = {i: d for i, d in svc.pending.items() if d.waiting}
 
     # -- service -> herd -------------------------------------------------------------------------
 
@@ -693,53 +689,45 @@ class Bridge:
         if len(env) != 5 or env[2].__class__ is not int or env[3].__class__ is not bool:
             raise _Refused(P.E_PROTOCOL, "REPLY is [6, dest, corr:int, ok:bool, value]")
         _, _, corr, ok, value = env
-        if corr not in svc.pending:
+        if svc.pending.pop(corr, None) is None:
             self.counters["stray_replies"] += 1  # timed out already, or never asked
             return
-        svc.pending.discard(corr)
         self.counters["replies_from_services"] += 1
-        if ok:
-            self.node._complete(corr, value)
-            return
-        from .herd import _TYPED
-
-        if value.__class__ is list and len(value) == 2:
-            type_name, message = str(value[0]), str(value[1])
-        else:
-            type_name, message = "RemoteError", repr(value)
-        cls = _TYPED.get(type_name)
-        self.node._fail(corr, cls(message) if cls is not None else RemoteError(type_name, message))
+        # As a REPLY over a link: herdrt's own error types keep their type, others are RemoteError.
+        self.node.resolve(corr, ok, value)
 
     # -- herd -> service -------------------------------------------------------------------------
 
-    def _to_service(self, name: str, message: Any, corr: int) -> None:
-        """A proxy's message for the service serving ``name`` (``corr`` 0: a tell)."""
+    def _to_service(self, name: str, message: Any, deferred: Deferred | None) -> None:
+        """A proxy's message for the service serving ``name``: an ask to answer through
+        ``deferred`` (its id is the ASK's corr on the wire), or a tell (``deferred`` None)."""
         svc = self._owners.get(name)
         if svc is None or not svc.live:
             why = "no service serves it" if svc is None else f"service {svc.name} is evicted or disconnected"
-            if corr:
+            if deferred is not None:
                 self.counters["failed_asks"] += 1
-                self.node._fail(corr, NodeUnavailable(f"{name}@{self.node.name} is unavailable: {why}"))
+                deferred.fail(NodeUnavailable(f"{name}@{self.node.name} is unavailable: {why}"))
             else:
                 self.counters["dropped_tells"] += 1
             return
-        me = self.node.name
-        if corr:
-            env = [P.ASK, me, name, message, me, corr]
-            svc.pending.add(corr)
-            try:
-                sent = self._send(svc, env)
-            except BaseException:
-                svc.pending.discard(corr)
-                raise
-            if sent:
-                self.counters["asks_to_services"] += 1
-            else:
-                svc.pending.discard(corr)
-                self.counters["failed_asks"] += 1
-                self.node._fail(corr, MailboxFull(f"the bridge outbox to service {svc.name} is full ({self.settings.max_queued})"))
-        else:
+        if deferred is None:
             self._queue_tell(svc, name, message)
+            return
+        me, corr = self.node.name, deferred.id
+        svc.pending[corr] = deferred
+        try:
+            sent = self._send(svc, [P.ASK, me, name, message, me, corr])
+        except (TypeError, ValueError, OverflowError, FrameTooLarge) as exc:  # msgpack cannot carry it, or too big
+            del svc.pending[corr]
+            self.counters["failed_asks"] += 1
+            deferred.fail(exc)  # the asker learns why; the proxy goes on
+            return
+        if sent:
+            self.counters["asks_to_services"] += 1
+        else:
+            del svc.pending[corr]
+            self.counters["failed_asks"] += 1
+            deferred.fail(MailboxFull(f"the bridge outbox to service {svc.name} is full ({self.settings.max_queued})"))
 
     def _queue_tell(self, svc: _Service, name: str, message: Any) -> None:
         """Pack a tell for ``svc`` and hold it until the end of this loop turn (or until anything
