@@ -90,6 +90,20 @@ class Recorder(Actor):
         self.seen.append(message)
 
 
+class Slow(Actor):
+    """Counts tells slowly (about 20 µs of busy work each), so a flood outpaces it; an ask gets
+    the count."""
+
+    def __init__(self):
+        self.n = 0
+
+    def receive(self, message, ctx):
+        if ctx.is_ask:
+            return self.n
+        sum(range(2000))
+        self.n += 1
+
+
 async def until(predicate, timeout: float = 5.0) -> None:
     """Poll ``predicate()`` until it holds; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

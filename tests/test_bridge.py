@@ -7,12 +7,13 @@ import time
 import msgpack
 import pytest
 import zmq
-from _herdtest import Recorder, free_ports, until
+from _herdtest import Recorder, Slow, free_ports, until
 import zmq.asyncio
 from click.testing import CliRunner
 
 from herdrt import Actor
 from herdrt import protocol as P
+from herdrt.backpressure import BACKLOG_HIGH
 from herdrt.bridge import REGISTER, SERVICE_HELLO, UNREGISTER, WELCOME, service_credential
 from herdrt.cli import main as cli_main
 from herdrt.config import loads_config
@@ -526,6 +527,36 @@ def test_tells_both_ways(run):
                 assert counters["tells_to_services"] == 301
                 assert 2 < counters["tells_batches_to_services"] < 100  # coalesced, and split by size
                 assert counters["dropped_tells"] == 0
+            finally:
+                await svc.close()
+
+    run(main)
+
+
+def test_a_tell_flood_from_a_service_holds_back_the_socket_not_memory(run):
+    """While a local actor lags behind the tells a service floods it with, the bridge stops
+    reading (ZeroMQ buffers push back on the service); nothing is dropped, the service is not
+    judged silent meanwhile, and reading resumes once the backlog is worked off."""
+    config = bridge_config()
+
+    async def main():
+        async with Herd(config) as nodes:
+            a = nodes["A"]
+            a.spawn(Slow, name="slow", mailbox_size=None)  # unbounded: only backpressure bounds it
+            svc = Service(a)
+            try:
+                assert (await svc.hello())[0] == WELCOME
+                for start in range(0, 20_000, 1000):
+                    svc.send([TELLS, None, "slow", list(range(start, start + 1000))])
+                peak = 0
+                while a.bridge.stats()["counters"]["tells_from_services"] < 20_000:
+                    peak = max(peak, len(a._cells["slow"].mailbox))
+                    await asyncio.sleep(0.005)
+                assert await a.lookup("slow").ask("count", timeout=30) == 20_000
+                counters = a.bridge.stats()["counters"]
+                assert counters["throttled"] >= 1 and counters["undelivered_tells"] == 0
+                assert peak < BACKLOG_HIGH + 5 * 1000  # the mark, plus the rest of one drain's budget
+                assert counters["evictions"] == 0
             finally:
                 await svc.close()
 

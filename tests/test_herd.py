@@ -7,15 +7,16 @@ import asyncio
 import time
 
 import pytest
-from _herdtest import Recorder, free_ports, until
+from _herdtest import Recorder, Slow, free_ports, until
 
 from herd_app import Counter, Echo
 from herdrt import Actor
+from herdrt.backpressure import BACKLOG_HIGH
 from herdrt.client import HerdClient
 from herdrt.config import loads_config
 from herdrt.errors import ActorNotFound, ActorStopped, AskTimeout, MailboxFull, NodeUnavailable, RemoteError
 from herdrt.herd import ADMIN_ACTOR, HerdNode, ring_shares
-from herdrt.links import LinkRefused
+from herdrt.links import TELLS_MAX, LinkRefused
 
 SECRET = "herd-test-secret-0123"
 
@@ -127,6 +128,31 @@ def test_batched_tells_are_delivered_and_counted_per_message(run):
             assert b.counters["unknown_actor"] == 5
             assert b.counters["undeliverable"] == 20
             assert b.counters["tells_in"] == 80 + 8 + 5 + 30
+
+    run(main)
+
+
+def test_a_tell_flood_holds_back_the_link_not_memory(run):
+    config = herd_config(["a", "b"])
+    n = 20_000
+
+    async def main():
+        async with Herd(config) as nodes:
+            a, b = nodes["a"], nodes["b"]
+            b.spawn(Slow, name="slow", mailbox_size=None)  # unbounded: only backpressure bounds it
+            slow = a.lookup("slow@b")
+            link = a.links.link("b")
+            peak = 0
+            for start in range(0, n, 1000):
+                for i in range(start, start + 1000):
+                    slow.tell(i)
+                await link.drain()
+                await asyncio.sleep(0)
+                peak = max(peak, len(b._cells["slow"].mailbox))
+            assert await slow.ask("count", timeout=30) == n  # every tell arrived, none dropped
+            assert b.counters["throttled"] >= 1  # b stopped reading the link while slow lagged
+            assert peak < BACKLOG_HIGH + 4 * TELLS_MAX  # the mark, plus what the last read held
+            assert b.counters["undeliverable"] == 0
 
     run(main)
 

@@ -46,6 +46,20 @@ def test_silent_peer_is_suspected_within_the_bound():
     assert det.phi(t + 3600) == float("inf") or det.phi(t + 3600) > 100
 
 
+@pytest.mark.parametrize("interval", [0.05, 0.1, 0.2])
+def test_short_heartbeat_intervals_keep_phi_finite_and_still_detect(interval):
+    # A tiny deviation over short intervals puts a fresh heartbeat hundreds of deviations early:
+    # phi must be 0 there (an OverflowError here once broke the detector for intervals < 0.4 s).
+    det = PhiAccrualDetector(interval=interval)
+    t = 0.0
+    for _ in range(100):
+        t += interval
+        det.heartbeat(t)
+        assert det.phi(t) == 0.0 and det.is_available(t + interval / 2)
+    declared = next(s / 100 for s in range(400) if not det.is_available(t + s / 100))
+    assert 1.5 < declared <= 3.0  # the tolerated pause, then suspicion within the 3 s bound
+
+
 def test_phi_before_any_heartbeat_and_bad_interval():
     det = PhiAccrualDetector(interval=1.0)
     assert det.phi(123.0) == 0.0 and det.last_heard is None

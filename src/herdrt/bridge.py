@@ -41,6 +41,7 @@ import zmq
 
 from . import protocol as P
 from .actor import Actor, Deferred
+from .backpressure import Backpressure
 from .errors import FrameTooLarge, HerdError, MailboxFull, NodeUnavailable
 
 if TYPE_CHECKING:
@@ -83,8 +84,6 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
 _DRAIN_BUDGET = 4096  # tells/asks handled per loop turn before the loop gets control back
-_BACKLOG_HIGH = 8192  # stop reading while a local actor fed by the bridge has this many queued (as links do)
-_THROTTLE_POLL = 0.002  # seconds between looks at a throttling backlog
 _RETRY_DELAY = 0.005  # seconds between attempts to flush outboxes ZeroMQ pushed back on
 _MAX_NAME = 64
 
@@ -212,13 +211,15 @@ class Bridge:
         self._recheck = False
         self._now = 0.0
         self._work = 0  # tells and asks handled in this drain (a TELLS counts its bodies)
-        self._paused: tuple | None = None  # (cell, low): not reading until cell's backlog is down to low
+        self._backpressure: Backpressure | None = None
+        self._paused = False  # not reading: a local actor the bridge feeds lags behind
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> Bridge:
         """Bind the ROUTER (and start the ZAP handler when CURVE is on); raises OSError if it cannot."""
         loop = self._loop = asyncio.get_running_loop()
+        self._backpressure = Backpressure(loop)
         ctx = zmq.Context()  # our own: the ZAP handler is per context, and tests run several nodes
         sock = ctx.socket(zmq.ROUTER)
         try:
@@ -268,9 +269,10 @@ class Bridge:
             if handle is not None:
                 handle.cancel()
         self._timer = self._retry = None
-        if self._paused is None:
+        if not self._paused:
             self._loop.remove_reader(self._fd)
-        self._paused = None
+        self._backpressure.close()
+        self._paused = False
         for svc in list(self._services.values()):
             if svc.live:
                 if svc.tell_bodies:
@@ -290,7 +292,7 @@ class Bridge:
     def _drain(self) -> None:
         """Handle every message waiting on the socket (up to a budget per loop turn)."""
         sock = self._sock
-        if sock is None or self._paused is not None:
+        if sock is None or self._paused:
             return
         handle = self._handle
         self._now = self._loop.time()
@@ -323,7 +325,7 @@ class Bridge:
                 self.counters["handler_errors"] += 1
                 log.exception("%s: bridge failed handling a message", self.node.name)
             self._work += 1
-            if self._paused is not None:
+            if self._paused:
                 break  # a local actor has a backlog: read again once it is worked off
             if self._work >= _DRAIN_BUDGET:
                 self._loop.call_soon(self._drain)  # the FD will not signal again for these
@@ -551,7 +553,7 @@ class Bridge:
             if not svc.live:
                 continue
             silent = now - svc.last_heard
-            if silent > self.evict_after and self._paused is None:  # not judged while we do not read
+            if silent > self.evict_after and not self._paused:  # not judged while we do not read
                 self._evict(svc, f"silent for {silent:.2f}s")
                 continue
             if now - svc.last_beat >= self.heartbeat_interval * 0.95:
@@ -640,27 +642,21 @@ class Bridge:
         self._check_backlog(local)
 
     def _check_backlog(self, name: str) -> None:
-        """Stop reading the socket while the local actor ``name`` has a large backlog (bounded
-        memory, a responsive node): ZeroMQ then pushes back on the services (their high-water
+        """Stop reading the socket while the local actor ``name`` has a large backlog (see
+        :mod:`herdrt.backpressure`): ZeroMQ then pushes back on the services (their high-water
         marks), as a paused herd link pushes back on its peer."""
         cell = self.node._cells.get(name)
-        if cell is None or self._paused is not None:
-            return
-        high = min(_BACKLOG_HIGH, max(cell.capacity // 2, 1))
-        if len(cell.mailbox) >= high:
-            self._paused = (cell, high // 4)
+        if cell is not None and not self._paused and self._backpressure.check(self, cell, self._pause, self._resume):
             self.counters["throttled"] += 1
-            self._loop.remove_reader(self._fd)
-            self._loop.call_later(_THROTTLE_POLL, self._unthrottle)
 
-    def _unthrottle(self) -> None:
-        if self._paused is None or self._sock is None:
+    def _pause(self) -> None:
+        self._paused = True
+        self._loop.remove_reader(self._fd)
+
+    def _resume(self) -> None:
+        if self._sock is None or not self._paused:
             return
-        cell, low = self._paused
-        if len(cell.mailbox) > low and cell.capacity >= 0 and self.node._cells.get(cell.ref.name) is cell:
-            self._loop.call_later(_THROTTLE_POLL, self._unthrottle)
-            return
-        self._paused = None
+        self._paused = False
         now = self._loop.time()
         for svc in self._services.values():  # services could not be heard while we did not read
             if svc.live and svc.last_heard < now:
@@ -834,7 +830,7 @@ class Bridge:
     def _after_sends(self) -> None:
         self._recheck = False
         sock = self._sock
-        if sock is not None and self._paused is None and _zget(sock, _EVENTS) & _POLLIN:
+        if sock is not None and not self._paused and _zget(sock, _EVENTS) & _POLLIN:
             self._drain()
 
     def _arm_retry(self) -> None:

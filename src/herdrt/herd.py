@@ -38,6 +38,7 @@ from typing import Any
 
 from . import protocol as P
 from .actor import Actor
+from .backpressure import Backpressure
 from .config import HerdConfig
 from .core import HashRing
 from .errors import (
@@ -65,10 +66,6 @@ ADMIN_ACTOR = "$node"
 # Errors that keep their type when they cross the herd (anything else arrives as RemoteError).
 _TYPED = {cls.__name__: cls for cls in (ActorNotFound, ActorStopped, MailboxFull, NodeUnavailable, AskTimeout, AskDeadlock)}
 _SEEN_FLOODS = 65536  # broadcast ids remembered for de-duplication
-# Backpressure: a link stops being read while an actor it feeds has this many messages waiting
-# (half its mailbox if that is smaller), and is read again once that actor is down to a quarter.
-_BACKLOG_HIGH = 8192
-_THROTTLE_POLL = 0.002
 _MISSING = object()
 # Kinds addressed to one node (dest_node second): delivered there, forwarded by the others.
 _ROUTED = frozenset((P.TELL, P.TELLS, P.ASK, P.REPLY, P.HANDOFF))
@@ -150,8 +147,7 @@ class HerdNode(Node):
         self._fd_timer: asyncio.TimerHandle | None = None
         self._started = False
         self._route_epoch = 0  # bumped whenever links or membership change: cached routes expire
-        self._throttled: dict[Link, tuple[Any, int]] = {}  # link -> (cell it feeds, low-water mark)
-        self._throttle_timer: asyncio.TimerHandle | None = None
+        self._backpressure: Backpressure | None = None  # links held back while an actor they feed lags
         self._shutdown_hooks: list[Callable[[], Any]] = []
         self._membership_hooks: list[Callable[[set, set], None]] = []
         self.bridge = None  # a herdrt.bridge.Bridge when the node config has bridge_port
@@ -169,6 +165,7 @@ class HerdNode(Node):
         if self._started:
             return self
         loop = self._bind()
+        self._backpressure = Backpressure(loop)
         settings = LinkSettings.from_config(self.config, self.name, accept_clients=True)
         self.links = LinkManager(
             self.config, self.name, self._on_envelopes,
@@ -201,10 +198,11 @@ class HerdNode(Node):
 
     async def shutdown(self) -> None:
         """Run the shutdown hooks, stop every actor, then close every link (with BYE)."""
-        for timer in (self._fd_timer, self._throttle_timer):
-            if timer is not None:
-                timer.cancel()
-        self._fd_timer = self._throttle_timer = None
+        if self._fd_timer is not None:
+            self._fd_timer.cancel()
+            self._fd_timer = None
+        if self._backpressure is not None:
+            self._backpressure.close()
         hooks, self._shutdown_hooks = self._shutdown_hooks, []
         for hook in reversed(hooks):
             try:
@@ -393,31 +391,11 @@ class HerdNode(Node):
             if lost:
                 self.counters["undeliverable"] += lost
                 log.info("%s: %d tells from %s dropped: mailbox full or actor stopped", me, lost, link.peer)
+            hold = self._backpressure.check
             for cell in fed:
-                high = min(_BACKLOG_HIGH, max(cell.capacity // 2, 1))
-                if len(cell.mailbox) >= high:
-                    self._throttle(link, cell, high // 4)
+                if hold(link, cell, link.pause_reading, link.resume_reading):
+                    self.counters["throttled"] += 1
                     break
-
-    def _throttle(self, link: Link, cell, low: int) -> None:
-        """Stop reading ``link`` until ``cell``'s backlog is down to ``low`` (bounded memory, and
-        a node that stays responsive instead of stalling on a huge backlog)."""
-        if link in self._throttled:
-            return
-        link.pause_reading()
-        self._throttled[link] = (cell, low)
-        self.counters["throttled"] += 1
-        if self._throttle_timer is None:
-            self._throttle_timer = self._loop.call_later(_THROTTLE_POLL, self._unthrottle)
-
-    def _unthrottle(self) -> None:
-        self._throttle_timer = None
-        for link, (cell, low) in list(self._throttled.items()):
-            if len(cell.mailbox) <= low or cell.capacity < 0 or not link.is_up:  # drained, stopped or gone
-                del self._throttled[link]
-                link.resume_reading()
-        if self._throttled:
-            self._throttle_timer = self._loop.call_later(_THROTTLE_POLL, self._unthrottle)
 
     def _guarded(self, link: Link, handler, *args) -> None:
         try:
@@ -560,6 +538,7 @@ class HerdNode(Node):
     def _link_down(self, link: Link, reason: str) -> None:
         peer = link.peer
         self.counters["lost_on_links"] += getattr(link, "lost_on_close", 0)
+        self._backpressure.forget(link)
         if peer.startswith(P.CLIENT_PREFIX):
             return
         self._detectors.pop(peer, None)

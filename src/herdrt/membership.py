@@ -72,7 +72,10 @@ class PhiAccrualDetector:
         y = (elapsed - mean) / std
         # Logistic approximation of the normal tail (as Akka's detector): accurate to ~1e-4
         # and, unlike erfc, free of underflow for long silences.
-        e = math.exp(-y * (1.5976 + 0.070566 * y * y))
+        z = -y * (1.5976 + 0.070566 * y * y)
+        if z > 700.0:  # far earlier than expected (short intervals, tiny deviation): exp would
+            return 0.0  # overflow, and phi is 0 to double precision anyway
+        e = math.exp(z)
         if elapsed > mean:
             return -math.log10(e / (1.0 + e)) if e > 0 else math.inf
         return -math.log10(1.0 - 1.0 / (1.0 + e))

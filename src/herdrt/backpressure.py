@@ -1,0 +1,64 @@
+"""Backpressure on what feeds a node: stop reading a source while an actor it feeds lags behind.
+
+A source is anything the node reads messages from — a herd link, the bridge's ZeroMQ socket.
+While an actor it feeds has a backlog of ``min(BACKLOG_HIGH, half its mailbox)`` messages, the
+source is not read; it is read again once that backlog is down to a quarter of the mark (or the
+actor stopped). The peer's own bounded buffers then fill and push back on its senders, so a flood
+costs bounded memory and the node stays responsive instead of stalling on a huge backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable
+
+__all__ = ["BACKLOG_HIGH", "Backpressure"]
+
+#: Most messages an actor may have waiting before its sources stop being read.
+BACKLOG_HIGH = 8192
+_POLL = 0.002  # seconds between looks at a held source's backlog
+
+
+class Backpressure:
+    """The sources one reader holds back; ``check`` after handing a read's messages to a cell."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._held: dict[Hashable, tuple[object, int, Callable[[], None]]] = {}  # source -> (cell, low, resume)
+        self._timer: asyncio.TimerHandle | None = None
+        self.pauses = 0  #: how many times a source was held back
+
+    def check(self, source: Hashable, cell, pause: Callable[[], None], resume: Callable[[], None]) -> bool:
+        """Hold ``source`` back if ``cell`` has a deep backlog: ``pause()`` now, ``resume()``
+        once the backlog is down (or the actor stopped). True if it paused the source now."""
+        high = min(BACKLOG_HIGH, max(cell.capacity // 2, 1))
+        if len(cell.mailbox) < high or source in self._held:
+            return False
+        pause()
+        self._held[source] = (cell, high // 4, resume)
+        self.pauses += 1
+        if self._timer is None:
+            self._timer = self._loop.call_later(_POLL, self._poll)
+        return True
+
+    def is_held(self, source: Hashable) -> bool:
+        return source in self._held
+
+    def forget(self, source: Hashable) -> None:
+        """Drop ``source`` without resuming it (it is closing)."""
+        self._held.pop(source, None)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._held.clear()
+
+    def _poll(self) -> None:
+        self._timer = None
+        for source, (cell, low, resume) in list(self._held.items()):
+            if len(cell.mailbox) <= low or cell.capacity < 0:  # worked off, or the actor stopped
+                del self._held[source]
+                resume()
+        if self._held:
+            self._timer = self._loop.call_later(_POLL, self._poll)
