@@ -34,7 +34,8 @@ def core():
 @pytest.fixture(params=["uvloop", "asyncio"])
 def run(request):
     """Run an async test body on a fresh loop of each flavour (uvloop and stdlib asyncio), under a
-    timeout; fail if it leaves tasks behind. ``run(main, timeout=...)`` returns main's result."""
+    timeout; fail if it leaves tasks behind or an exception escaped a loop callback.
+    ``run(main, timeout=...)`` returns main's result."""
     import asyncio
 
     import uvloop
@@ -42,12 +43,26 @@ def run(request):
     factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
 
     def runner(main, timeout: float = 30.0):
+        errors = []
+
+        def on_error(loop, context):
+            loop.default_exception_handler(context)
+            if isinstance(context.get("exception"), asyncio.CancelledError) and "StreamReaderProtocol" in repr(
+                context.get("handle")
+            ):
+                return  # Python 3.11's start_server callback on a client task cancelled before it ran (fixed in 3.12)
+            errors.append(context)
+
         async def checked():
+            asyncio.get_running_loop().set_exception_handler(on_error)
             async with asyncio.timeout(timeout):
                 result = await main()
             await asyncio.sleep(0)
             leaked = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             assert not leaked, f"leaked tasks: {leaked}"
+            # An exception escaping a loop callback (a timer, a protocol method) is a bug the
+            # loop only logs: fail the test instead of letting it pass unnoticed.
+            assert not errors, f"exceptions in loop callbacks: {[c.get('exception') or c.get('message') for c in errors]}"
             return result
 
         with asyncio.Runner(loop_factory=factory) as r:

@@ -257,8 +257,10 @@ class ProxyServer:
         except (ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
-            alive[0] = False  # server shutdown: stop the writer too, do not wait for lookups
-            raise
+            # Server shutdown (close() cancels the connections): stop the writer too, do not
+            # wait for lookups, and end normally — on Python 3.11 start_server's done-callback
+            # calls task.exception(), which raises for a cancelled task and gets logged as an error.
+            alive[0] = False
         finally:
             if alive[0]:
                 await replies.put(None)  # answer everything read so far, then close
