@@ -40,6 +40,12 @@ def node_env(**overrides: str | None) -> dict[str, str]:
     return env
 
 
+#: Log lines that only a bug makes: an exception escaping an event-loop callback or a task, or
+#: the node layer raising on a link's envelopes. (A handler's own exception is logged too, but
+#: that is the application's error, reported as designed.)
+BUG_MARKERS = ("Exception in callback", "Task exception was never retrieved", "on_envelopes raised")
+
+
 class NodeProcesses:
     """OS processes of one test, by key, each writing its output to ``<out_dir>/<key>.log``."""
 
@@ -63,7 +69,8 @@ class NodeProcesses:
         proc.wait(10)
 
     def stop_all(self) -> None:
-        """SIGTERM everything, SIGKILL what has not stopped 10 s later."""
+        """SIGTERM everything, SIGKILL what has not stopped 10 s later; then fail if a log shows
+        an error that only a bug makes (see :data:`BUG_MARKERS`)."""
         for proc in self.procs.values():
             proc.send_signal(signal.SIGTERM)
         for proc in self.procs.values():
@@ -73,6 +80,13 @@ class NodeProcesses:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
+        bugs = [
+            f"{log.name}: {line}"
+            for log in sorted(self.out_dir.glob("*.log"))
+            for line in log.read_text(errors="replace").splitlines()
+            if any(marker in line for marker in BUG_MARKERS)
+        ]
+        assert not bugs, "node logs show errors no input should cause:\n" + "\n".join(bugs)
 
     def output(self, key: str) -> str:
         return (self.out_dir / f"{key}.log").read_text(errors="replace")

@@ -155,7 +155,7 @@ class HerdNode(Node):
             "asks_out": 0, "tells_in": 0, "asks_in": 0, "replies_in": 0,
             "forwarded": 0, "undeliverable": 0, "lost_on_links": 0, "unknown_actor": 0,
             "bad_envelopes": 0, "throttled": 0, "broadcasts": 0, "floods_delivered": 0, "activations": 0,
-            "handoffs_out": 0, "handoffs_in": 0, "rebalances": 0, "suspected": 0,
+            "handoffs_out": 0, "handoffs_in": 0, "rebalances": 0, "suspected": 0, "flood_overflows": 0,
         }
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -428,7 +428,9 @@ class HerdNode(Node):
     def _forward(self, env: list) -> None:
         try:
             self._send(env[1], env)
-        except NodeUnavailable as exc:
+        except (NodeUnavailable, LinkOverflow) as exc:
+            if isinstance(exc, LinkOverflow):  # the next hop does not read: dropped, counted
+                self.counters["undeliverable"] += 1
             if env[0] == P.ASK:  # tell the asker now rather than let it time out
                 self._reply(env[4], env[5], False, ("NodeUnavailable", str(exc)))
 
@@ -482,8 +484,11 @@ class HerdNode(Node):
             raise ValueError(f"clients may send TELL and ASK only, not {P.kind_name(kind)}")
 
         def respond(corr: int, ok: bool, value: Any) -> None:
-            if link.is_up:
+            try:
                 link.send([P.REPLY, link.peer, corr, ok, value])
+            except (LinkClosed, LinkOverflow) as exc:  # the client left, or does not read
+                self.counters["undeliverable"] += 1
+                log.info("%s: reply to client %s lost: %s", self.name, link.peer, exc)
 
         target = env[2] if env[2].__class__ is list else f"{env[2]}@{env[1]}"
         self.perform(link.peer, target, env[3], env[5] if kind == P.ASK else None, respond)
@@ -530,9 +535,12 @@ class HerdNode(Node):
         det.heartbeat(link.last_heard)
         log.info("%s: link to %s up", self.name, peer)
         # Bring the new neighbor up to date with everything we know, then tell all about the link.
-        for origin, seq, nbrs in self.membership.reports():
-            if origin != self.name:
-                link.send([P.MEMBERSHIP, origin, seq[0], seq[1], sorted(nbrs)])
+        try:
+            for origin, seq, nbrs in self.membership.reports():
+                if origin != self.name:
+                    link.send([P.MEMBERSHIP, origin, seq[0], seq[1], sorted(nbrs)])
+        except (LinkClosed, LinkOverflow):
+            pass  # gone again already (its link-down reports), or a peer that does not read
         self._report()
 
     def _link_down(self, link: Link, reason: str) -> None:
@@ -547,23 +555,36 @@ class HerdNode(Node):
             self._report()
 
     def _neighbor_links(self):
-        return [(peer, link) for peer, link in self.links.up.items() if not peer.startswith(P.CLIENT_PREFIX)]
+        """(peer, link) of every established link to a node (not closing, not a client)."""
+        return [(peer, link) for peer, link in self.links.up.items()
+                if link.is_up and not peer.startswith(P.CLIENT_PREFIX)]
+
+    def _flood(self, env: list, skip: tuple = ()) -> None:
+        """Send ``env`` on every neighbor link except those to the peers in ``skip``. A link
+        that cannot take it is passed over: it is closing (its link-down floods a report of its
+        own), or its peer does not read (counted)."""
+        for peer, link in self._neighbor_links():
+            if peer in skip:
+                continue
+            try:
+                link.send(env)
+            except LinkClosed:
+                pass
+            except LinkOverflow:
+                self.counters["flood_overflows"] += 1
+                log.warning("%s: %s not sent to %s: its link is full", self.name, P.kind_name(env[0]), peer)
 
     def _report(self) -> None:
         """Flood this node's live links (after any link change)."""
         live = [peer for peer, _ in self._neighbor_links()]
         seq, nbrs = self.membership.local_report(live)
-        env = [P.MEMBERSHIP, self.name, self.incarnation, seq, sorted(nbrs)]
-        for _, link in self._neighbor_links():
-            link.send(env)
+        self._flood([P.MEMBERSHIP, self.name, self.incarnation, seq, sorted(nbrs)])
         self._membership_changed()
 
     def _on_membership(self, link: Link, env: list) -> None:
         _, origin, incarnation, seq, nbrs = env
         if self.membership.apply(origin, (incarnation, seq), nbrs):
-            for peer, other in self._neighbor_links():
-                if peer != link.peer and peer != origin:
-                    other.send(env)
+            self._flood(env, (link.peer, origin))
             self._membership_changed()
 
     def _membership_changed(self) -> None:
@@ -625,8 +646,7 @@ class HerdNode(Node):
         env = [P.FLOOD, self.name, self.incarnation, self._flood_seq, topic, message]
         self._seen_before((self.name, self.incarnation, self._flood_seq))
         self.counters["broadcasts"] += 1
-        for _, link in self._neighbor_links():
-            link.send(env)
+        self._flood(env)
         self._deliver_flood(topic, message)
 
     def _seen_before(self, key: tuple) -> bool:
@@ -642,9 +662,7 @@ class HerdNode(Node):
         _, origin, incarnation, seq, topic, message = env
         if self._seen_before((origin, incarnation, seq)):
             return
-        for peer, other in self._neighbor_links():
-            if peer != link.peer and peer != origin:
-                other.send(env)
+        self._flood(env, (link.peer, origin))
         self._deliver_flood(topic, message)
 
     def _deliver_flood(self, topic: str, message: Any) -> None:
