@@ -52,6 +52,7 @@ def test_gofmt_clean():
 
 
 def test_go_test():
-    proc = _go("test", "-count=1", "./...")
+    # -race: the client shares one DEALER between goroutines under a mutex and an FD watcher.
+    proc = _go("test", "-race", "-count=1", "./...")
     assert proc.returncode == 0, _explain(proc)
     assert "FAIL" not in proc.stdout
