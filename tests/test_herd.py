@@ -14,7 +14,15 @@ from herdrt import Actor
 from herdrt.backpressure import BACKLOG_HIGH
 from herdrt.client import HerdClient
 from herdrt.config import loads_config
-from herdrt.errors import ActorNotFound, ActorStopped, AskTimeout, MailboxFull, NodeUnavailable, RemoteError
+from herdrt.errors import (
+    ActorNotFound,
+    ActorStopped,
+    AskTimeout,
+    FrameTooLarge,
+    MailboxFull,
+    NodeUnavailable,
+    RemoteError,
+)
 from herdrt.herd import ADMIN_ACTOR, HerdNode, ring_shares
 from herdrt.links import TELLS_MAX, LinkRefused
 
@@ -169,6 +177,41 @@ class Later(Actor):
             loop.call_later(0.02, deferred.fail, ValueError("no"))
         else:
             loop.call_later(0.02, deferred.reply, [message, "later"])
+
+
+class Inflate(Actor):
+    """Answers an ask with ``n`` bytes."""
+
+    def receive(self, message, ctx):
+        return b"x" * message
+
+
+def test_a_message_too_big_for_the_peer_fails_the_ask_at_once_and_keeps_the_link(run):
+    ports = free_ports(3)
+    text = (f'[herd]\nsecret = "{SECRET}"\nheartbeat_interval = 0.1\nmax_frame_size = 4096\n'
+            'links = [["a", "b"], ["b", "c"]]\n')
+    text += "".join(f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip("abc", ports))
+    config = loads_config(text)
+
+    async def main():
+        async with Herd(config) as nodes:
+            a = nodes["a"]
+            for node in nodes.values():
+                node.spawn(Inflate, name="inflate")
+            started = time.monotonic()
+            with pytest.raises(FrameTooLarge, match="over the frame limit of 4096"):
+                await a.lookup("echo@b").ask("y" * 5000)  # the ask itself cannot travel
+            with pytest.raises(RemoteError) as info:
+                await a.lookup("inflate@b").ask(5000)  # the reply cannot travel back
+            assert info.value.type_name == "FrameTooLarge"
+            with pytest.raises(RemoteError) as info:
+                await a.lookup("inflate@c").ask(5000)  # nor over two hops
+            assert info.value.type_name == "FrameTooLarge"
+            assert time.monotonic() - started < 2.0  # at once, not after the 5 s ask timeout
+            assert await a.lookup("inflate@c").ask(3000) == b"x" * 3000  # the links stayed up
+            assert a.links.link("b").errors == {"oversize": 1}
+
+    run(main)
 
 
 def test_deferred_replies_cross_the_herd(run):

@@ -49,6 +49,7 @@ from .errors import (
     HerdError,
     MailboxFull,
     NodeUnavailable,
+    RemoteError,
 )
 from .links import Link, LinkClosed, LinkManager, LinkOverflow, LinkSettings
 from .mailbox import check_msgpack
@@ -528,6 +529,7 @@ class HerdNode(Node):
 
     def _link_up(self, link: Link) -> None:
         peer = link.peer
+        link.on_dropped = lambda env, exc: self._dropped(link, env, exc)
         if peer.startswith(P.CLIENT_PREFIX):
             log.info("%s: client %s connected", self.name, peer)
             return
@@ -542,6 +544,25 @@ class HerdNode(Node):
         except (LinkClosed, LinkOverflow):
             pass  # gone again already (its link-down reports), or a peer that does not read
         self._report()
+
+    def _dropped(self, link: Link, env: list, exc: Exception) -> None:
+        """A link dropped ``env`` unsent (too big for the peer, or not msgpack): answer for it,
+        so an asker learns why at once instead of timing out."""
+        kind = env[0]
+        problem = (type(exc).__name__, f"{P.kind_name(kind)} not sent to {link.peer}: {exc}")
+        if kind == P.ASK:
+            _, _, _, _, src, corr = env
+            if src == self.name:
+                self._remote_asks.pop(corr, None)
+                self._fail(corr, exc if isinstance(exc, HerdError) else RemoteError(*problem))
+            else:  # forwarded for another node's asker
+                self._reply(src, corr, False, problem)
+        elif kind == P.REPLY:
+            _, dest, corr, ok, _ = env
+            if ok is not False:  # the value could not travel: the asker gets the reason instead
+                self._reply(dest, corr, False, problem, link)
+        elif kind in (P.TELL, P.TELLS):
+            self.counters["undeliverable"] += 1
 
     def _link_down(self, link: Link, reason: str) -> None:
         peer = link.peer

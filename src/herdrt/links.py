@@ -175,6 +175,9 @@ class Link(asyncio.Protocol):
         self._queue: list = []
         self._extra = 0  # tells queued inside TELLS envelopes beyond each one's first
         self._tells: list | None = None  # the TELLS envelope send_tell may still add to
+        #: Called as ``on_dropped(envelope, exc)`` for an envelope dropped unsent (over the
+        #: peer's frame limit, or not msgpack): the layer above may answer for it.
+        self.on_dropped: Callable[[list, Exception], None] | None = None
         self._max_queued = settings.max_queued
         self._limit = 0  # max_queued while up, 0 otherwise (lets send() test one number)
         self._paused = False
@@ -656,9 +659,9 @@ class Link(asyncio.Protocol):
             frames.append(encode_frames((env,), self._settings.max_frame_size))
             return
         except FrameTooLarge as exc:
-            code, problem = "oversize", f"over the peer's max_frame_size ({exc})"
+            code, problem, error = "oversize", f"over the peer's max_frame_size ({exc})", exc
         except (TypeError, ValueError, OverflowError) as exc:
-            code, problem = "encode", f"msgpack cannot encode it ({exc})"
+            code, problem, error = "encode", f"msgpack cannot encode it ({exc})", exc
         if env.__class__ is list and len(env) == 4 and env[0] == P.TELLS and len(env[3]) > 1:
             bodies = env[3]
             half = len(bodies) // 2
@@ -667,6 +670,11 @@ class Link(asyncio.Protocol):
             return
         self._count_error(code)
         log.error("link %s: dropped an envelope: %s: %.200r", self._desc(), problem, env)
+        if self.on_dropped is not None:
+            try:
+                self.on_dropped(env, error)
+            except Exception:
+                log.exception("link %s: on_dropped raised", self._desc())
 
     def _write_now(self, env) -> None:
         # Handshake envelopes: written at once, outside the queue.
