@@ -26,7 +26,6 @@ class Backpressure:
         self._loop = loop
         self._held: dict[Hashable, tuple[object, int, Callable[[], None]]] = {}  # source -> (cell, low, resume)
         self._timer: asyncio.TimerHandle | None = None
-        self.pauses = 0  #: how many times a source was held back
 
     def check(self, source: Hashable, cell, pause: Callable[[], None], resume: Callable[[], None]) -> bool:
         """Hold ``source`` back if ``cell`` has a deep backlog: ``pause()`` now, ``resume()``
@@ -36,13 +35,9 @@ class Backpressure:
             return False
         pause()
         self._held[source] = (cell, high // 4, resume)
-        self.pauses += 1
         if self._timer is None:
             self._timer = self._loop.call_later(_POLL, self._poll)
         return True
-
-    def is_held(self, source: Hashable) -> bool:
-        return source in self._held
 
     def forget(self, source: Hashable) -> None:
         """Drop ``source`` without resuming it (it is closing)."""
