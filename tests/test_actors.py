@@ -783,13 +783,16 @@ def test_stop_cancels_a_suspended_handler(run):
             await asyncio.sleep(30)
 
     async def main():
-        async with strict_node() as node:
-            ref = node.spawn(Waiter)
-            fut = ref.ask("wait")
-            await asyncio.sleep(0.001)
-            await node.stop(ref)
-            with pytest.raises(ActorStopped):
-                await fut
+        # sleep(0): the stop lands after the handler suspended but before the task driving it
+        # first ran (that ask once waited for its timeout); 0.001: while the handler waits.
+        for pause in (0, 0.001):
+            async with strict_node(ask_timeout=2.0) as node:
+                ref = node.spawn(Waiter)
+                fut = ref.ask("wait")
+                await asyncio.sleep(pause)
+                await node.stop(ref)
+                with pytest.raises(ActorStopped):
+                    await asyncio.wait_for(fut, 1.0)
 
     run(main)
 

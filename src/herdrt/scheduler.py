@@ -27,6 +27,7 @@ import inspect
 import logging
 import types
 import weakref
+from functools import partial
 from itertools import repeat
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -415,7 +416,19 @@ class _Cell:
 
     def _suspend(self, coro, yielded, message, corr: int) -> None:
         self.state = _SUSPENDED
-        self.task = self.node._loop.create_task(self._resume(coro, yielded, message, corr))
+        task = self.task = self.node._loop.create_task(self._resume(coro, yielded, message, corr))
+        task.add_done_callback(partial(self._resume_cancelled, coro, corr))
+
+    def _resume_cancelled(self, coro, corr: int, task: asyncio.Task) -> None:
+        # A task cancelled before its first step never runs _resume's body (a stop right after
+        # the handler suspended): close the handler and fail its ask here instead.
+        if task.cancelled() and self.task is task:
+            coro.close()
+            self.task = None
+            self.waiting_on = None
+            if self.ctx._corr:
+                self.ctx._corr = 0
+                self.node._fail(corr, ActorStopped(f"actor {self.ref.path} stopped while handling the ask"))
 
     async def _resume(self, coro, yielded, message, corr: int) -> None:
         """Drive a handler (or hook) coroutine that had to wait, to its end."""
