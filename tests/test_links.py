@@ -679,3 +679,4 @@ def test_link_between_two_processes(run):
         if child.poll() is None:
             child.kill()
             child.wait()
+        child.stdout.close()

@@ -111,6 +111,7 @@ class ProxyServer:
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task] = set()
         self._background: set[asyncio.Task] = set()
+        self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -127,8 +128,10 @@ class ProxyServer:
 
     async def close(self) -> None:
         """Stop listening, drop open connections, cancel floods still running; idempotent."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
+        await asyncio.sleep(0)  # connections accepted just now start, see _closing and close
         tasks = list(self._connections) + list(self._background)
         for task in tasks:
             task.cancel()
@@ -224,6 +227,9 @@ class ProxyServer:
         return data
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._closing:  # accepted as the server shuts down
+            writer.close()
+            return
         task = asyncio.current_task()
         self._connections.add(task)
         address = writer.get_extra_info("peername")
@@ -262,14 +268,18 @@ class ProxyServer:
             # calls task.exception(), which raises for a cancelled task and gets logged as an error.
             alive[0] = False
         finally:
-            if alive[0]:
-                await replies.put(None)  # answer everything read so far, then close
-            else:
+            try:
+                if alive[0]:
+                    await replies.put(None)  # answer everything read so far, then close
+                else:
+                    writer_task.cancel()
+                await asyncio.gather(writer_task, return_exceptions=True)
+            except asyncio.CancelledError:  # shutdown while answering what was read: stop now
                 writer_task.cancel()
-            await asyncio.gather(writer_task, return_exceptions=True)
-            self._drain_abandoned(replies)
-            writer.close()
-            self._connections.discard(task)
+            finally:
+                self._drain_abandoned(replies)
+                writer.close()
+                self._connections.discard(task)
 
     @staticmethod
     def _drain_abandoned(replies: asyncio.Queue) -> None:
