@@ -14,9 +14,9 @@ Prints ``READY <port>`` once it listens for links, then runs until stdin closes 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import sys
+
+from _harness import stopped
 
 from herdrt import Actor
 from herdrt.config import load_config
@@ -44,22 +44,7 @@ class Echo(Actor):
 
 
 async def serve(config_path: str, name: str) -> None:
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-
-    def finish(*_):
-        if not stop.done():
-            stop.set_result(None)
-
-    loop.add_signal_handler(signal.SIGTERM, finish)
-    fd = sys.stdin.fileno()
-
-    def stdin_readable():
-        if not os.read(fd, 4096):  # EOF: the parent is gone or done
-            loop.remove_reader(fd)
-            finish()
-
-    loop.add_reader(fd, stdin_readable)
+    stop = stopped()
     async with HerdNode(load_config(config_path), name) as node:
         # Unbounded: a burst of remote tells lands in the mailbox in one read; a bounded mailbox
         # under the herd's default "reject" policy would drop part of it.
@@ -67,7 +52,6 @@ async def serve(config_path: str, name: str) -> None:
         node.spawn(Echo, name="echo", mailbox_size=None)
         print("READY", node.address[1], flush=True)
         await stop
-    loop.remove_reader(fd)
 
 
 def main(argv: list[str]) -> None:

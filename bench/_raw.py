@@ -18,9 +18,9 @@ once ``n`` more have arrived; ``echo`` sends every frame straight back.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import sys
+
+from _harness import stopped
 
 from herdrt.core import FrameDecoder, encode_frame, encode_frames
 
@@ -111,21 +111,7 @@ class RawCounter(asyncio.Protocol):
 async def _serve(mode: str) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(RawCounter if mode == "count" else RawEcho, "127.0.0.1", 0)
-    stop = loop.create_future()
-
-    def finish(*_):
-        if not stop.done():
-            stop.set_result(None)
-
-    loop.add_signal_handler(signal.SIGTERM, finish)
-    fd = sys.stdin.fileno()
-
-    def stdin_readable():
-        if not os.read(fd, 4096):
-            loop.remove_reader(fd)
-            finish()
-
-    loop.add_reader(fd, stdin_readable)
+    stop = stopped()
     print("READY", server.sockets[0].getsockname()[1], flush=True)
     await stop
     server.close()

@@ -24,30 +24,22 @@ one-in-flight echoes through a ROUTER. ``extra_info`` holds messages (or round t
 from __future__ import annotations
 
 import asyncio
-import os
-import select
-import subprocess
-import sys
-from pathlib import Path
 
 import msgpack
 import pytest
-from _ports import free_ports
 import uvloop
 import zmq
+from _harness import START_TIMEOUT, free_ports, record_rate, spawn_ready
 
-import herdrt
 from herdrt.config import loads_config
 from herdrt.errors import MailboxFull
 from herdrt.herd import HerdNode
 
-HERE = Path(__file__).resolve().parent
 SECRET = "bench secret, not for production"
 N_TELL = 200_000
 N_ASK = 5_000
 CHUNK = 1_000
 ROUNDS = 3
-START_TIMEOUT = 30.0
 
 
 @pytest.fixture(autouse=True)
@@ -56,39 +48,6 @@ def _small_when_disabled(request, monkeypatch):
     if request.config.getoption("benchmark_disable", False):
         monkeypatch.setitem(globals(), "N_TELL", 3_000)
         monkeypatch.setitem(globals(), "N_ASK", 200)
-
-
-def _bench(benchmark, fn, messages: int, **info) -> None:
-    benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    benchmark.extra_info.update(info, messages=messages)
-    stats = getattr(benchmark, "stats", None)
-    if stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["msgs_per_s"] = round(messages / stats.stats.min)
-
-
-def _spawn(request, *args: str) -> list[int]:
-    """Start ``python _bridge_service.py *args`` (stopped when the fixture ends); its READY ports."""
-    env = dict(os.environ)
-    src = os.path.dirname(os.path.dirname(herdrt.__file__))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen([sys.executable, str(HERE / "_bridge_service.py"), *args],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-
-    def reap():
-        proc.stdin.close()  # the child exits on EOF
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        proc.stdout.close()
-
-    request.addfinalizer(reap)
-    ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT)
-    line = proc.stdout.readline() if ready else ""
-    if not line.startswith("READY"):
-        raise RuntimeError(f"_bridge_service.py {' '.join(args)}: no READY line (got {line!r}, exit {proc.poll()})")
-    return [int(x) for x in line.split()[1:]]
 
 
 # --- the bridge node and its service --------------------------------------------------------------
@@ -118,7 +77,7 @@ def bridged(request):
         b.run(node.shutdown())
         loop.close()
 
-    _spawn(request, "service", node.bridge.endpoint, SECRET)
+    spawn_ready(request, "_bridge_service.py", "service", node.bridge.endpoint, SECRET)
     request.addfinalizer(close)  # before the child is reaped (finalizers run last-in first-out)
 
     async def joined():
@@ -157,20 +116,20 @@ async def _ask_round(b: _Bridged) -> None:
 
 @pytest.mark.benchmark(group="bridge-tell")
 def test_bridge_tell(benchmark, bridged):
-    _bench(benchmark, lambda: bridged.run(_tell_round(bridged)), N_TELL, loop=type(bridged.loop).__module__)
+    record_rate(benchmark, lambda: bridged.run(_tell_round(bridged)), N_TELL, ROUNDS, loop=type(bridged.loop).__module__)
     assert bridged.node.bridge.counters["dropped_tells"] == 0
 
 
 @pytest.mark.benchmark(group="bridge-ask")
 def test_bridge_ask(benchmark, bridged):
-    _bench(benchmark, lambda: bridged.run(_ask_round(bridged)), N_ASK, loop=type(bridged.loop).__module__)
+    record_rate(benchmark, lambda: bridged.run(_ask_round(bridged)), N_ASK, ROUNDS, loop=type(bridged.loop).__module__)
 
 
 # --- raw pyzmq baselines ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def raw(request):
-    pull_port, back_port, router_port = _spawn(request, "raw")
+    pull_port, back_port, router_port = spawn_ready(request, "_bridge_service.py", "raw")
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.sndhwm = 100_000
@@ -206,7 +165,7 @@ def test_raw_push_pull(benchmark, raw):
         send(b"")
         assert int(back.recv()) == N_TELL
 
-    _bench(benchmark, round_, N_TELL, loop="none (blocking pyzmq)")
+    record_rate(benchmark, round_, N_TELL, ROUNDS, loop="none (blocking pyzmq)")
 
 
 @pytest.mark.benchmark(group="bridge-ask")
@@ -220,4 +179,4 @@ def test_raw_dealer_router(benchmark, raw):
             dealer.send(pack([3, "A", "echo", i, "A", i]))
             assert unpack(dealer.recv())[3] == i
 
-    _bench(benchmark, round_, N_ASK, loop="none (blocking pyzmq)")
+    record_rate(benchmark, round_, N_ASK, ROUNDS, loop="none (blocking pyzmq)")

@@ -15,8 +15,8 @@ One round = the same N_MSGS messages, so ``ops`` x N_MSGS is messages per second
   ``feed`` minus framing and limits; ``unpacker-iter``: each message let go as the iterator yields
   it); and a hand-written ``struct`` length prefix + ``msgpack.unpackb`` loop. Targets: compiled
   >= 1.0x ``unpacker``, >= 1.7x ``struct+unpackb``.
-* ``encode-batch``: the 64-byte messages into one buffer of frames: compiled ``encode_frames`` vs
-  pure vs ``msgpack.Packer`` + ``struct`` by hand.
+* ``encode-batch``: the 64-byte messages into one buffer of frames: compiled ``encode_frames``
+  (also with ``max_size``, as links call it) vs pure vs ``msgpack.Packer`` + ``struct`` by hand.
 """
 
 from __future__ import annotations
@@ -158,6 +158,8 @@ def _cases():
     frames = _pure.encode_frames(msgs)
     cases += [
         ("encode-batch", "compiled", lambda sink=None: _fast.encode_frames(msgs), frames),
+        # as a link calls it: each frame checked against the peer's limit
+        ("encode-batch", "compiled+max_size", lambda sink=None: _fast.encode_frames(msgs, 1 << 20), frames),
         ("encode-batch", "pure", lambda sink=None: _pure.encode_frames(msgs), frames),
         ("encode-batch", "packer+struct", _packer_struct_run(msgs), frames),
     ]

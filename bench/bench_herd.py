@@ -24,31 +24,23 @@ one-in-flight echo for round trips. ``extra_info`` holds messages (or round trip
 from __future__ import annotations
 
 import asyncio
-import os
-import select
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
-from _ports import free_ports
 import uvloop
+from _harness import free_ports, record_rate, spawn_ready
 
-import herdrt
 from herdrt.config import loads_config
 from herdrt.core import encode_frame
 from herdrt.herd import HerdNode
 
 from _raw import ACK, ARM, RawSender
 
-HERE = Path(__file__).resolve().parent
 SECRET = "bench secret, not for production"
 N_TELL = 300_000
 N_ASK = 5_000
 CHUNK = 1_000  # tells queued per loop turn before the sender yields
 ROUNDS = 3
-START_TIMEOUT = 30.0  # seconds for a child to print READY
 DRAIN_TIMEOUT = 60.0  # seconds for the ask that ends a tell round
 
 
@@ -58,51 +50,6 @@ def _small_when_disabled(request, monkeypatch):
     if request.config.getoption("benchmark_disable", False):
         monkeypatch.setitem(globals(), "N_TELL", 3_000)
         monkeypatch.setitem(globals(), "N_ASK", 200)
-
-
-def _bench(benchmark, fn, messages: int, **info) -> None:
-    benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    benchmark.extra_info.update(info, messages=messages)
-    stats = getattr(benchmark, "stats", None)
-    if stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["msgs_per_s"] = round(messages / stats.stats.min)
-
-
-# --- child processes ------------------------------------------------------------------------------
-
-def _reap(proc: subprocess.Popen) -> None:
-    """Stop a child: close its stdin (it exits on EOF), then SIGTERM, then SIGKILL."""
-    if proc.stdin is not None and not proc.stdin.closed:
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
-    for escalate in (None, proc.terminate, proc.kill):
-        if escalate is not None:
-            escalate()
-        try:
-            proc.wait(5)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    if proc.stdout is not None:
-        proc.stdout.close()
-
-
-def _spawn(request, *args: str) -> int:
-    """Start ``python *args`` (reaped when the requesting fixture ends); return the port it prints."""
-    env = dict(os.environ)
-    src = os.path.dirname(os.path.dirname(herdrt.__file__))  # the child imports this same herdrt
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, str(HERE), env.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, env=env)
-    request.addfinalizer(lambda: _reap(proc))
-    ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT)
-    line = proc.stdout.readline() if ready else ""
-    if not line.startswith("READY "):
-        raise RuntimeError(f"{' '.join(args)}: no READY line within {START_TIMEOUT:g}s (got {line!r}, "
-                           f"exit code {proc.poll()})")
-    return int(line.split()[1])
 
 
 def _new_loop(flavour: str) -> asyncio.AbstractEventLoop:
@@ -159,7 +106,7 @@ def pair(request, tmp_path_factory):
     )
     path = tmp_path_factory.mktemp(f"herd-{flavour}") / "herd.toml"
     path.write_text(text)
-    _spawn(request, str(HERE / "_herd_node.py"), str(path), "b", flavour)
+    spawn_ready(request, "_herd_node.py", str(path), "b", flavour)
 
     loop = _new_loop(flavour)
     node = HerdNode(loads_config(text, str(path)), "a")
@@ -187,7 +134,7 @@ def raw_loop():
 
 
 def _raw_sender(request, loop, mode: str) -> RawSender:
-    port = _spawn(request, str(HERE / "_raw.py"), mode, "uvloop")
+    (port,) = spawn_ready(request, "_raw.py", mode, "uvloop")
     _, sender = loop.run_until_complete(loop.create_connection(RawSender, "127.0.0.1", port))
     request.addfinalizer(sender.transport.close)
     return sender
@@ -225,7 +172,7 @@ def test_tell_herd(benchmark, pair):
         expected[0] += n
         assert count == expected[0], f"sink@b counted {count} tells, expected {expected[0]}"
 
-    _bench(benchmark, lambda: pair.run(round_()), n, loop=pair.flavour)
+    record_rate(benchmark, lambda: pair.run(round_()), n, ROUNDS, loop=pair.flavour)
     assert pair.node.counters["undeliverable"] == 0
 
 
@@ -254,7 +201,7 @@ def test_tell_raw_baseline(benchmark, raw_loop, raw_counter):
             await asyncio.sleep(0)
         await box[0]
 
-    _bench(benchmark, lambda: raw_loop.run_until_complete(round_()), n, loop="uvloop (raw)")
+    record_rate(benchmark, lambda: raw_loop.run_until_complete(round_()), n, ROUNDS, loop="uvloop (raw)")
     assert acks and acks == [n * (k + 1) for k in range(len(acks))]  # every frame of every round arrived
 
 
@@ -273,7 +220,7 @@ def test_ask_herd(benchmark, pair):
             reply = await ask(i)
         assert reply == n - 1
 
-    _bench(benchmark, lambda: pair.run(round_()), n, loop=pair.flavour)
+    record_rate(benchmark, lambda: pair.run(round_()), n, ROUNDS, loop=pair.flavour)
 
 
 @pytest.mark.benchmark(group="herd-ask")
@@ -300,4 +247,4 @@ def test_ask_raw_echo_baseline(benchmark, raw_loop, raw_echo):
         await state["done"]
         assert state["last"] == [ACK, "b", "echo", 1, "a", 1]
 
-    _bench(benchmark, lambda: raw_loop.run_until_complete(round_()), n, loop="uvloop (raw)")
+    record_rate(benchmark, lambda: raw_loop.run_until_complete(round_()), n, ROUNDS, loop="uvloop (raw)")

@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -52,7 +51,7 @@ import msgpack
 import pytest
 import uvloop
 from _bridge_service import connect_raw
-from _ports import free_ports
+from _harness import START_TIMEOUT, child_env, free_ports, spawn_ready, stop_child
 
 from herdrt import Actor
 from herdrt.client import HerdClient
@@ -67,7 +66,6 @@ TELLS_N = 200_000
 ASKS_N = 5_000
 CHUNK = 1_000  # herd link: tells queued per loop turn before the sender yields
 ROUNDS = 5
-START_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 60.0  # the ask behind a flood of tells waits for all of them
 
 
@@ -113,34 +111,13 @@ def _bench(benchmark, fn, n: int, key: str) -> int:
     return calls[0]
 
 
-def _child_env() -> dict:
-    """The environment of a Python child: this herdrt and the bench helpers importable."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH.parent / "src"), str(BENCH),
-                                                    env.get("PYTHONPATH")) if p)
-    return env
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Close a child's stdin (it exits on EOF), wait, kill if it will not; close its pipes."""
-    proc.stdin.close()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-    for pipe in (proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
-
-
 class _BenchLoop:
     """A bridge client in its own process (``herd-call bench-loop`` or ``_bridge_service.py
     client``): one connection to the bridge, one round per stdin command, one JSON line back."""
 
     def __init__(self, argv: list[str]):
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1, env=_child_env())
+                                     stderr=subprocess.PIPE, text=True, bufsize=1, env=child_env())
 
     def round(self, op: str, target: str, n: int) -> dict:
         self.proc.stdin.write(f"{op} {target} {n}\n")
@@ -170,7 +147,7 @@ class _NodeA:
         self.log = open(tmp / "A.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "herdrt.cli", "serve", "--config", str(self.path),
                                       "--node", "A", "--app", "bench_interop:setup", "--log-level", "warning"],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=_child_env())
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=child_env())
 
     def count(self, timeout: float = 2.0) -> int:
         """The sink's count, asked by a herd client."""
@@ -238,7 +215,7 @@ def bridge_client(request, node_a, tmp_path_factory):
         argv = [sys.executable, str(BENCH / "_bridge_service.py"), "client", node_a.endpoint, SECRET]
     client = _BenchLoop(argv)
     yield client
-    _stop(client.proc)
+    stop_child(client.proc)
 
 
 class _HerdP:
@@ -297,21 +274,16 @@ def herd_p(node_a):
 
 
 @pytest.fixture(scope="module")
-def raw():
+def raw(request):
     """``_bridge_service.py decode``: a PULL and a ROUTER echo in a child process, decoding every body."""
-    child = subprocess.Popen([sys.executable, str(BENCH / "_bridge_service.py"), "decode"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_child_env())
-    ready, _, _ = select.select([child.stdout], [], [], START_TIMEOUT)
-    line = child.stdout.readline() if ready else ""
-    assert line.startswith("READY"), f"_bridge_service.py decode: no READY line (got {line!r})"
-    ctx, (push, back, dealer) = connect_raw([int(x) for x in line.split()[1:]], sndhwm=1_000_000)
+    ports = spawn_ready(request, "_bridge_service.py", "decode")
+    ctx, (push, back, dealer) = connect_raw(ports, sndhwm=1_000_000)
     dealer.send(msgpack.packb("warm up"))
     dealer.recv()
     yield push, back, dealer
     for s in (push, back, dealer):
         s.close(0)
     ctx.term()
-    _stop(child)
 
 
 def _check_count(a: _NodeA, before: int, calls: int, n: int) -> None:

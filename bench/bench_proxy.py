@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from _ports import free_ports
+from _harness import free_ports
 import uvloop
 
 from herdrt.client import HerdClient

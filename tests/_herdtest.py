@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 from herdrt import Actor
+from herdrt.client import HerdClient
+from herdrt.errors import NodeUnavailable
+from herdrt.herd import ADMIN_ACTOR
 
 TESTS = Path(__file__).parent
 
@@ -116,6 +119,27 @@ class Slow(Actor):
             return self.n
         sum(range(2000))
         self.n += 1
+
+
+async def status(config, via: str, timeout: float = 2.0) -> dict:
+    """Node ``via``'s view of the herd (its admin actor's answer to "status"), asked as a client."""
+    async with HerdClient(config, via) as client:
+        return await client.ask(ADMIN_ACTOR, "status", timeout=timeout)
+
+
+async def wait_live(config, via: str, expected, timeout: float = 20.0) -> None:
+    """Wait until node ``via`` sees exactly ``expected`` live; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = set((await status(config, via))["live"])
+            if last == set(expected):
+                return
+        except (OSError, ConnectionError, asyncio.TimeoutError, NodeUnavailable):
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{via} sees {last}, not {sorted(expected)}")
 
 
 async def until(predicate, timeout: float = 5.0) -> None:

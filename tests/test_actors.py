@@ -14,6 +14,7 @@ import msgpack
 import psutil
 import pytest
 import uvloop
+from _herdtest import Recorder
 
 import herdrt
 from herdrt import (
@@ -33,18 +34,6 @@ from herdrt import (
 
 def strict_node(name="t", **kw) -> Node:
     return Node(name, strict_messages=True, **kw)
-
-
-class Recorder(Actor):
-    """Keeps what it gets; ``"get"`` asks for the list."""
-
-    def __init__(self):
-        self.seen = []
-
-    def receive(self, message, ctx):
-        if message == "get":
-            return self.seen
-        self.seen.append(message)
 
 
 class Echo(Actor):

@@ -17,12 +17,11 @@ import sys
 import time
 
 import pytest
-from _herdtest import NodeProcesses
+from _herdtest import NodeProcesses, wait_live
 
 from herdrt.client import HerdClient
 from herdrt.config import load_config
 from herdrt.errors import NodeUnavailable
-from herdrt.herd import ADMIN_ACTOR
 
 NAMES = ["a", "b", "c"]
 PORT = 7400  # the same port on every node: the addresses differ
@@ -126,25 +125,6 @@ def herd(tmp_path):
     finally:
         h.stop_all()
         spaces.destroy()
-
-
-async def _live(config, via: str) -> set[str]:
-    async with HerdClient(config, via) as client:
-        return set((await client.ask(ADMIN_ACTOR, "status", timeout=2.0))["live"])
-
-
-async def wait_live(config, via: str, expected: list[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    seen = None
-    while time.monotonic() < deadline:
-        try:
-            seen = await _live(config, via)
-            if seen == set(expected):
-                return
-        except (OSError, ConnectionError, asyncio.TimeoutError, NodeUnavailable):
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{via} sees {seen}, not {expected}")
 
 
 def test_herd_across_network_namespaces(herd):

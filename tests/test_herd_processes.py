@@ -8,14 +8,13 @@ import sys
 import time
 
 import pytest
-from _herdtest import NodeProcesses, free_ports
+from _herdtest import NodeProcesses, free_ports, status, wait_live
 
 from herdrt.client import HerdClient
 from herdrt.config import load_config
 from herdrt import protocol as P
 from herdrt.core import FrameDecoder
 from herdrt.errors import NodeUnavailable
-from herdrt.herd import ADMIN_ACTOR
 
 NAMES = ["a", "b", "c", "d"]
 LINKS = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "a"), ("b", "d")]
@@ -48,25 +47,6 @@ def herd(tmp_path):
         h.start(name)
     yield h
     h.stop_all()
-
-
-async def status(config, via, timeout=2.0):
-    async with HerdClient(config, via) as client:
-        return await client.ask(ADMIN_ACTOR, "status", timeout=timeout)
-
-
-async def wait_live(config, via, expected, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = set((await status(config, via))["live"])
-            if last == set(expected):
-                return
-        except (OSError, ConnectionError, asyncio.TimeoutError, NodeUnavailable):
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{via} sees {last}, not {sorted(expected)}")
 
 
 def test_process_herd_end_to_end(herd):

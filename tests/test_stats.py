@@ -292,6 +292,17 @@ def test_to_dict_round_trip_through_msgpack(core):
 _GOOD_STATE = {"count": 2, "mean": 1.0, "m2": 2.0, "min": 0.0, "max": 2.0, "sum": 2.0, "skipped": 1}
 
 
+def _changed(state: dict, change: dict) -> dict:
+    """A copy of ``state`` with ``change`` applied (a value of None deletes that key)."""
+    state = dict(state)
+    for key, value in change.items():
+        if value is None:
+            del state[key]
+        else:
+            state[key] = value
+    return state
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -307,14 +318,8 @@ _GOOD_STATE = {"count": 2, "mean": 1.0, "m2": 2.0, "min": 0.0, "max": 2.0, "sum"
     ],
 )
 def test_stats_from_dict_rejects_bad_states(core, change):
-    state = dict(_GOOD_STATE)
-    for key, value in change.items():
-        if value is None:
-            del state[key]
-        else:
-            state[key] = value
     with pytest.raises(ValueError):
-        core.OnlineStats.from_dict(state)
+        core.OnlineStats.from_dict(_changed(_GOOD_STATE, change))
 
 
 def test_stats_from_dict_rejects_non_mappings(core):
@@ -512,14 +517,8 @@ _GOOD_SKETCH = {
     ],
 )
 def test_sketch_from_dict_rejects_bad_states(core, change):
-    state = dict(_GOOD_SKETCH)
-    for key, value in change.items():
-        if value is None:
-            del state[key]
-        else:
-            state[key] = value
     with pytest.raises(ValueError):
-        core.QuantileSketch.from_dict(state)
+        core.QuantileSketch.from_dict(_changed(_GOOD_SKETCH, change))
 
 
 def test_sketch_from_dict_applies_the_window(core):

@@ -70,7 +70,7 @@ _SEEN_FLOODS = 65536  # broadcast ids remembered for de-duplication
 _MISSING = object()
 # Kinds addressed to one node (dest_node second): delivered there, forwarded by the others.
 _ROUTED = frozenset((P.TELL, P.TELLS, P.ASK, P.REPLY, P.HANDOFF))
-_TELL, _TELLS, _ASK, _REPLY = P.TELL, P.TELLS, P.ASK, P.REPLY
+_TELLS, _REPLY = P.TELLS, P.REPLY
 
 
 def placement_key(kind: str, key: str) -> str:
@@ -339,52 +339,28 @@ class HerdNode(Node):
             sched.release(armed)
 
     def _dispatch(self, link: Link, envs: list) -> None:
-        # The hot paths, inline: REPLY for this node, and TELL, TELLS and ASK for a named actor
-        # here. Everything else (keyed targets, forwarding, membership, ...) takes _envelope.
+        # Two hot paths inline: REPLY to this node, and TELLS to a named actor here (tells are
+        # counted per read, and a lagging actor holds the link back). The rest takes _envelope.
         me = self.name
         cells = self._cells
         tells = lost = 0
-        fed = None
+        fed = []
         for env in envs:
             try:
-                if env.__class__ is not list or len(env) < 4 or env[1] != me:
-                    self._envelope(link, env)
-                    continue
-                kind = env[0]
-                if kind == _REPLY and len(env) == 5:
-                    self.counters["replies_in"] += 1
-                    self.resolve(env[2], bool(env[3]), env[4])
-                    continue
-                target = env[2]
-                cell = cells.get(target) if target.__class__ is str else None
-                if cell is None:
-                    self._envelope(link, env)
-                elif kind == _ASK and len(env) == 6:
-                    self.counters["asks_in"] += 1
-                    proxy = _LinkReply(self, link, env[4], env[5])
-                    try:
-                        self._post_ask(cell, env[3], proxy)
-                    except HerdError as exc:
-                        proxy.set_exception(exc)
-                elif kind == _TELLS and len(env) == 4 and env[3].__class__ is list:
-                    tells += len(env[3])
-                    lost += cell.post_many(env[3])
-                    if fed is None:
-                        fed = [cell]
-                    elif fed[-1] is not cell:
-                        fed.append(cell)
-                elif kind == _TELL and len(env) == 4:
-                    tells += 1
-                    try:
-                        cell.post(env[3])
-                    except HerdError:
-                        lost += 1
-                    if fed is None:
-                        fed = [cell]
-                    elif fed[-1] is not cell:
-                        fed.append(cell)
-                else:
-                    self._envelope(link, env)
+                if env.__class__ is list and len(env) > 3 and env[1] == me:
+                    kind = env[0]
+                    if kind == _REPLY and len(env) == 5:
+                        self.counters["replies_in"] += 1
+                        self.resolve(env[2], bool(env[3]), env[4])
+                        continue
+                    cell = cells.get(env[2]) if kind == _TELLS and env[2].__class__ is str else None
+                    if cell is not None and len(env) == 4 and env[3].__class__ is list:
+                        tells += len(env[3])
+                        lost += cell.post_many(env[3])
+                        if not fed or fed[-1] is not cell:
+                            fed.append(cell)
+                        continue
+                self._envelope(link, env)
             except (IndexError, TypeError, ValueError, KeyError, P.ProtocolError) as exc:
                 self._bad_envelope(link, env, exc)
         if tells:
@@ -819,18 +795,6 @@ class _LinkReply(_ReplyProxy):
         self.link = link
         self.src = src
         self.corr = corr
-
-    def set_result(self, value: Any) -> None:
-        # The common case in one call: answer over the link the ask came in on.
-        self._done = True
-        link = self.link
-        if link.peer == self.src:
-            try:
-                link.send([P.REPLY, self.src, self.corr, True, value])
-                return
-            except (LinkClosed, LinkOverflow):
-                pass  # _reply routes it another way, or counts it lost
-        self.node._reply(self.src, self.corr, True, value, link)
 
     def send(self, ok: bool, value: Any) -> None:
         self.node._reply(self.src, self.corr, ok, value, self.link)

@@ -298,12 +298,9 @@ class Node:
         ids are ignored (the asker already timed out).
         """
         if ok:
-            fut = self._pending.pop(corr, None)
-            if fut is not None:
-                if self._custom:
-                    self._drop_custom(corr)
-                if not fut.done():
-                    fut.set_result(value)
+            fut = self._take(corr)
+            if fut is not None and not fut.done():
+                fut.set_result(value)
         else:
             type_name, message = value
             self._fail(corr, RemoteError(str(type_name), str(message)))
@@ -460,22 +457,24 @@ class Node:
         """Answer ask ``corr`` (a remote asker's entry forwards the reply over its link)."""
         if self.strict_messages:
             check_msgpack(value, "reply")
-        fut = self._pending.pop(corr, None)
+        fut = self._take(corr)
         if fut is not None:
-            if self._custom:
-                self._drop_custom(corr)
             try:
                 fut.set_result(value)
             except asyncio.InvalidStateError:  # the asker gave up (cancelled)
                 pass
 
     def _fail(self, corr: int, exc: BaseException) -> None:
+        fut = self._take(corr)
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+
+    def _take(self, corr: int):
+        """Ask ``corr``'s entry (its future or reply proxy), off the pending table; None if gone."""
         fut = self._pending.pop(corr, None)
-        if fut is not None:
-            if self._custom:
-                self._drop_custom(corr)
-            if not fut.done():
-                fut.set_exception(exc)
+        if fut is not None and self._custom:
+            self._drop_custom(corr)
+        return fut
 
     def _drop_custom(self, corr: int) -> None:
         handle = self._custom.pop(corr, None)
