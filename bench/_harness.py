@@ -1,4 +1,5 @@
-"""What the cross-process benchmarks share: free ports, child processes, and recording a rate.
+"""What the cross-process benchmarks share: free ports, child processes, recording a rate, and
+paired comparisons.
 
 A child is a Python script of ``bench/`` that prints ``READY <port>...`` once it listens and runs
 until its stdin closes (``stopped()`` gives it that future); the parent spawns it for a fixture
@@ -12,13 +13,19 @@ import os
 import select
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 SRC = BENCH.parent / "src"
 START_TIMEOUT = 30.0  # seconds for a child to print READY
+
+#: Paired comparisons measured in this session, ``(test name, {baseline: ratios})``; bench/conftest.py
+#: prints them after the benchmark tables.
+PAIRED: list[tuple[str, dict[str, list[float]]]] = []
 
 
 def free_ports(n: int) -> list[int]:
@@ -100,3 +107,34 @@ def record_rate(benchmark, fn, messages: int, rounds: int, **info) -> None:
     stats = getattr(benchmark, "stats", None)
     if stats is not None:  # None under --benchmark-disable
         benchmark.extra_info["msgs_per_s"] = round(messages / stats.stats.min)
+
+
+def record_paired(benchmark, name: str, contender, baselines: dict, rounds: int) -> None:
+    """Alternate one round of ``contender`` with one round of each of ``baselines`` (name -> round),
+    ``rounds`` times, after a warm-up of each; all do the same work per round.
+
+    On a shared machine the speed of every process drifts by tens of percent within a minute, so
+    contenders timed one after the other can differ by more than the effect measured. Rounds
+    taken back to back see the same machine: the ratio of each pair (baseline round time /
+    contender round time = contender rate / baseline rate) is far steadier. Their median and range
+    go to ``extra_info`` and to the summary printed after the tables. The benchmark's own time is
+    that of a whole alternation."""
+    ratios: dict[str, list[float]] = {b: [] for b in baselines}
+
+    def alternation():
+        t = time.perf_counter()
+        contender()
+        own = time.perf_counter() - t
+        for b, fn in baselines.items():
+            t = time.perf_counter()
+            fn()
+            ratios[b].append((time.perf_counter() - t) / own)
+
+    benchmark.pedantic(alternation, rounds=rounds, iterations=1, warmup_rounds=1)
+    if getattr(benchmark, "disabled", False):
+        return
+    for b, r in ratios.items():
+        r[:] = r[-rounds:]  # not the warm-up's
+        benchmark.extra_info[f"ratio_vs_{b}"] = {"median": round(statistics.median(r), 3),
+                                                 "min": round(min(r), 3), "max": round(max(r), 3)}
+    PAIRED.append((name, ratios))

@@ -1,18 +1,20 @@
 """Raw framing baselines shared by the link and herd benchmarks.
 
 Length-prefixed msgpack frames (the core's ``encode_frames`` / ``FrameDecoder``, as the links use)
-over plain asyncio Protocols, with no handshake, no heartbeats and no per-envelope dispatch: the
-floor a herd link is measured against.
+with no handshake, no heartbeats and no per-envelope dispatch: what a herd link is measured against.
 
-In-process pieces: :class:`RawSender` (queued, one ``encode_frames`` + one write per loop turn),
-:class:`RawEcho` (answers every frame at once). Run as a script, this module is the far side of a
-two-process baseline::
+In-process pieces: :class:`RawSender` (an asyncio Protocol: queued, one ``encode_frames`` + one
+write per loop turn), :class:`RawEcho` (a Protocol answering every frame at once, inside the read
+callback), :func:`stream_echo` / :class:`StreamClient` (the same over asyncio streams: a task
+awaits each read, as a plain uvloop streams program does). Run as a script, this module is the
+far side of a two-process baseline::
 
-    python bench/_raw.py count|echo [uvloop|asyncio]
+    python bench/_raw.py count|echo|stream-echo [uvloop|asyncio]
 
 prints ``READY <port>`` once it listens on 127.0.0.1 and runs until stdin closes or SIGTERM.
 ``count`` counts data frames (kind 2) and, armed by a ``[ARM, n]`` frame, writes ``[ACK, count]``
-once ``n`` more have arrived; ``echo`` sends every frame straight back.
+once ``n`` more have arrived; ``echo`` (Protocol) and ``stream-echo`` (streams) send every frame
+straight back.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from herdrt.core import FrameDecoder, encode_frame, encode_frames
 #: Control frames of the ``count`` server (data frames are TELL-shaped, kind 2).
 ARM = 3
 ACK = 6
+#: Bytes asked of a stream per read.
+READ_SIZE = 1 << 16
+MODES = ("count", "echo", "stream-echo")
 
 
 class RawSender(asyncio.Protocol):
@@ -108,9 +113,43 @@ class RawCounter(asyncio.Protocol):
             self.transport.write(encode_frame([ACK, count]))
 
 
+async def stream_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One connection of the streams echo: every frame read goes straight back, as a REPLY."""
+    decoder = FrameDecoder()
+    while data := await reader.read(READ_SIZE):
+        for env in decoder.feed(data):
+            env[0] = ACK
+            writer.write(encode_frame(env))
+    writer.close()
+
+
+class StreamClient:
+    """The asking end over asyncio streams: write one frame, await the frame that answers it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder()
+
+    @classmethod
+    async def connect(cls, port: int) -> StreamClient:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def round_trip(self, env):
+        """Send ``env``; the next frame that comes back (one request in flight)."""
+        self.writer.write(encode_frame(env))
+        read, feed = self.reader.read, self.decoder.feed
+        while not (envs := feed(await read(READ_SIZE))):
+            pass
+        return envs[0]
+
+
 async def _serve(mode: str) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(RawCounter if mode == "count" else RawEcho, "127.0.0.1", 0)
+    if mode == "stream-echo":
+        server = await asyncio.start_server(stream_echo, "127.0.0.1", 0)
+    else:
+        server = await loop.create_server(RawCounter if mode == "count" else RawEcho, "127.0.0.1", 0)
     stop = stopped()
     print("READY", server.sockets[0].getsockname()[1], flush=True)
     await stop
@@ -120,8 +159,8 @@ async def _serve(mode: str) -> None:
 def main(argv: list[str]) -> None:
     mode = argv[1] if len(argv) > 1 else ""
     flavour = argv[2] if len(argv) > 2 else "uvloop"
-    if mode not in ("count", "echo") or flavour not in ("uvloop", "asyncio"):
-        sys.exit("usage: python bench/_raw.py count|echo [uvloop|asyncio]")
+    if mode not in MODES or flavour not in ("uvloop", "asyncio"):
+        sys.exit("usage: python bench/_raw.py count|echo|stream-echo [uvloop|asyncio]")
     if flavour == "uvloop":
         import uvloop
 

@@ -14,8 +14,17 @@ message). The two are linked as a herd is: authenticated TCP, heartbeats, failur
 
 Beside them, in the same groups and run, the raw baselines (both processes on uvloop, see
 ``bench/_raw.py``): length-prefixed msgpack frames of the same envelopes over plain transports with
-batched writes, to a child that counts them and answers when the count is reached; and a
-one-in-flight echo for round trips. ``extra_info`` holds messages (or round trips) per second.
+batched writes, to a child that counts them and answers when the count is reached; and two
+one-in-flight echoes for round trips:
+
+* ``stream echo``, the issue's baseline: a plain uvloop streams program at both ends (a task
+  awaits each read; the asker awaits each answer, as an ``await ask()`` loop does);
+* ``callback echo``, the floor: uvloop Protocols with the next request written from inside the
+  read callback that brought the previous answer, no task, no future.
+
+``herd-ask-paired`` alternates a herd round with a round of each echo, so their ratios are taken on
+the same machine state (see ``_harness.record_paired``; printed after the tables).
+``extra_info`` holds messages (or round trips) per second.
 
     pytest bench/bench_herd.py --benchmark-only --benchmark-group-by=group \\
         --benchmark-columns=min,mean,ops,rounds
@@ -28,19 +37,20 @@ import textwrap
 
 import pytest
 import uvloop
-from _harness import free_ports, record_rate, spawn_ready
+from _harness import free_ports, record_paired, record_rate, spawn_ready
 
 from herdrt.config import loads_config
 from herdrt.core import encode_frame
 from herdrt.herd import HerdNode
 
-from _raw import ACK, ARM, RawSender
+from _raw import ACK, ARM, RawSender, StreamClient
 
 SECRET = "bench secret, not for production"
 N_TELL = 300_000
 N_ASK = 5_000
 CHUNK = 1_000  # tells queued per loop turn before the sender yields
 ROUNDS = 3
+PAIRED_ROUNDS = 7  # alternations of herd / stream echo / callback echo
 DRAIN_TIMEOUT = 60.0  # seconds for the ask that ends a tell round
 
 
@@ -207,27 +217,39 @@ def test_tell_raw_baseline(benchmark, raw_loop, raw_counter):
 
 # --- herd-ask -------------------------------------------------------------------------------------
 
-@pytest.mark.benchmark(group="herd-ask")
-def test_ask_herd(benchmark, pair):
-    n = N_ASK
+def _herd_asks(pair: _Pair):
+    """One round: ``N_ASK`` sequential asks to ``echo@b``."""
     echo = pair.echo
 
     async def round_():
         await pair.link()
         ask = echo.ask
+        n = N_ASK
         reply = None
         for i in range(n):
             reply = await ask(i)
         assert reply == n - 1
 
-    record_rate(benchmark, lambda: pair.run(round_()), n, ROUNDS, loop=pair.flavour)
+    return lambda: pair.run(round_())
 
 
-@pytest.mark.benchmark(group="herd-ask")
-def test_ask_raw_echo_baseline(benchmark, raw_loop, raw_echo):
-    """One frame in flight over a plain uvloop transport: the next goes out as the echo comes in."""
-    n = N_ASK
-    client = raw_echo
+def _stream_echoes(loop, client: StreamClient):
+    """One round over asyncio streams: ``N_ASK`` frames, each awaited before the next goes."""
+
+    async def round_():
+        trip = client.round_trip
+        n = N_ASK
+        env = None
+        for i in range(n):
+            env = await trip([3, "b", "echo", i, "a", i])
+        assert env == [ACK, "b", "echo", n - 1, "a", n - 1]
+
+    return lambda: loop.run_until_complete(round_())
+
+
+def _callback_echoes(loop, client: RawSender):
+    """One round over a Protocol: the next frame is written inside the read callback that brought
+    the answer to the previous one (no task, no future per round trip)."""
     state: dict = {}
 
     def on_message(env):
@@ -238,13 +260,45 @@ def test_ask_raw_echo_baseline(benchmark, raw_loop, raw_echo):
             state["last"] = env
             state["done"].set_result(None)
 
-    client.on_message = on_message
-
     async def round_():
-        state["left"] = n
-        state["done"] = raw_loop.create_future()
+        client.on_message = on_message
+        n = state["left"] = N_ASK
+        state["done"] = loop.create_future()
         client.transport.write(encode_frame([3, "b", "echo", n, "a", n]))
         await state["done"]
         assert state["last"] == [ACK, "b", "echo", 1, "a", 1]
 
-    record_rate(benchmark, lambda: raw_loop.run_until_complete(round_()), n, ROUNDS, loop="uvloop (raw)")
+    return lambda: loop.run_until_complete(round_())
+
+
+@pytest.fixture(scope="module")
+def raw_stream(request, raw_loop):
+    (port,) = spawn_ready(request, "_raw.py", "stream-echo", "uvloop")
+    client = raw_loop.run_until_complete(StreamClient.connect(port))
+    request.addfinalizer(client.writer.close)
+    return client
+
+
+@pytest.mark.benchmark(group="herd-ask")
+def test_ask_herd(benchmark, pair):
+    record_rate(benchmark, _herd_asks(pair), N_ASK, ROUNDS, loop=pair.flavour)
+
+
+@pytest.mark.benchmark(group="herd-ask")
+def test_ask_raw_stream_echo(benchmark, raw_loop, raw_stream):
+    """The issue's baseline: a one-in-flight echo over plain uvloop streams, both ends."""
+    record_rate(benchmark, _stream_echoes(raw_loop, raw_stream), N_ASK, ROUNDS, loop="uvloop streams (raw)")
+
+
+@pytest.mark.benchmark(group="herd-ask")
+def test_ask_raw_callback_echo(benchmark, raw_loop, raw_echo):
+    """The floor: one frame in flight over uvloop Protocols, each sent from the read callback."""
+    record_rate(benchmark, _callback_echoes(raw_loop, raw_echo), N_ASK, ROUNDS, loop="uvloop protocol (raw)")
+
+
+@pytest.mark.benchmark(group="herd-ask-paired")
+def test_ask_paired(benchmark, request, pair, raw_loop, raw_stream, raw_echo):
+    """Herd asks and both raw echoes, alternated round by round (see ``record_paired``)."""
+    baselines = {"stream echo": _stream_echoes(raw_loop, raw_stream),
+                 "callback echo": _callback_echoes(raw_loop, raw_echo)}
+    record_paired(benchmark, request.node.name, _herd_asks(pair), baselines, PAIRED_ROUNDS)

@@ -260,6 +260,29 @@ def test_consecutive_tells_to_one_target_travel_as_one_tells_envelope(run):
     run(body)
 
 
+def test_an_urgent_send_on_an_idle_link_is_written_at_once_and_the_rest_of_the_turn_coalesced(run):
+    async def body():
+        quiet = {"heartbeat_interval": 30.0}  # no heartbeat in the counts
+        async with linked(settings("A", **quiet), settings("B", **quiet)) as (link, inbox):
+            await asyncio.sleep(0.01)  # past the turn that brought the link up
+            frames, written = link.frames_out, link.bytes_out
+            link.send([P.ASK, "B", "echo", 1, "A", 1], urgent=True)
+            assert (link.queued, link.frames_out) == (0, frames + 1) and link.bytes_out > written
+            # The turn has written: the rest waits for its end, urgent or not (no write per ask).
+            link.send([P.ASK, "B", "echo", 2, "A", 2], urgent=True)
+            link.send([P.TELL, "B", "echo", 3])
+            link.send([P.ASK, "B", "echo", 4, "A", 3], urgent=True)
+            assert (link.queued, link.frames_out) == (3, frames + 1)
+            await inbox.until(lambda: len(inbox.envs) == 4)
+            assert [env[3] for env in inbox.envs] == [1, 2, 3, 4]  # order kept
+            assert link.frames_out == frames + 4
+            await asyncio.sleep(0.01)  # a later turn: idle again
+            link.send([P.ASK, "B", "echo", 5, "A", 4], urgent=True)
+            assert (link.queued, link.frames_out) == (0, frames + 5)
+
+    run(body)
+
+
 def test_max_queued_bounds_batched_tells_per_message(run):
     async def body():
         async with linked(settings("A", max_queued=100)) as (link, inbox):

@@ -115,7 +115,7 @@ class HerdClient:
         fut = asyncio.get_running_loop().create_future()
         self._pending[corr] = fut
         env = self._envelope(P.ASK, target, message, kind)
-        self._link.send([*env, self.name, corr])
+        self._link.send([*env, self.name, corr], True)
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:

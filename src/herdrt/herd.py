@@ -239,10 +239,10 @@ class HerdNode(Node):
                 )
         return link
 
-    def _send(self, dest: str, env: list) -> None:
+    def _send(self, dest: str, env: list, urgent: bool = False) -> None:
         link = self._link_to(dest)
         try:
-            link.send(env)
+            link.send(env, urgent)
         except LinkClosed as exc:
             self.counters["undeliverable"] += 1
             raise NodeUnavailable(f"node {dest}: {exc}") from None
@@ -270,7 +270,7 @@ class HerdNode(Node):
                 if corr:
                     remote_asks[corr] = node_name
                     self.counters["asks_out"] += 1
-                    link.send([ask_kind, node_name, name, message, me, corr])
+                    link.send([ask_kind, node_name, name, message, me, corr], True)
                 else:
                     link.send_tell(node_name, name, message)
             except LinkClosed as exc:
@@ -311,11 +311,11 @@ class HerdNode(Node):
         try:
             if link is not None and link.peer == src:
                 try:
-                    link.send(env)
+                    link.send(env, True)  # urgent: the asker waits for it
                     return
                 except LinkClosed:
                     pass  # routed below, if another way is left
-            self._send(src, env)
+            self._send(src, env, True)
         except (NodeUnavailable, LinkOverflow) as exc:
             # The asker's node is gone or not reading: its ask fails there (NodeUnavailable or
             # AskTimeout); the handler that answered must not fail for it.
@@ -462,7 +462,7 @@ class HerdNode(Node):
 
         def respond(corr: int, ok: bool, value: Any) -> None:
             try:
-                link.send([P.REPLY, link.peer, corr, ok, value])
+                link.send([P.REPLY, link.peer, corr, ok, value], True)
             except (LinkClosed, LinkOverflow) as exc:  # the client left, or does not read
                 self.counters["undeliverable"] += 1
                 log.info("%s: reply to client %s lost: %s", self.name, link.peer, exc)

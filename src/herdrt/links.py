@@ -183,6 +183,7 @@ class Link(asyncio.Protocol):
         self._paused = False
         self.reading_paused = False  # pause_reading() in force
         self._reading = False  # inside data_received: data_received flushes at its end
+        self._flush_due = False  # a flush is scheduled for the end of this loop turn
         self._drain_waiters: list[asyncio.Future] = []
         self._aborted: tuple[str, str] | None = None
         self._up_future: asyncio.Future = self._loop.create_future()
@@ -564,8 +565,13 @@ class Link(asyncio.Protocol):
 
     # --- sending ----------------------------------------------------------------------------
 
-    def send(self, envelope) -> None:
+    def send(self, envelope, urgent: bool = False) -> None:
         """Queue one envelope (a list starting with its kind); it is written at the end of this loop turn.
+
+        ``urgent`` (a request someone waits on, such as an ASK): on an idle link — nothing queued,
+        not inside a read — the envelope is written at once instead, saving the round trip a loop
+        turn. Behind other envelopes it queues and is coalesced like any other (as TCP sends the
+        first segment at once and batches while busy).
 
         Raises :class:`LinkClosed` if the link is not up, :class:`LinkOverflow` if ``max_queued``
         envelopes are already waiting (the envelope is not queued; ``await drain()`` and retry)."""
@@ -575,7 +581,12 @@ class Link(asyncio.Protocol):
             self._cannot_send()
         q.append(envelope)
         if not n and not self._paused and not self._reading:
-            self._loop.call_soon(self._flush)
+            if urgent and not self._flush_due:
+                self._flush()  # idle: out now; whatever else this turn sends is coalesced
+                self._flush_due = True
+                self._loop.call_soon(self._flush)
+            else:
+                self._schedule_flush()
 
     def send_tell(self, dest: str, target, body) -> None:
         """Queue a TELL of ``body`` to ``target`` on node ``dest``, like :meth:`send`.
@@ -598,7 +609,7 @@ class Link(asyncio.Protocol):
         self._tells = env = [P.TELLS, dest, target, [body]]
         q.append(env)
         if not n and not self._paused and not self._reading:
-            self._loop.call_soon(self._flush)
+            self._schedule_flush()
 
     def send_many(self, envelopes: Iterable) -> None:
         """Queue several envelopes; all or none (raises :class:`LinkOverflow` if they do not all fit)."""
@@ -609,7 +620,7 @@ class Link(asyncio.Protocol):
         was_empty = not q
         q.extend(envelopes)
         if was_empty and q and not self._paused and not self._reading:
-            self._loop.call_soon(self._flush)
+            self._schedule_flush()
 
     def _cannot_send(self):
         if self.state is not _UP:
@@ -625,9 +636,15 @@ class Link(asyncio.Protocol):
         q = self._queue
         q.append(env)
         if len(q) == 1 and not self._paused:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_due:
+            self._flush_due = True
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        self._flush_due = False
         q = self._queue
         if not q or self._paused or self.state is not _UP:
             return
