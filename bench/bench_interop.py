@@ -25,6 +25,8 @@ Groups (``pytest bench/bench_interop.py --benchmark-only --benchmark-group-by=gr
 
   * ``interop-tell``: target Go -> Python >= 500,000 messages/s.
   * ``interop-ask``: target ask round trip (Go -> Python) >= 0.7x the raw DEALER/ROUTER echo.
+  * ``interop-ask-paired``: each bridge client's asks and the raw echo alternated round by round;
+    the ratios (median and range over the pairs) are printed after the tables.
 
 Both bridge clients stay connected for the whole module; each benchmark round is one command on
 their stdin (``tell sink N`` / ``ask sink N``, one JSON line back), so rounds are timed without
@@ -51,7 +53,7 @@ import msgpack
 import pytest
 import uvloop
 from _bridge_service import connect_raw
-from _harness import START_TIMEOUT, child_env, free_ports, spawn_ready, stop_child
+from _harness import START_TIMEOUT, child_env, free_ports, record_paired, spawn_ready, stop_child
 
 from herdrt import Actor
 from herdrt.client import HerdClient
@@ -66,6 +68,7 @@ TELLS_N = 200_000
 ASKS_N = 5_000
 CHUNK = 1_000  # herd link: tells queued per loop turn before the sender yields
 ROUNDS = 5
+PAIRED_ROUNDS = 7  # alternations of a bridge client's asks and the raw echo
 DRAIN_TIMEOUT = 60.0  # the ask behind a flood of tells waits for all of them
 
 
@@ -343,9 +346,8 @@ def test_herd_link_asks(benchmark, herd_p):
     _bench(benchmark, lambda: herd_p.run(herd_p.asks(ASKS_N)), ASKS_N, "round_trips_per_s")
 
 
-@pytest.mark.benchmark(group="interop-ask")
-def test_raw_pyzmq_dealer_router_echo(benchmark, raw):
-    _, _, dealer = raw
+def _raw_echoes(dealer):
+    """One round of ``ASKS_N`` sequential round trips through the raw ROUTER echo."""
     body = msgpack.packb([3, None, "sink", 1, "svc", 1], use_bin_type=True)
     send, recv, unpack = dealer.send, dealer.recv, msgpack.unpackb
 
@@ -354,4 +356,17 @@ def test_raw_pyzmq_dealer_router_echo(benchmark, raw):
             send(body)
             unpack(recv())
 
-    _bench(benchmark, round_, ASKS_N, "round_trips_per_s")
+    return round_
+
+
+@pytest.mark.benchmark(group="interop-ask")
+def test_raw_pyzmq_dealer_router_echo(benchmark, raw):
+    _bench(benchmark, _raw_echoes(raw[2]), ASKS_N, "round_trips_per_s")
+
+
+@pytest.mark.benchmark(group="interop-ask-paired")
+def test_asks_paired(benchmark, request, bridge_client, raw):
+    """Bridge asks and the raw DEALER/ROUTER echo alternated round by round, so their ratio is taken
+    on the same machine state (see ``_harness.record_paired``; printed after the tables)."""
+    record_paired(benchmark, request.node.name, lambda: bridge_client.round("ask", "sink", ASKS_N),
+                  {"raw pyzmq echo": _raw_echoes(raw[2])}, PAIRED_ROUNDS)

@@ -7,7 +7,9 @@ Three layers, each usable alone:
   envelopes: :meth:`Link.send` queues, and one ``encode_frames`` + one ``transport.write`` per loop
   turn flushes the queue (writes are coalesced); :meth:`Link.send_tell` also folds consecutive
   tells to one target into one TELLS envelope, and no frame over the peer's limit is ever
-  written. Incoming frames are decoded by the core's
+  written. A request someone waits on (``send(env, urgent=True)``: asks, replies) is written at
+  once when the link is idle, and what follows it in that turn is coalesced as usual: a round
+  trip saves a loop turn, a burst still costs one write per turn beyond the first. Incoming frames are decoded by the core's
   ``FrameDecoder`` and handed up in batches: ``on_envelopes(link, envelopes)`` gets a list of the
   node-layer envelopes decoded from one read, in arrival order (one call per batch measured ~90 ns
   per envelope cheaper than one call per envelope; see bench/bench_links.py). The list is the
