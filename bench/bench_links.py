@@ -12,7 +12,6 @@ receiving side — the framing floor. ``extra_info`` holds messages per second.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,10 +19,10 @@ import textwrap
 import pytest
 import uvloop
 
-import herdrt
 from herdrt.core import FrameDecoder, encode_frame
 from herdrt.links import LinkServer, LinkSettings, connect
 
+from _harness import child_env, record_rate, stop_child
 from _raw import RawEcho as _RawEcho, RawSender as _RawSender  # shared with bench_herd.py
 
 SECRET = b"bench secret, not for production"
@@ -142,10 +141,7 @@ def test_tell_herdrt_link(benchmark, loop, mode):
         await _pump(send, n, lambda: link._paused, link.drain)
         await target.done
 
-    benchmark.pedantic(lambda: loop.run_until_complete(run_once()), rounds=5, iterations=1, warmup_rounds=1)
-    benchmark.extra_info["messages"] = n
-    benchmark.extra_info["loop"] = loop.flavour
-    benchmark.extra_info["msgs_per_s"] = round(n / benchmark.stats.stats.min) if not benchmark.disabled else None
+    record_rate(benchmark, lambda: loop.run_until_complete(run_once()), n, 5, loop=loop.flavour)
     assert link.overflows == 0 and target.count >= n
 
     async def teardown():
@@ -175,10 +171,7 @@ def test_tell_raw_baseline(benchmark, loop):
         await _pump(sender.send, n, lambda: sender.paused, wait_writable)
         await target.done
 
-    benchmark.pedantic(lambda: loop.run_until_complete(run_once()), rounds=5, iterations=1, warmup_rounds=1)
-    benchmark.extra_info["messages"] = n
-    benchmark.extra_info["loop"] = loop.flavour
-    benchmark.extra_info["msgs_per_s"] = round(n / benchmark.stats.stats.min) if not benchmark.disabled else None
+    record_rate(benchmark, lambda: loop.run_until_complete(run_once()), n, 5, loop=loop.flavour)
 
     sender.transport.close()
     server.close()
@@ -233,11 +226,8 @@ _RECEIVER = textwrap.dedent(
 
 
 def _child(kind: str):
-    env = dict(os.environ)
-    here = os.path.dirname(os.path.dirname(herdrt.__file__))  # the child imports the same herdrt
-    env["PYTHONPATH"] = os.pathsep.join([here, env.get("PYTHONPATH", "")])
     child = subprocess.Popen([sys.executable, "-c", _RECEIVER, kind], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, env=env)
+                             stdout=subprocess.PIPE, text=True, env=child_env())
     return child, int(child.stdout.readline())
 
 
@@ -277,16 +267,10 @@ def test_tell_two_processes(benchmark, kind):
             send([2, "mark"])
             await state["done"]
 
-        benchmark.pedantic(lambda: loop.run_until_complete(run_once()), rounds=3, iterations=1, warmup_rounds=1)
+        record_rate(benchmark, lambda: loop.run_until_complete(run_once()), n, 3)
         assert acks[-1] == n * len(acks)  # every message of every round arrived
-        benchmark.extra_info["messages"] = n
-        benchmark.extra_info["msgs_per_s"] = round(n / benchmark.stats.stats.min) if not benchmark.disabled else None
     finally:
-        child.stdin.close()
-        try:
-            child.wait(10)
-        except subprocess.TimeoutExpired:
-            child.kill()
+        stop_child(child)
         for task in asyncio.all_tasks(loop):
             task.cancel()
         loop.close()

@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from _harness import free_ports
+from _harness import free_ports, stop_child
 import uvloop
 
 from herdrt.client import HerdClient
@@ -186,13 +186,7 @@ def line_echo():
             raise RuntimeError(f"the line-echo baseline did not start (got {line!r}, exit code {proc.poll()})")
         yield int(line.split()[1])
     finally:
-        proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        stop_child(proc)
 
 
 # --- the clients -------------------------------------------------------------------------------------

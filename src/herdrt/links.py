@@ -585,8 +585,7 @@ class Link(asyncio.Protocol):
         if not n and not self._paused and not self._reading:
             if urgent and not self._flush_due:
                 self._flush()  # idle: out now; whatever else this turn sends is coalesced
-                self._flush_due = True
-                self._loop.call_soon(self._flush)
+                self._schedule_flush()  # ...by one flush at the turn's end
             else:
                 self._schedule_flush()
 
