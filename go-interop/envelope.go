@@ -1,9 +1,7 @@
 package herd
 
 import (
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"fmt"
 	"unicode/utf8"
 
@@ -15,13 +13,12 @@ import (
 // encode themselves explicitly (array header, kind, fields), so the bytes are exactly Python's.
 
 // ProtocolVersion is the version every HELLO carries.
-const ProtocolVersion = 2
+const ProtocolVersion = 3
 
-// Sizes and the domain-separation prefix of the AUTH MAC.
+// Sizes in the handshake (the MAC itself: session.go).
 const (
-	NonceSize   = 16
-	MACSize     = 32
-	AuthContext = "herdrt-link-v1"
+	NonceSize = 16
+	MACSize   = 32
 	// MaxNodeNameLen is the longest node name a HELLO may carry, in characters (code points).
 	MaxNodeNameLen = 64
 )
@@ -371,24 +368,4 @@ func NewNonce() ([]byte, error) {
 		return nil, err
 	}
 	return b, nil
-}
-
-// AuthMAC is the MAC a node sends in AUTH:
-// HMAC-SHA256(secret, "herdrt-link-v1" || peerNonce || ownName || 0x00 || peerName).
-// The zero byte cannot occur in a node name, so the names cannot be re-split into another
-// pair; their order binds the MAC to its direction.
-func AuthMAC(secret, peerNonce []byte, ownName, peerName string) []byte {
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte(AuthContext))
-	m.Write(peerNonce)
-	m.Write([]byte(ownName))
-	m.Write([]byte{0})
-	m.Write([]byte(peerName))
-	return m.Sum(nil)
-}
-
-// VerifyAuth reports whether mac (the peer's AUTH) proves the peer knows secret, comparing in
-// constant time. ownNonce is the nonce this node sent in its HELLO.
-func VerifyAuth(secret, ownNonce []byte, ownName, peerName string, mac []byte) bool {
-	return hmac.Equal(AuthMAC(secret, ownNonce, peerName, ownName), mac)
 }

@@ -2,6 +2,8 @@ package herd
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -32,22 +34,40 @@ type envelopeVectors struct {
 		Value   json.RawMessage `json:"value"`
 		BodyHex string          `json:"body_hex"`
 	} `json:"bad_envelopes"`
-	AuthMACs []struct {
-		SecretHex    string `json:"secret_hex"`
-		PeerNonceHex string `json:"peer_nonce_hex"`
-		OwnName      string `json:"own_name"`
-		PeerName     string `json:"peer_name"`
-		MACHex       string `json:"mac_hex"`
-	} `json:"auth_macs"`
+	LinkSessions []struct {
+		SecretHex        string `json:"secret_hex"`
+		Version          uint32 `json:"version"`
+		Dialer           string `json:"dialer"`
+		DialerNonceHex   string `json:"dialer_nonce_hex"`
+		Acceptor         string `json:"acceptor"`
+		AcceptorNonceHex string `json:"acceptor_nonce_hex"`
+		TranscriptHex    string `json:"transcript_hex"`
+		DialerMACHex     string `json:"dialer_mac_hex"`
+		AcceptorMACHex   string `json:"acceptor_mac_hex"`
+		DialerKeyHex     string `json:"dialer_key_hex"`
+		AcceptorKeyHex   string `json:"acceptor_key_hex"`
+		Records          []struct {
+			Sender    string `json:"sender"`
+			Seq       uint64 `json:"seq"`
+			PlainHex  string `json:"plain_hex"`
+			RecordHex string `json:"record_hex"`
+		} `json:"records"`
+		BigRecord struct {
+			Sender       string `json:"sender"`
+			Seq          uint64 `json:"seq"`
+			PlainLen     int    `json:"plain_len"`
+			SealedSHA256 string `json:"sealed_sha256"`
+		} `json:"big_record"`
+	} `json:"link_sessions"`
 }
 
 func loadEnvelopes(t *testing.T) envelopeVectors {
 	var v envelopeVectors
 	loadVectors(t, "envelopes.json", &v)
-	if v.Format != "herdrt-envelope-vectors/1" {
-		t.Fatalf("envelopes.json format %q: this reader knows herdrt-envelope-vectors/1 only", v.Format)
+	if v.Format != "herdrt-envelope-vectors/2" {
+		t.Fatalf("envelopes.json format %q: this reader knows herdrt-envelope-vectors/2 only", v.Format)
 	}
-	if len(v.Valid) == 0 || len(v.BadFrames) == 0 || len(v.BadEnvelopes) == 0 || len(v.AuthMACs) == 0 {
+	if len(v.Valid) == 0 || len(v.BadFrames) == 0 || len(v.BadEnvelopes) == 0 || len(v.LinkSessions) == 0 {
 		t.Fatal("envelopes.json has an empty section")
 	}
 	if v.MaxFrameSize != DefaultMaxFrameSize {
@@ -133,7 +153,7 @@ func TestEnvelopeConstructorsMatchDocs(t *testing.T) {
 	secret := []byte("correct horse battery")
 	for name, env := range map[string]Envelope{
 		"hello-clark":        Hello{Version: ProtocolVersion, NodeName: "Clark", Nonce: nonceA},
-		"auth-clark-to-bona": Auth{MAC: AuthMAC(secret, nonceB, "Clark", "Bona")},
+		"auth-clark-to-bona": Auth{MAC: NewLinkSession(secret, Transcript(3, "Clark", nonceA, "Bona", nonceB), true).OwnMAC},
 		"error-auth-link":    ErrorEnvelope{Code: ECodeAuth, Message: "authentication failed: the shared secret differs"},
 		"error-corr-int":     ErrorEnvelope{CorrID: 42, Code: ECodeOverflow, Message: "mailbox full"},
 		"heartbeat-7":        Heartbeat{Seq: 7, SentTime: 1700000000.25},
@@ -264,23 +284,66 @@ func TestEnvelopeVectorsBadEnvelopes(t *testing.T) {
 	}
 }
 
-func TestAuthMACVectors(t *testing.T) {
+func TestLinkSessionVectors(t *testing.T) {
 	v := loadEnvelopes(t)
-	for _, c := range v.AuthMACs {
-		secret, nonce, want := mustHex(t, c.SecretHex), mustHex(t, c.PeerNonceHex), mustHex(t, c.MACHex)
-		if got := AuthMAC(secret, nonce, c.OwnName, c.PeerName); !bytes.Equal(got, want) {
-			t.Errorf("AuthMAC(%s -> %s) = %x, want %x", c.OwnName, c.PeerName, got, want)
+	for _, c := range v.LinkSessions {
+		secret := mustHex(t, c.SecretHex)
+		script := Transcript(c.Version, c.Dialer, mustHex(t, c.DialerNonceHex), c.Acceptor, mustHex(t, c.AcceptorNonceHex))
+		if hex.EncodeToString(script) != c.TranscriptHex {
+			t.Fatalf("%s -> %s: transcript %x, want %s", c.Dialer, c.Acceptor, script, c.TranscriptHex)
 		}
-		// The peer, which sent the nonce, verifies it with the names the other way round.
-		if !VerifyAuth(secret, nonce, c.PeerName, c.OwnName, want) {
-			t.Errorf("%s -> %s: the peer does not verify the MAC", c.OwnName, c.PeerName)
+		d, a := NewLinkSession(secret, script, true), NewLinkSession(secret, script, false)
+		for _, pair := range [][2]string{
+			{hex.EncodeToString(d.OwnMAC), c.DialerMACHex}, {hex.EncodeToString(a.OwnMAC), c.AcceptorMACHex},
+			{hex.EncodeToString(d.SendKey), c.DialerKeyHex}, {hex.EncodeToString(a.SendKey), c.AcceptorKeyHex},
+		} {
+			if pair[0] != pair[1] {
+				t.Errorf("%s -> %s: derived %s, want %s", c.Dialer, c.Acceptor, pair[0], pair[1])
+			}
 		}
-		if VerifyAuth(secret, nonce, c.OwnName, c.PeerName, want) {
-			t.Errorf("%s -> %s: a reflected MAC verifies", c.OwnName, c.PeerName)
+		if !a.Verify(d.OwnMAC) || !d.Verify(a.OwnMAC) || d.Verify(d.OwnMAC) || a.Verify(a.OwnMAC) {
+			t.Errorf("%s -> %s: each side must verify the other's MAC and never its own", c.Dialer, c.Acceptor)
 		}
-		bad := append([]byte{want[0] ^ 1}, want[1:]...)
-		if VerifyAuth(secret, nonce, c.PeerName, c.OwnName, bad) {
-			t.Error("a flipped bit verifies")
+		sealers := map[string]*Sealer{"dialer": NewSealer(d.SendKey), "acceptor": NewSealer(a.SendKey)}
+		openers := map[string]*Opener{"dialer": NewOpener(a.RecvKey), "acceptor": NewOpener(d.RecvKey)}
+		for _, r := range c.Records {
+			s := sealers[r.Sender]
+			if s.Seq != r.Seq {
+				t.Fatalf("sealer at record %d, vector says %d", s.Seq, r.Seq)
+			}
+			plain := mustHex(t, r.PlainHex)
+			sealed := s.Seal(plain)
+			if hex.EncodeToString(sealed) != r.RecordHex {
+				t.Errorf("%s record %d = %x\nwant %s", r.Sender, r.Seq, sealed, r.RecordHex)
+			}
+			if got, err := openers[r.Sender].Feed(sealed); err != nil || !bytes.Equal(got, plain) {
+				t.Errorf("%s record %d opens as %x, %v", r.Sender, r.Seq, got, err)
+			}
+		}
+		big := make([]byte, c.BigRecord.PlainLen)
+		for i := range big {
+			big[i] = byte(i % 251)
+		}
+		s := sealers[c.BigRecord.Sender]
+		sealed := s.Seal(big)
+		if sum := sha256.Sum256(sealed); hex.EncodeToString(sum[:]) != c.BigRecord.SealedSHA256 {
+			t.Errorf("big record sealed to sha256 %x, want %s", sum, c.BigRecord.SealedSHA256)
+		}
+		// Split anywhere, it still opens; a replayed record does not.
+		o := openers[c.BigRecord.Sender]
+		var got []byte
+		for i := 0; i < len(sealed); i += 1000 {
+			part, err := o.Feed(sealed[i:min(i+1000, len(sealed))])
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, part...)
+		}
+		if !bytes.Equal(got, big) {
+			t.Error("the big record does not open to its plaintext")
+		}
+		if _, err := o.Feed(sealed); !errors.Is(err, ErrRecord) {
+			t.Errorf("a replayed record opened (err %v)", err)
 		}
 	}
 	n1, err1 := NewNonce()

@@ -439,6 +439,7 @@ def _write_curve(tmp_path):
     server_public, server_secret = zmq.curve_keypair()
     client_public, client_secret = zmq.curve_keypair()
     (tmp_path / "bridge.key").write_text(server_secret.decode() + "\n")
+    (tmp_path / "bridge.key").chmod(0o600)
     table = ('curve_secret_key_file = "bridge.key"\n'
              f'curve_public_key = "{server_public.decode()}"\n'
              f'allowed_client_keys = ["{client_public.decode()}"]')

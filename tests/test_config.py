@@ -47,8 +47,14 @@ def test_links_default_to_a_full_mesh():
     assert cfg.neighbors("a") == ["b", "c"] and len(cfg.links) == 3
 
 
+def write_private(path, text: str) -> None:
+    """Write a secret file as `herdrt keys` and `serve` do: readable by its owner only."""
+    path.write_text(text)
+    path.chmod(0o600)
+
+
 def test_secret_from_file_and_environment(tmp_path, monkeypatch):
-    (tmp_path / "secret.txt").write_text("from-a-file-123\n")
+    write_private(tmp_path / "secret.txt", "from-a-file-123\n")
     path = tmp_path / "herd.toml"
     path.write_text(GOOD.replace('secret = "s3cret-s3cret"', 'secret_file = "secret.txt"'))
     assert load_config(path).secret == b"from-a-file-123"  # relative to the herd file
@@ -60,7 +66,7 @@ def test_secret_from_file_and_environment(tmp_path, monkeypatch):
 def test_bundled_herd(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / ".herdrt").mkdir()
-    (tmp_path / ".herdrt" / "bundled-secret").write_text("bundled-test-secret\n")
+    write_private(tmp_path / ".herdrt" / "bundled-secret", "bundled-test-secret\n")
     cfg = loads_config(bundled_config_text(), "bundled")
     assert cfg.secret == b"bundled-test-secret"
     assert list(cfg.nodes) == ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"]
@@ -129,7 +135,7 @@ def _curve_files(tmp_path):
 
     server_public, server_secret = zmq.curve_keypair()
     client_public, _ = zmq.curve_keypair()
-    (tmp_path / "bridge.key").write_text(server_secret.decode() + "\n")
+    write_private(tmp_path / "bridge.key", server_secret.decode() + "\n")
     table = (f'\n[herd.bridge]\nevict_after = 1.5\nmax_queued = 100\ncurve_secret_key_file = "bridge.key"\n'
              f'curve_public_key = "{server_public.decode()}"\nallowed_client_keys = ["{client_public.decode()}"]\n')
     return table, server_public, server_secret, client_public
@@ -147,7 +153,7 @@ def test_bridge_defaults_and_curve_settings(tmp_path):
     assert b.allowed_client_keys == (client_public,)
     assert server_secret.decode() not in repr(b)  # the secret key stays out of logs
     # a `herdrt keys`-style file (`secret_key = "..."`) works too, and the public key is optional
-    (tmp_path / "bridge.key").write_text(f'public_key = "x"\nsecret_key = "{server_secret.decode()}"\n')
+    write_private(tmp_path / "bridge.key", f'public_key = "x"\nsecret_key = "{server_secret.decode()}"\n')
     path.write_text(GOOD + table.replace(f'curve_public_key = "{server_public.decode()}"\n', ""))
     assert load_config(path).bridge.curve_public_key == server_public
 
@@ -187,6 +193,40 @@ def test_bridge_public_key_must_match_the_secret_key(tmp_path):
     path.write_text(GOOD + table.replace(server_public.decode(), other_public.decode()))
     with pytest.raises(ConfigError, match="herd.bridge.curve_public_key: does not match"):
         load_config(path)
-    (tmp_path / "bridge.key").write_text("not a key\n")
-    with pytest.raises(ConfigError, match="curve_secret_key_file .*z85"):
+    write_private(tmp_path / "bridge.key", "not a key, but secret-looking text\n")
+    with pytest.raises(ConfigError, match="curve_secret_key_file .*z85") as info:
         load_config(path)
+    assert "secret-looking" not in str(info.value)  # the file's content is never shown
+
+
+def test_secret_files_readable_by_others_are_refused_unless_allowed(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("readable-by-all-123\n")
+    secret.chmod(0o644)
+    path = tmp_path / "herd.toml"
+    path.write_text(GOOD.replace('secret = "s3cret-s3cret"', 'secret_file = "secret.txt"'))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "herd.secret_file" in message and "mode 0644" in message and f"chmod 600 {secret}" in message
+    assert "readable-by-all" not in message
+    secret.chmod(0o640)  # group-readable counts too
+    with pytest.raises(ConfigError, match="mode 0640"):
+        load_config(path)
+    path.write_text(path.read_text().replace("[herd]\n", "[herd]\nallow_readable_secret_files = true\n"))
+    assert load_config(path).secret == b"readable-by-all-123"
+    # the CURVE secret key file is held to the same rule
+    table, *_ = _curve_files(tmp_path)
+    (tmp_path / "bridge.key").chmod(0o604)
+    path.write_text(GOOD + table)
+    with pytest.raises(ConfigError, match="herd.bridge.curve_secret_key_file: .*[(]mode 0604[)]"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("value", ["12345", "[\"hunter2-hunter2\"]", "{ s = \"hunter2-hunter2\" }", "true"])
+def test_a_malformed_inline_secret_is_never_printed(value):
+    with pytest.raises(ConfigError) as info:
+        loads_config(GOOD.replace('secret = "s3cret-s3cret"', f"secret = {value}"))
+    message = str(info.value)
+    assert "herd.secret" in message and "must be str" in message
+    assert "hunter2" not in message and "12345" not in message

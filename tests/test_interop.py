@@ -207,6 +207,7 @@ def test_curve_refuses_a_wrong_key(tmp_path, gobin):
     client_pub, client_sec = (k.decode() for k in zmq.curve_keypair())
     wrong_pub, wrong_sec = (k.decode() for k in zmq.curve_keypair())
     (tmp_path / "bridge.key").write_text(server_sec)
+    (tmp_path / "bridge.key").chmod(0o600)
     extra = f'curve_secret_key_file = "{tmp_path / "bridge.key"}"\nallowed_client_keys = ["{client_pub}"]\n'
     herd = Herd(tmp_path, ["A"], "A", extra=extra)
     herd.node("A")

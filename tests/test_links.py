@@ -18,6 +18,7 @@ import herdrt
 from herdrt import protocol as P
 from herdrt.config import HerdConfig, NodeConfig
 from herdrt.core import FrameDecoder, encode_frame, encode_frames
+from herdrt.session import LinkSession, RecordError, transcript
 from herdrt.links import (
     TELLS_MAX,
     LinkClosed,
@@ -29,7 +30,11 @@ from herdrt.links import (
     connect,
 )
 
+from _rawlink import RawLink, raw_handshake
+
 SECRET = b"correct horse battery"
+#: PROTOCOL.md (Links, Examples): Clark's AUTH to Bona for the nonces and secret shown there.
+AUTH_EXAMPLE_MAC = "5d21baae5e21edfe43c74be5519a5b91c59b5014546b3bb0d5235e9e8a4623ce"
 NODES = ("A", "B", "C")
 
 
@@ -126,16 +131,6 @@ async def raw_eof(reader, timeout: float = 3.0) -> bool:
     return True
 
 
-async def raw_handshake(address, name: str = "C", secret: bytes = SECRET):
-    """Authenticate as node ``name`` by hand over a plain stream; returns (reader, writer)."""
-    reader, writer = await asyncio.open_connection(*address)
-    (hello,), _ = await raw_read(reader, 1)
-    _, server_name, server_nonce = P.parse_hello(hello)
-    nonce = P.new_nonce()
-    writer.write(encode_frames([P.hello(name, nonce), P.auth(P.auth_mac(secret, server_nonce, name, server_name))]))
-    (auth,), _ = await raw_read(reader, 1)
-    assert P.verify_auth(secret, nonce, name, server_name, P.parse_auth(auth))
-    return reader, writer
 
 
 # --- protocol ------------------------------------------------------------------------------------
@@ -150,25 +145,58 @@ def test_kinds_and_codes_are_the_documented_numbers():
 def test_hello_frame_bytes_match_the_spec_example():
     frame = encode_frame(P.hello("Clark", bytes(range(16))))
     # PROTOCOL.md (Links, Examples) shows exactly these bytes
-    assert frame.hex(" ") == "00 00 00 1b 94 00 02 a5 43 6c 61 72 6b c4 10 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
+    assert frame.hex(" ") == "00 00 00 1b 94 00 03 a5 43 6c 61 72 6b c4 10 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
 
 
 def test_auth_frame_bytes_match_the_spec_example():
-    mac = P.auth_mac(b"correct horse battery", bytes(range(16, 32)), "Clark", "Bona")
-    assert mac.hex() == "6501784d1d9162b74d8b0662542d19f9d65cc0bdfd2f647c44454f15a36f111c"
+    script = transcript(3, "Clark", bytes(range(16)), "Bona", bytes(range(16, 32)))
+    mac = LinkSession(b"correct horse battery", script, dialer=True).own_mac
+    assert mac.hex() == AUTH_EXAMPLE_MAC
     assert encode_frame(P.auth(mac))[:7].hex(" ") == "00 00 00 24 92 01 c4"
     assert encode_frame(P.bye("shutdown")).hex(" ") == "00 00 00 0b 92 09 a8 73 68 75 74 64 6f 77 6e"
 
 
-def test_auth_mac_is_bound_to_direction_nonce_and_secret():
-    nonce = bytes(16)
-    mac = P.auth_mac(SECRET, nonce, "A", "B")
-    assert len(mac) == P.MAC_SIZE
-    assert P.verify_auth(SECRET, nonce, "B", "A", mac)  # B checks A's MAC over B's nonce
-    assert not P.verify_auth(SECRET, nonce, "A", "B", mac)  # reflected back to A: refused
-    assert not P.verify_auth(b"other secret", nonce, "B", "A", mac)
-    assert not P.verify_auth(SECRET, bytes([1]) + bytes(15), "B", "A", mac)
-    assert P.auth_mac(SECRET, nonce, "AB", "C") != P.auth_mac(SECRET, nonce, "A", "BC")
+def test_auth_mac_is_bound_to_roles_names_nonces_version_and_secret():
+    na, nb = bytes(16), bytes([1]) * 16
+    base = transcript(3, "A", na, "B", nb)
+    dialer, acceptor = LinkSession(SECRET, base, dialer=True), LinkSession(SECRET, base, dialer=False)
+    assert len(dialer.own_mac) == P.MAC_SIZE
+    assert acceptor.verify(dialer.own_mac) and dialer.verify(acceptor.own_mac)
+    assert not dialer.verify(dialer.own_mac)  # reflected back to its maker: refused
+    assert dialer.own_mac != acceptor.own_mac and dialer.send_key == acceptor.recv_key != dialer.recv_key
+    # any change to the transcript or the secret gives another MAC
+    others = [
+        transcript(3, "B", nb, "A", na),  # roles swapped (the relay of the same pair)
+        transcript(3, "A", nb, "B", nb),  # another nonce
+        transcript(3, "A", na, "B", na),
+        transcript(4, "A", na, "B", nb),  # another version
+        transcript(3, "AB", na, "C", nb), transcript(3, "A", na, "BC", nb),  # names re-split
+    ]
+    for script in others:
+        assert not acceptor.verify(LinkSession(SECRET, script, dialer=True).own_mac)
+    assert not acceptor.verify(LinkSession(b"other secret", base, dialer=True).own_mac)
+    assert len({*others, base}) == len(others) + 1
+
+
+def test_records_refuse_forgery_replay_reordering_and_oversize():
+    session = LinkSession(SECRET, transcript(3, "A", bytes(16), "B", bytes([1]) * 16), dialer=True)
+    peer = LinkSession(SECRET, transcript(3, "A", bytes(16), "B", bytes([1]) * 16), dialer=False)
+    sealer = session.sealer()
+    r0, r1 = sealer.seal(b"first"), sealer.seal(b"second")
+    big = sealer.seal(bytes(range(256)) * 300)  # 76,800 bytes: two records
+    opener = peer.opener()
+    assert opener.feed(r0 + r1[:7]) == b"first" and opener.buffered == 7
+    assert opener.feed(r1[7:]) == b"second"
+    assert b"".join(opener.feed(big[i:i + 1000]) for i in range(0, len(big), 1000)) == bytes(range(256)) * 300
+    for bad in (r0,  # replayed
+                bytes([*r1[:10], r1[10] ^ 1, *r1[11:]]),  # a flipped bit
+                (1 << 20).to_bytes(4, "big")):  # a length over the record limit
+        with pytest.raises(RecordError):
+            peer.opener().feed(r1) if bad is r0 else opener.feed(bad)
+    with pytest.raises(RecordError):  # out of order
+        peer.opener().feed(r1)
+    with pytest.raises(RecordError):  # a record sealed for the other direction
+        session.opener().feed(session.sealer().seal(b"x"))
 
 
 @pytest.mark.parametrize(
@@ -349,9 +377,9 @@ def test_wrong_version_is_refused_naming_both_versions(run):
         inbox = Inbox()
         srv = await LinkServer(settings("B"), inbox.on_envelopes, on_link_up=inbox.on_up).start()
         with pytest.raises(LinkRefused) as info:
-            await connect(*srv.address, settings("A", version=3), inbox.on_envelopes)
+            await connect(*srv.address, settings("A", version=4), inbox.on_envelopes)
         assert info.value.code == "version"
-        assert "version 3" in info.value.reason and "version 2" in info.value.reason
+        assert "version 4" in info.value.reason and "version 3" in info.value.reason
         # a raw peer sees the ERROR envelope, then the close
         reader, writer = await asyncio.open_connection(*srv.address)
         writer.write(encode_frame(P.hello("A", P.new_nonce(), 99)))
@@ -441,21 +469,35 @@ def test_bad_frames_close_only_their_own_connection(run):
         writer.close()
 
         # 3. an authenticated peer that sends a length prefix over max_frame_size
-        reader, writer = await raw_handshake(srv.address, "C")
+        raw = await raw_handshake(srv.address, "C", SECRET)
         await inbox.until(lambda: len(inbox.ups) == 2)
-        writer.write(encode_frame([P.TELL, "fine"]) + b"\x7f\xff\xff\xff")
+        raw.send_bytes(encode_frame([P.TELL, "fine"]) + b"\x7f\xff\xff\xff")
         await inbox.until(lambda: inbox.downs)
         bad_link, reason = inbox.downs[0]
         assert bad_link.peer == "C" and "frame" in reason
         assert bad_link.errors == {"frame": 1}
-        assert await raw_eof(reader)
-        writer.close()
+        assert await raw.until_eof()
+        raw.close()
+
+        # 4. an authenticated peer whose next record is forged (one bit flipped)
+        raw = await raw_handshake(srv.address, "C", SECRET)
+        await inbox.until(lambda: len(inbox.ups) == 3)
+        raw.send([[P.TELL, "sealed"]])
+        record = bytearray(raw.sealer.seal(encode_frame([P.TELL, "forged"])))
+        record[-1] ^= 1
+        raw.writer.write(bytes(record))
+        await inbox.until(lambda: len(inbox.downs) == 2)
+        forged_link, reason = inbox.downs[1]
+        assert forged_link.peer == "C" and forged_link.errors == {"auth": 1} and "failed authentication" in reason
+        envs = await raw.read(100)
+        assert envs[-1][:3] == [P.ERROR, None, "auth"] and raw.eof
+        raw.close()
 
         # the established link kept working throughout
         good.send([P.TELL, "after"])
-        await inbox.until(lambda: len(inbox.envs) == 3)
-        assert inbox.envs == [[P.TELL, "before"], [P.TELL, "fine"], [P.TELL, "after"]]
-        assert good.is_up and len(inbox.downs) == 1
+        await inbox.until(lambda: len(inbox.envs) == 4)
+        assert inbox.envs == [[P.TELL, "before"], [P.TELL, "fine"], [P.TELL, "sealed"], [P.TELL, "after"]]
+        assert good.is_up and len(inbox.downs) == 2
         good.close()
         await srv.close()
 
@@ -466,14 +508,14 @@ def test_malformed_envelope_after_handshake_closes_the_link(run):
     async def body():
         inbox = Inbox()
         srv = await LinkServer(settings("B"), inbox.on_envelopes, on_link_down=inbox.on_down).start()
-        reader, writer = await raw_handshake(srv.address, "C")
-        writer.write(encode_frames([[P.TELL, 1], {"not": "an array"}, [P.TELL, 2]]))
+        raw = await raw_handshake(srv.address, "C", SECRET)
+        raw.send([[P.TELL, 1], {"not": "an array"}, [P.TELL, 2]])
         await inbox.until(lambda: inbox.downs)
         assert inbox.envs == [[P.TELL, 1]]
         assert inbox.downs[0][0].errors == {"protocol": 1}
-        envs, eof = await raw_read(reader, 5)
-        assert envs[-1][0] == P.ERROR and envs[-1][2] == "protocol" and eof
-        writer.close()
+        envs = await raw.read(5)
+        assert envs[-1][0] == P.ERROR and envs[-1][2] == "protocol" and raw.eof
+        raw.close()
         await srv.close()
 
     run(body)

@@ -3,11 +3,12 @@
 The Go tests read the same file; here Python checks that the file is what its constructors and
 framing produce today, that every body decodes to the stated value and re-encodes to the same
 bytes, that every bad frame is refused and every bad envelope rejected by its parser, and that
-the AUTH MACs verify. The byte-level examples in ``PROTOCOL.md (Links)`` are in the vectors.
+the link sessions (transcript, AUTH MACs, record keys, sealed records) are reproduced. The byte-level examples in ``PROTOCOL.md (Links)`` are in the vectors.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -17,6 +18,7 @@ import pytest
 
 from herdrt import protocol as P
 from herdrt.errors import FrameError, FrameTooLarge
+from herdrt.session import LinkSession, transcript
 
 HERE = Path(__file__).parent / "vectors"
 VECTORS = json.loads((HERE / "envelopes.json").read_text(encoding="utf-8"))
@@ -46,7 +48,7 @@ def _same(a, b) -> bool:
 
 
 def test_format_and_file_is_current():
-    assert VECTORS["format"] == "herdrt-envelope-vectors/1"
+    assert VECTORS["format"] == "herdrt-envelope-vectors/2"
     assert VECTORS["max_frame_size"] == 1 << 20
     # The committed file is exactly what the generator makes from today's code.
     assert (HERE / "envelopes.json").read_text(encoding="utf-8") == GEN.render()
@@ -124,13 +126,31 @@ def test_bad_envelope_rejected(core, case):
         parser(env)
 
 
-@pytest.mark.parametrize("case", VECTORS["auth_macs"], ids=lambda c: f"{c['own_name']}->{c['peer_name']}")
-def test_auth_macs(case):
+@pytest.mark.parametrize("case", VECTORS["link_sessions"], ids=lambda c: f"{c['dialer']}->{c['acceptor']}")
+def test_link_sessions(case):
     secret = bytes.fromhex(case["secret_hex"])
-    nonce = bytes.fromhex(case["peer_nonce_hex"])
-    mac = bytes.fromhex(case["mac_hex"])
-    assert P.auth_mac(secret, nonce, case["own_name"], case["peer_name"]) == mac
-    # the peer (own/peer swapped, its own nonce) verifies it; a flipped bit does not
-    assert P.verify_auth(secret, nonce, case["peer_name"], case["own_name"], mac)
-    assert not P.verify_auth(secret, nonce, case["own_name"], case["peer_name"], mac)
-    assert not P.verify_auth(secret, nonce, case["peer_name"], case["own_name"], bytes([mac[0] ^ 1]) + mac[1:])
+    dnonce, anonce = bytes.fromhex(case["dialer_nonce_hex"]), bytes.fromhex(case["acceptor_nonce_hex"])
+    script = transcript(case["version"], case["dialer"], dnonce, case["acceptor"], anonce)
+    assert script.hex() == case["transcript_hex"]
+    dialer, acceptor = LinkSession(secret, script, dialer=True), LinkSession(secret, script, dialer=False)
+    assert dialer.own_mac.hex() == case["dialer_mac_hex"] and acceptor.own_mac.hex() == case["acceptor_mac_hex"]
+    assert dialer.send_key.hex() == case["dialer_key_hex"] and acceptor.send_key.hex() == case["acceptor_key_hex"]
+    # each side verifies the other's MAC, never its own (no reflection)
+    assert acceptor.verify(dialer.own_mac) and dialer.verify(acceptor.own_mac)
+    assert not dialer.verify(dialer.own_mac) and not acceptor.verify(acceptor.own_mac)
+    sessions = {"dialer": dialer, "acceptor": acceptor}
+    sealers = {side: s.sealer() for side, s in sessions.items()}
+    openers = {"dialer": acceptor.opener(), "acceptor": dialer.opener()}  # who opens what each sends
+    for record in case["records"]:
+        sealer = sealers[record["sender"]]
+        assert sealer.seq == record["seq"]
+        sealed = sealer.seal(bytes.fromhex(record["plain_hex"]))
+        assert sealed.hex() == record["record_hex"]
+        assert openers[record["sender"]].feed(sealed).hex() == record["plain_hex"]
+    big = case["big_record"]
+    sealer = sealers[big["sender"]]
+    assert sealer.seq == big["seq"]
+    plain = bytes(i % 251 for i in range(big["plain_len"]))
+    sealed = sealer.seal(plain)
+    assert hashlib.sha256(sealed).hexdigest() == big["sealed_sha256"]
+    assert openers[big["sender"]].feed(sealed) == plain

@@ -4,6 +4,8 @@ A herd file is TOML (read with the stdlib ``tomllib``)::
 
     [herd]
     secret_env = "HERDRT_SECRET"     # exactly one of: secret, secret_file, secret_env
+    # allow_readable_secret_files = true  # accept secret files other users can read (default: refuse)
+    max_clock_skew = 60.0            # seconds a node's clock may run ahead of another's
     links = [["Clark", "Jaquez"], ["Clark", "Bona"]]   # the neighbor graph; omit for a full mesh
     heartbeat_interval = 0.5         # seconds between heartbeats on each link
     failure_threshold = 8.0          # phi above which a silent node is declared down
@@ -26,13 +28,15 @@ A herd file is TOML (read with the stdlib ``tomllib``)::
     curve_public_key = "..."         # optional: checked against the one derived from the secret key
     allowed_client_keys = ["..."]    # with CURVE: the z85 public keys of the services let in
 
-Every validation error is a :class:`ConfigError` naming the file, the key and what is wrong.
+Every validation error is a :class:`ConfigError` naming the file, the key and what is wrong; it
+never shows a secret's value.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -93,6 +97,9 @@ class HerdConfig:
     heartbeat_interval: float = 0.5
     failure_threshold: float = 8.0
     max_frame_size: int = 1 << 20
+    #: Seconds a node's clock may be ahead of another's: a membership report whose incarnation
+    #: (start time) is further ahead is refused as forged.
+    max_clock_skew: float = 60.0
     mailbox_size: int = 1024
     mailbox_overflow: str = "reject"
     apps: tuple[str, ...] = ()
@@ -116,7 +123,7 @@ def _fail(source: str, key: str, problem: str):
     raise ConfigError(f"{source}: {key}: {problem}")
 
 
-def _get(table: dict, key: str, kind, source: str, where: str, default=None, required=False):
+def _get(table: dict, key: str, kind, source: str, where: str, default=None, required=False, secret=False):
     if key not in table:
         if required:
             _fail(source, f"{where}{key}", "is required")
@@ -125,8 +132,22 @@ def _get(table: dict, key: str, kind, source: str, where: str, default=None, req
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
         names = " or ".join(k.__name__ for k in kinds)
-        _fail(source, f"{where}{key}", f"must be {names}, not {type(value).__name__} {value!r}")
+        shown = "" if secret else f" {value!r}"  # never echo a secret, even a malformed one
+        _fail(source, f"{where}{key}", f"must be {names}, not {type(value).__name__}{shown}")
     return value
+
+
+def _read_secret_file(path: Path, source: str, key: str, allow_readable: bool) -> str:
+    """The text of a file holding a secret, refused when other users may read it."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(source, key, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO) and not allow_readable:
+        _fail(source, key, f"{path} can be read by other users (mode {stat.S_IMODE(mode):04o}); "
+              f"run `chmod 600 {path}` (or set herd.allow_readable_secret_files = true)")
+    return text
 
 
 def _port(table: dict, key: str, source: str, where: str, required=False):
@@ -143,23 +164,20 @@ def _positive(herd: dict, key: str, kind, default, source: str):
     return value
 
 
-def _secret(herd: dict, source: str, base: Path | None) -> bytes:
+def _secret(herd: dict, source: str, base: Path | None, allow_readable: bool) -> bytes:
     given = [k for k in ("secret", "secret_file", "secret_env") if k in herd]
     if len(given) != 1:
         _fail(source, "herd.secret", "give exactly one of secret, secret_file, secret_env"
               + (f" (found {', '.join(given)})" if given else ""))
     key = given[0]
-    value = _get(herd, key, str, source, "herd.")
+    value = _get(herd, key, str, source, "herd.", secret=key == "secret")
     if key == "secret":
         secret = value
     elif key == "secret_file":
         path = Path(value).expanduser()
         if not path.is_absolute() and base is not None:
             path = base / path
-        try:
-            secret = path.read_text("utf-8").strip()
-        except OSError as exc:
-            _fail(source, "herd.secret_file", f"cannot read {path}: {exc.strerror or exc}")
+        secret = _read_secret_file(path, source, "herd.secret_file", allow_readable).strip()
     else:
         secret = os.environ.get(value, "")
         if not secret:
@@ -172,13 +190,14 @@ def _secret(herd: dict, source: str, base: Path | None) -> bytes:
 _Z85_KEY = re.compile(r"^[0-9A-Za-z.:+=^!/*?&<>()\[\]{}@%$#-]{40}$")
 
 
-def _z85_key(value, source: str, key: str) -> bytes:
+def _z85_key(value, source: str, key: str, secret: bool = False) -> bytes:
     if not isinstance(value, str) or not _Z85_KEY.match(value):
-        _fail(source, key, f"must be a CURVE key in z85 (40 characters, as `herdrt keys` prints), not {value!r:.60}")
+        shown = "" if secret else f", not {value!r:.60}"
+        _fail(source, key, f"must be a CURVE key in z85 (40 characters, as `herdrt keys` prints){shown}")
     return value.encode("ascii")
 
 
-def _bridge(herd: dict, source: str, base: Path | None) -> BridgeConfig:
+def _bridge(herd: dict, source: str, base: Path | None, allow_readable: bool) -> BridgeConfig:
     table = _get(herd, "bridge", dict, source, "herd.", {})
     known = {"evict_after", "max_queued", "curve_secret_key_file", "curve_public_key", "allowed_client_keys"}
     for key in table:
@@ -201,13 +220,11 @@ def _bridge(herd: dict, source: str, base: Path | None) -> BridgeConfig:
         path = Path(path_value).expanduser()
         if not path.is_absolute() and base is not None:
             path = base / path
-        try:
-            text = path.read_text("utf-8")
-        except OSError as exc:
-            _fail(source, "herd.bridge.curve_secret_key_file", f"cannot read {path}: {exc.strerror or exc}")
+        text = _read_secret_file(path, source, "herd.bridge.curve_secret_key_file", allow_readable)
         # Either the bare z85 secret key, or a `secret_key = "..."` line (as `herdrt keys` prints).
         found = re.search(r'secret[_-]key\s*=\s*"([^"]*)"', text)
-        secret = _z85_key(found.group(1) if found else text.strip(), source, f"herd.bridge.curve_secret_key_file ({path})")
+        secret = _z85_key(found.group(1) if found else text.strip(), source,
+                          f"herd.bridge.curve_secret_key_file ({path})", secret=True)
         import zmq  # only a herd with CURVE needs pyzmq to load its file
 
         try:
@@ -233,8 +250,9 @@ def parse_config(data: dict, source: str = "<herd config>", base: Path | None = 
         if key not in known_top:
             _fail(source, key, f"unknown key (expected {', '.join(sorted(known_top))})")
     herd = _get(data, "herd", dict, source, "", default={})
-    known_herd = {"secret", "secret_file", "secret_env", "links", "heartbeat_interval", "failure_threshold",
-                  "max_frame_size", "mailbox_size", "mailbox_overflow", "apps", "bridge"}
+    known_herd = {"secret", "secret_file", "secret_env", "allow_readable_secret_files", "links", "heartbeat_interval",
+                  "failure_threshold", "max_frame_size", "max_clock_skew", "mailbox_size", "mailbox_overflow", "apps",
+                  "bridge"}
     for key in herd:
         if key not in known_herd:
             _fail(source, f"herd.{key}", f"unknown key (expected one of {', '.join(sorted(known_herd))})")
@@ -298,18 +316,20 @@ def parse_config(data: dict, source: str = "<herd config>", base: Path | None = 
     overflow = _get(herd, "mailbox_overflow", str, source, "herd.", "reject")
     if overflow not in OVERFLOW_POLICIES:
         _fail(source, "herd.mailbox_overflow", f"must be one of {', '.join(OVERFLOW_POLICIES)}, not {overflow!r}")
+    allow_readable = _get(herd, "allow_readable_secret_files", bool, source, "herd.", False)
     return HerdConfig(
         nodes=nodes,
         links=links,
-        secret=_secret(herd, source, base),
+        secret=_secret(herd, source, base, allow_readable),
         heartbeat_interval=float(_positive(herd, "heartbeat_interval", (int, float), 0.5, source)),
         failure_threshold=float(_positive(herd, "failure_threshold", (int, float), 8.0, source)),
         max_frame_size=_positive(herd, "max_frame_size", int, 1 << 20, source),
+        max_clock_skew=float(_positive(herd, "max_clock_skew", (int, float), 60.0, source)),
         mailbox_size=_positive(herd, "mailbox_size", int, 1024, source),
         mailbox_overflow=overflow,
         apps=tuple(apps),
         source=source,
-        bridge=_bridge(herd, source, base),
+        bridge=_bridge(herd, source, base, allow_readable),
     )
 
 

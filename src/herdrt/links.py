@@ -3,8 +3,10 @@
 Three layers, each usable alone:
 
 * :class:`Link` — one TCP connection (an ``asyncio.Protocol``). It runs the handshake (HELLO with a
-  fresh nonce both ways, then AUTH = an HMAC of the peer's nonce under the herd secret), then carries
-  envelopes: :meth:`Link.send` queues, and one ``encode_frames`` + one ``transport.write`` per loop
+  fresh nonce both ways, then AUTH = an HMAC, under the herd secret, of the whole transcript: both
+  names, both nonces, who dialled, the version; see :mod:`herdrt.session`), then carries
+  envelopes in sealed records (AES-GCM, a key per direction derived from the transcript, one
+  record per write): :meth:`Link.send` queues, and one ``encode_frames`` + one ``transport.write`` per loop
   turn flushes the queue (writes are coalesced); :meth:`Link.send_tell` also folds consecutive
   tells to one target into one TELLS envelope, and no frame over the peer's limit is ever
   written. A request someone waits on (``send(env, urgent=True)``: asks, replies) is written at
@@ -45,6 +47,7 @@ from . import protocol as P
 from .config import HerdConfig
 from .core import FrameDecoder, OnlineStats, encode_frames
 from .errors import FrameError, FrameTooLarge, HerdError
+from .session import LinkSession, RecordError, transcript
 
 __all__ = [
     "LinkError",
@@ -173,6 +176,9 @@ class Link(asyncio.Protocol):
         self._hs_buf = bytearray()
         self._hs_decoder = FrameDecoder(settings.handshake_max_frame)
         self._hs_timer: asyncio.TimerHandle | None = None
+        self._session: LinkSession | None = None
+        self._seal = None  # Sealer.seal once the handshake is done: every later write goes through it
+        self._opener = None  # Opener of the peer's records, from its AUTH on
         self._decoder: FrameDecoder | None = None
         self._queue: list = []
         self._extra = 0  # tells queued inside TELLS envelopes beyond each one's first
@@ -262,7 +268,14 @@ class Link(asyncio.Protocol):
         self.last_heard = self._loop.time()
         if self.state is _UP:
             try:
-                envs = self._decoder.feed(data)
+                envs = self._decoder.feed(self._opener.feed(data))
+            except RecordError as exc:
+                try:  # what the good records before it carried still counts
+                    self._deliver(self._decoder.feed(exc.plain))
+                except FrameError as frame_exc:
+                    self._deliver(getattr(frame_exc, "messages", []))
+                self._fail(P.E_AUTH, f"record from {self.peer} refused: {exc}")
+                return
             except FrameError as exc:
                 self._deliver(getattr(exc, "messages", []))
                 self._fail(P.E_FRAME, f"bad frame from {self.peer}: {exc}")
@@ -409,13 +422,23 @@ class Link(asyncio.Protocol):
             if refusal is not None:
                 self._refuse(*refusal)
                 return
-        self._write_now(P.auth(P.auth_mac(s.secret, nonce, s.name, name)))
+        if self.outbound:
+            script = transcript(s.version, s.name, self._nonce, name, nonce)
+        else:
+            script = transcript(s.version, name, nonce, s.name, self._nonce)
+        self._session = LinkSession(s.secret, script, dialer=self.outbound)
+        self._write_now(P.auth(self._session.own_mac))
 
     def _on_auth(self, mac: bytes) -> None:
         s = self._settings
-        if not P.verify_auth(s.secret, self._nonce, s.name, self.peer, mac):
+        session = self._session
+        if not session.verify(mac):
             self._refuse(P.E_AUTH, "authentication failed: the shared secret differs")
             return
+        # From here on both directions are sealed records (this side's AUTH went out in clear
+        # before, so the peer knows where its records start).
+        self._seal = session.sealer().seal
+        self._opener = session.opener()
         if self._hs_timer is not None:
             self._hs_timer.cancel()
             self._hs_timer = None
@@ -657,6 +680,7 @@ class Link(asyncio.Protocol):
             self.frames_out += len(q)
         except (TypeError, ValueError, OverflowError, FrameTooLarge):
             data = self._encode_each(q)
+        data = self._seal(data)
         self.bytes_out += len(data)
         self.transport.write(data)
         if self._drain_waiters and not self._paused:
@@ -695,8 +719,11 @@ class Link(asyncio.Protocol):
                 log.exception("link %s: on_dropped raised", self._desc())
 
     def _write_now(self, env) -> None:
-        # Handshake envelopes: written at once, outside the queue.
+        # Handshake envelopes and link errors: written at once, outside the queue (sealed once
+        # the handshake is done).
         data = encode_frames([env])
+        if self._seal is not None:
+            data = self._seal(data)
         self.frames_out += 1
         self.bytes_out += len(data)
         self.transport.write(data)

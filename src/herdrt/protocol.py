@@ -14,8 +14,6 @@ is the byte-level description; keep the two in step.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 
 from .errors import HerdError
@@ -23,7 +21,6 @@ from .errors import HerdError
 __all__ = [
     "PROTOCOL_VERSION",
     "CLIENT_PREFIX",
-    "AUTH_CONTEXT",
     "NONCE_SIZE",
     "MAC_SIZE",
     "HELLO",
@@ -52,8 +49,6 @@ __all__ = [
     "ProtocolError",
     "kind_name",
     "new_nonce",
-    "auth_mac",
-    "verify_auth",
     "hello",
     "auth",
     "error",
@@ -71,16 +66,15 @@ __all__ = [
 CLIENT_PREFIX = "~"
 
 #: The version every HELLO carries; a peer speaking another version is refused with ERROR "version".
-PROTOCOL_VERSION = 2
+#: 3: the AUTH MAC covers the whole handshake transcript, and records seal everything after it.
+PROTOCOL_VERSION = 3
 
-#: Domain-separation prefix of the AUTH MAC (so the MAC can never be mistaken for another use of the secret).
-AUTH_CONTEXT = b"herdrt-link-v1"
 NONCE_SIZE = 16
 MAC_SIZE = 32
 
 # --- kinds ---------------------------------------------------------------------------------------
 HELLO = 0  #: ``[0, version:int, node_name:str, nonce:bin16]`` — first envelope on a link, both ways
-AUTH = 1  #: ``[1, mac:bin32]`` — proof of the shared secret over the peer's nonce
+AUTH = 1  #: ``[1, mac:bin32]`` — proof of the shared secret over the whole handshake transcript
 TELL = 2  #: ``[2, dest_node, target, body]`` — target: actor name, or ``[kind, key]`` of a keyed actor
 ASK = 3  #: ``[3, dest_node, target, body, src_node, corr]``
 ERROR = 4  #: ``[4, corr_id|nil, code:str, message:str]``
@@ -139,27 +133,12 @@ def kind_name(kind) -> str:
     return KIND_NAMES.get(kind, f"kind {kind!r}") if isinstance(kind, int) else f"kind {kind!r}"
 
 
-# --- authentication ------------------------------------------------------------------------------
+# --- authentication (the MACs and keys: herdrt.session) ----------------------------------------
 
 
 def new_nonce() -> bytes:
     """A fresh random 16-byte nonce for a HELLO."""
     return os.urandom(NONCE_SIZE)
-
-
-def auth_mac(secret: bytes, peer_nonce: bytes, own_name: str, peer_name: str) -> bytes:
-    """The MAC this node sends in AUTH: HMAC-SHA256(secret, AUTH_CONTEXT + peer_nonce + own_name + 0x00 + peer_name).
-
-    The zero byte cannot occur in a node name, so the two names cannot be re-split to forge a MAC
-    for another pair of nodes; the order of the names binds the MAC to its direction."""
-    msg = AUTH_CONTEXT + peer_nonce + own_name.encode("utf-8") + b"\x00" + peer_name.encode("utf-8")
-    return hmac.new(secret, msg, hashlib.sha256).digest()
-
-
-def verify_auth(secret: bytes, own_nonce: bytes, own_name: str, peer_name: str, mac: bytes) -> bool:
-    """Whether ``mac`` (the peer's AUTH) proves the peer knows ``secret``; constant-time compare."""
-    expected = auth_mac(secret, own_nonce, peer_name, own_name)
-    return hmac.compare_digest(expected, mac)
 
 
 # --- constructors --------------------------------------------------------------------------------

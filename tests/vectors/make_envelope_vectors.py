@@ -3,7 +3,8 @@
     python tests/vectors/make_envelope_vectors.py      # rewrites envelopes.json next to this file
 
 Every byte comes from Python: envelopes are built with the constructors of ``herdrt.protocol``
-and framed with ``herdrt.core.encode_frame``; the AUTH MACs come from ``herdrt.protocol.auth_mac``.
+and framed with ``herdrt.core.encode_frame``; the link sessions (transcript, AUTH MACs, record
+keys and sealed records) come from ``herdrt.session``.
 The Python tests (``tests/test_vectors_envelopes.py``) and the Go tests (``go-interop/``) both read
 the file, so neither side can drift. Output is deterministic; ``build()`` is imported by the
 Python test to check that the file on disk is what the code produces today.
@@ -21,8 +22,9 @@ sys.path.insert(0, str(HERE.parents[1] / "src"))
 
 from herdrt import protocol as P  # noqa: E402
 from herdrt.core import encode_frame  # noqa: E402
+from herdrt.session import LinkSession, transcript  # noqa: E402
 
-FORMAT = "herdrt-envelope-vectors/1"
+FORMAT = "herdrt-envelope-vectors/2"
 OUT = HERE / "envelopes.json"
 
 CONVENTIONS = {
@@ -38,7 +40,16 @@ CONVENTIONS = {
     "valid": "decode body_hex to value, and encode value to exactly body_hex / frame_hex",
     "bad_frames": "frames every decoder must refuse (error 'too_large': from the header alone)",
     "bad_envelopes": "well-formed bodies whose envelope the named parser must refuse",
-    "auth_macs": "HMAC-SHA256(secret, 'herdrt-link-v1' || peer_nonce || own_name || 0x00 || peer_name)",
+    "link_sessions": (
+        "transcript = 'herdrt-link-v3' || u32be(version) || f(dialer) || f(dialer_nonce) || f(acceptor) "
+        "|| f(acceptor_nonce), f(x) = u16be(len(x)) || x; prk = HMAC-SHA256(secret, transcript); "
+        "dialer_mac = HMAC-SHA256(prk, 'dialer auth'), acceptor_mac = HMAC-SHA256(prk, 'acceptor auth'), "
+        "dialer_key = HMAC-SHA256(prk, 'dialer to acceptor'), acceptor_key = HMAC-SHA256(prk, 'acceptor to dialer'); "
+        "records: what the sender ('dialer' or 'acceptor') writes for plain_hex as its record number seq "
+        "(u32be(len(ciphertext)) || AES-256-GCM(sender's key, nonce = 4 zero bytes || u64be(seq), plain, "
+        "aad = the 4 length bytes)); a big record gives plain as bytes(i % 251 for i in range(plain_len)) "
+        "and the SHA-256 of everything sealed (two records: 65536 bytes, then the rest)"
+    ),
 }
 
 
@@ -93,17 +104,61 @@ NONCE_A = bytes(range(16))
 NONCE_B = bytes(range(16, 32))
 SECRET = b"correct horse battery"
 
-#: (secret, peer_nonce, own_name, peer_name) for the AUTH MAC vectors.
-MAC_CASES = [
-    (SECRET, NONCE_B, "Clark", "Bona"),
-    (SECRET, NONCE_A, "Bona", "Clark"),
-    (b"", bytes(16), "a", "b"),
-    (bytes(range(200)), b"\xff" * 16, "Zoë-节点", "node-2"),
+#: (secret, version, dialer, dialer_nonce, acceptor, acceptor_nonce) for the link-session vectors.
+SESSION_CASES = [
+    (SECRET, 3, "Clark", NONCE_A, "Bona", NONCE_B),
+    (SECRET, 3, "Bona", NONCE_B, "Clark", NONCE_A),  # the same pair the other way round
+    (b"", 3, "a", bytes(16), "b", b"\xff" * 16),
+    (bytes(range(200)), 70000, "Zoë-节点", b"\x5a" * 16, "~cli-1", bytes(range(100, 116))),
 ]
+#: Plaintexts sealed in each case: (sender, plaintext) in the order written.
+RECORDS = [
+    ("dialer", encode_frame([P.TELL, "Bona", "echo", "hi"])),
+    ("dialer", encode_frame(P.heartbeat(1, 1700000000.25)) + encode_frame(P.bye("shutdown"))),
+    ("acceptor", b""),
+    ("acceptor", encode_frame([P.REPLY, "Clark", 7, True, [1, 2.5, b"\x00"]])),
+]
+BIG_RECORD = 70000
+
+
+def _session_cases():
+    import hashlib
+
+    cases = []
+    for secret, version, dialer, dnonce, acceptor, anonce in SESSION_CASES:
+        script = transcript(version, dialer, dnonce, acceptor, anonce)
+        d, a = LinkSession(secret, script, dialer=True), LinkSession(secret, script, dialer=False)
+        assert d.own_mac == a.peer_mac and d.send_key == a.recv_key
+        sealers = {"dialer": d.sealer(), "acceptor": a.sealer()}
+        records = []
+        for sender, plain in RECORDS:
+            sealer = sealers[sender]
+            seq = sealer.seq
+            records.append({"sender": sender, "seq": seq, "plain_hex": plain.hex(), "record_hex": sealer.seal(plain).hex()})
+        big = bytes(i % 251 for i in range(BIG_RECORD))
+        sealer = sealers["dialer"]
+        seq = sealer.seq
+        cases.append({
+            "secret_hex": secret.hex(),
+            "version": version,
+            "dialer": dialer,
+            "dialer_nonce_hex": dnonce.hex(),
+            "acceptor": acceptor,
+            "acceptor_nonce_hex": anonce.hex(),
+            "transcript_hex": script.hex(),
+            "dialer_mac_hex": d.own_mac.hex(),
+            "acceptor_mac_hex": a.own_mac.hex(),
+            "dialer_key_hex": d.send_key.hex(),
+            "acceptor_key_hex": a.send_key.hex(),
+            "records": records,
+            "big_record": {"sender": "dialer", "seq": seq, "plain_len": BIG_RECORD,
+                           "sealed_sha256": hashlib.sha256(sealer.seal(big)).hexdigest()},
+        })
+    return cases
 
 
 def _valid():
-    mac = P.auth_mac(SECRET, NONCE_B, "Clark", "Bona")
+    mac = LinkSession(SECRET, transcript(3, "Clark", NONCE_A, "Bona", NONCE_B), dialer=True).own_mac
     return [
         ("hello-clark", P.hello("Clark", NONCE_A)),
         ("hello-unicode-name", P.hello("Zoë-节点", NONCE_B)),
@@ -188,16 +243,6 @@ def build() -> dict:
         {"name": n, "parser": p, "value": tag(env), "body_hex": encode_frame(env)[4:].hex()}
         for n, env, p in _bad_envelopes()
     ]
-    macs = [
-        {
-            "secret_hex": s.hex(),
-            "peer_nonce_hex": nonce.hex(),
-            "own_name": own,
-            "peer_name": peer,
-            "mac_hex": P.auth_mac(s, nonce, own, peer).hex(),
-        }
-        for s, nonce, own, peer in MAC_CASES
-    ]
     return {
         "format": FORMAT,
         "about": (
@@ -210,7 +255,7 @@ def build() -> dict:
         "valid": valid,
         "bad_frames": bad_frames,
         "bad_envelopes": bad_envelopes,
-        "auth_macs": macs,
+        "link_sessions": _session_cases(),
     }
 
 
