@@ -8,9 +8,11 @@ import time
 
 import pytest
 from _herdtest import Recorder, Slow, free_ports, until
+from _rawlink import raw_handshake
 
 from herd_app import Counter, Echo
 from herdrt import Actor
+from herdrt import protocol as P
 from herdrt.backpressure import BACKLOG_HIGH
 from herdrt.client import HerdClient
 from herdrt.config import loads_config
@@ -364,5 +366,35 @@ def test_clients_authenticate_and_are_proxied(run):
                 await HerdClient(wrong, "a").connect()
             assert info.value.code == "auth" and "secret" in info.value.reason
             assert nodes["a"].herd_status()["clients"] == 0  # the refused client never became one
+
+    run(main)
+
+
+def test_a_forged_membership_report_is_refuted_and_the_herd_heals(run):
+    # a - b - c, and m: a neighbor of b in the herd file that never runs. The test authenticates as
+    # m (it has the secret: what a compromised or buggy member could do) and floods a report that
+    # c is alive but has no links, with an incarnation far ahead of c's own.
+    config = herd_config(["a", "b", "c", "m"], links=[("a", "b"), ("b", "c"), ("b", "m")])
+
+    async def main():
+        async with Herd(config, ["a", "b", "c"]) as nodes:
+            a, b, c = nodes["a"], nodes["b"], nodes["c"]
+            raw = await raw_handshake(b.address, "m", SECRET.encode())
+            await until(lambda: "m" in b.links.up)
+            forged_incarnation = time.time_ns() + 30 * 10**9
+            raw.send([[P.MEMBERSHIP, "c", forged_incarnation, 1, []]])
+            # c hears of it (reports are flooded to their origin too) and outgrows it
+            await until(lambda: c.counters["refutations"] == 1, timeout=3.0)
+            assert c.incarnation > forged_incarnation
+            await until(lambda: a.membership.live() == b.membership.live() == {"a", "b", "c"}, timeout=3.0)
+            assert await a.lookup("echo@c").ask("healed", timeout=2.0) == ["c", "healed"]
+            # reports no real node sends change nothing, and are counted
+            raw.send([[P.MEMBERSHIP, "c", time.time_ns() + 3600 * 10**9, 99, []],  # an hour ahead
+                      [P.MEMBERSHIP, "c", c.incarnation, 99, ["a"]],  # a is no neighbor of c
+                      [P.MEMBERSHIP, "zed", 1, 1, []]])  # no such node
+            await until(lambda: b.counters["reports_refused"] == 3)
+            assert c.counters["refutations"] == 1 and a.membership.live() == {"a", "b", "c"}
+            assert await a.lookup("echo@c").ask("still", timeout=2.0) == ["c", "still"]
+            raw.close()
 
     run(main)

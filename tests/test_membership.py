@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from herdrt.membership import LinkState, PhiAccrualDetector, next_hops
+from herdrt.membership import LinkState, PhiAccrualDetector, ReportPacer, ReportRefused, check_report, next_hops
+from herdrt.ratelog import RateLog
 
 # The bundled herd's neighbor graph.
 BUNDLED = [("Clark", "Jaquez"), ("Clark", "Bona"), ("Campbell", "Bailey"), ("Campbell", "Bona"),
@@ -138,3 +139,111 @@ def test_whole_herd_converges_to_the_same_live_view():
     for n in names:
         assert states[n].live() == set(names)
         assert set(states[n].graph()) == set(names)
+
+
+# --- reports only in the shape and at the rate a real node sends them -------------------------
+
+NEIGHBORS = {n: frozenset(b for a, b in BUNDLED + [(y, x) for x, y in BUNDLED] if a == n) for n in _graph(BUNDLED)}
+NOW = 1_700_000_000 * 10**9
+
+
+def _check(env, skew=60.0):
+    return check_report(env, NEIGHBORS, skew, now_ns=lambda: NOW)
+
+
+def test_a_real_report_is_admitted():
+    assert _check([7, "Clark", NOW - 5, 3, ["Bona", "Jaquez"]]) == ("Clark", NOW - 5, 3, ["Bona", "Jaquez"])
+    assert _check([7, "Clark", NOW + 59 * 10**9, 1, []])[1] == NOW + 59 * 10**9  # within the skew
+
+
+@pytest.mark.parametrize("env, problem", [
+    ([7, "Mallory", NOW, 1, []], "not a node of this herd"),
+    ([7, ["Clark"], NOW, 1, []], "not a node of this herd"),
+    ([7, "Clark", NOW + 61 * 10**9, 1, []], "61.0 s ahead"),
+    ([7, "Clark", 2**63, 1, []], "positive int64"),
+    ([7, "Clark", 0, 1, []], "positive int64"),
+    ([7, "Clark", NOW, 0, []], "positive int64"),
+    ([7, "Clark", NOW, True, []], "positive int64"),
+    ([7, "Clark", NOW, 1.0, []], "positive int64"),
+    ([7, "Clark", NOW, 1, ["Bailey"]], "not a neighbor of Clark"),
+    ([7, "Clark", NOW, 1, ["Jaquez", "Bona"]], "sorted and distinct"),
+    ([7, "Clark", NOW, 1, ["Bona", "Bona"]], "sorted and distinct"),
+    ([7, "Clark", NOW, 1, ["Bona", "Jaquez", "Jaquez"]], "at most 2"),
+    ([7, "Clark", NOW, 1, "Bona"], "must be a list"),
+    ([7, "Clark", NOW, 1], "[7, origin, incarnation, seq, live_neighbors]"),
+])
+def test_reports_no_real_node_sends_are_refused(env, problem):
+    with pytest.raises(ReportRefused) as info:
+        _check(env)
+    assert problem in str(info.value)
+
+
+class _Timers:
+    """call_later for the pacer, run by hand."""
+
+    def __init__(self):
+        self.due = []
+
+    def call_later(self, delay, fn, *args):
+        handle = [delay, fn, args, False]
+        self.due.append(handle)
+
+        class H:
+            @staticmethod
+            def cancel():
+                handle[3] = True
+
+        return H()
+
+    def run(self):
+        due, self.due = self.due, []
+        for _, fn, args, cancelled in due:
+            if not cancelled:
+                fn(*args)
+
+
+def test_the_pacer_admits_a_burst_then_keeps_only_the_newest_until_its_turn():
+    clock = [0.0]
+    timers = _Timers()
+    applied = []
+    pacer = ReportPacer(10.0, 3, timers.call_later, lambda origin: applied.append(pacer.take(origin)),
+                        clock=lambda: clock[0])
+    assert [pacer.admit("A", i) for i in range(3)] == [True, True, True]  # the burst
+    assert not pacer.admit("A", 3) and not pacer.admit("A", 4)  # paced: 4 replaces 3
+    assert pacer.admit("B", "b")  # another origin has its own budget
+    assert pacer.paced == 2 and len(timers.due) == 1 and timers.due[0][0] == pytest.approx(0.1)
+    clock[0] = 0.1
+    timers.run()
+    assert applied == [4]  # the last word is applied, never lost
+    assert not pacer.admit("A", 5)  # the budget is spent: paced again
+    clock[0] = 0.2
+    timers.run()
+    assert applied == [4, 5]
+    clock[0] = 10.0
+    assert [pacer.admit("A", i) for i in range(4)] == [True, True, True, False]  # refilled to the burst
+    pacer.close()
+    timers.run()
+    assert applied == [4, 5]
+
+
+def test_ratelog_logs_once_per_interval_per_key_and_counts_the_rest(caplog):
+    import logging
+
+    clock = [0.0]
+    rl = RateLog(logging.getLogger("test.ratelog"), interval=5.0, max_keys=2, clock=lambda: clock[0])
+    with caplog.at_level(logging.INFO, "test.ratelog"):
+        for i in range(1000):
+            rl.info("k", "event %d", i)
+        rl.info("other", "other event")
+        assert [r.getMessage() for r in caplog.records] == ["event 0", "other event"]
+        assert rl.held == 999
+        clock[0] = 6.0
+        rl.flush()
+        assert caplog.records[-1].getMessage() == "999 more like this in the last 6 s; the last: event 999"
+        rl.info("k", "event %d", 1000)  # the summary opened a new interval: held
+        clock[0] = 12.0
+        rl.info("k", "event %d", 1001)  # the next interval: logged at once, with the count
+        assert caplog.records[-1].getMessage() == "event 1001 (1 more like it in the last 6 s)"
+        for key in range(10):  # keys from the wire cannot grow memory
+            rl.info(("peer", key), "x")
+        assert len(rl._keys) == 2

@@ -53,13 +53,17 @@ from .errors import (
 )
 from .links import Link, LinkClosed, LinkManager, LinkOverflow, LinkSettings
 from .mailbox import check_msgpack
-from .membership import LinkState, PhiAccrualDetector
+from .membership import LinkState, PhiAccrualDetector, ReportPacer, ReportRefused, check_report
 from .node import Node, _ReplyProxy
+from .ratelog import RateLog
 from .ref import ActorRef
 
 __all__ = ["HerdNode", "ADMIN_ACTOR", "placement_key", "ring_shares"]
 
 log = logging.getLogger("herdrt.herd")
+#: Membership reports a second each origin may have applied (a burst of REPORT_BURST); more wait.
+REPORT_RATE = 10.0
+REPORT_BURST = 32
 
 #: The admin actor every herd node runs.
 ADMIN_ACTOR = "$node"
@@ -145,6 +149,9 @@ class HerdNode(Node):
         self._flood_seq = 0
         self._seen: OrderedDict[tuple, None] = OrderedDict()
         self._detectors: dict[str, PhiAccrualDetector] = {}
+        self._neighbor_sets = {n: frozenset(config.neighbors(n)) for n in config.nodes}
+        self._pacer: ReportPacer | None = None
+        self.ratelog = RateLog(log)  # per-message events: counted in counters, logged rate-limited
         self._fd_timer: asyncio.TimerHandle | None = None
         self._started = False
         self._route_epoch = 0  # bumped whenever links or membership change: cached routes expire
@@ -157,6 +164,7 @@ class HerdNode(Node):
             "forwarded": 0, "undeliverable": 0, "lost_on_links": 0, "unknown_actor": 0,
             "bad_envelopes": 0, "throttled": 0, "broadcasts": 0, "floods_delivered": 0, "activations": 0,
             "handoffs_out": 0, "handoffs_in": 0, "rebalances": 0, "suspected": 0, "flood_overflows": 0,
+            "reports_refused": 0, "reports_paced": 0, "refutations": 0,
         }
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -167,6 +175,7 @@ class HerdNode(Node):
             return self
         loop = self._bind()
         self._backpressure = Backpressure(loop)
+        self._pacer = ReportPacer(REPORT_RATE, REPORT_BURST, loop.call_later, self._paced_report)
         settings = LinkSettings.from_config(self.config, self.name, accept_clients=True)
         self.links = LinkManager(
             self.config, self.name, self._on_envelopes,
@@ -204,6 +213,8 @@ class HerdNode(Node):
             self._fd_timer = None
         if self._backpressure is not None:
             self._backpressure.close()
+        if self._pacer is not None:
+            self._pacer.close()
         hooks, self._shutdown_hooks = self._shutdown_hooks, []
         for hook in reversed(hooks):
             try:
@@ -320,7 +331,7 @@ class HerdNode(Node):
             # The asker's node is gone or not reading: its ask fails there (NodeUnavailable or
             # AskTimeout); the handler that answered must not fail for it.
             self.counters["undeliverable"] += 1
-            log.info("%s: reply to %s (ask %d) lost: %s", self.name, src, corr, exc)
+            self.ratelog.info(("reply lost", src), "%s: reply to %s (ask %d) lost: %s", self.name, src, corr, exc)
 
     # -- inbound ---------------------------------------------------------------------------------
 
@@ -367,7 +378,8 @@ class HerdNode(Node):
             self.counters["tells_in"] += tells
             if lost:
                 self.counters["undeliverable"] += lost
-                log.info("%s: %d tells from %s dropped: mailbox full or actor stopped", me, lost, link.peer)
+                self.ratelog.info(("tells dropped", link.peer), "%s: %d tells from %s dropped: mailbox full or actor stopped",
+                                  me, lost, link.peer)
             hold = self._backpressure.check
             for cell in fed:
                 if hold(link, cell, link.pause_reading, link.resume_reading):
@@ -382,7 +394,8 @@ class HerdNode(Node):
 
     def _bad_envelope(self, link: Link, env: Any, exc: Exception) -> None:
         self.counters["bad_envelopes"] += 1
-        log.warning("%s: bad envelope from %s dropped (%s): %.200r", self.name, link.peer, exc, env)
+        self.ratelog.warning(("bad envelope", link.peer), "%s: bad envelope from %s dropped (%s): %.200r",
+                             self.name, link.peer, exc, env)
 
     def _envelope(self, link: Link, env: list) -> None:
         kind = env[0]
@@ -421,12 +434,14 @@ class HerdNode(Node):
                 cell = self._target_cell(env[2])
             except HerdError as exc:
                 self.counters["unknown_actor" if isinstance(exc, ActorNotFound) else "undeliverable"] += len(bodies)
-                log.info("%s: %d tell(s) to %r dropped: %s", self.name, len(bodies), env[2], exc)
+                self.ratelog.info(("tells dropped", link.peer), "%s: %d tell(s) to %.80r dropped: %s",
+                                  self.name, len(bodies), env[2], exc)
                 return
             lost = cell.post_many(list(bodies))
             if lost:
                 self.counters["undeliverable"] += lost
-                log.info("%s: %d tell(s) to %r dropped: mailbox full or actor stopped", self.name, lost, env[2])
+                self.ratelog.info(("tells dropped", link.peer), "%s: %d tell(s) to %.80r dropped: mailbox full or actor stopped",
+                                  self.name, lost, env[2])
         elif kind == P.ASK:
             self.counters["asks_in"] += 1
             proxy = _LinkReply(self, link, env[4], env[5])
@@ -465,7 +480,7 @@ class HerdNode(Node):
                 link.send([P.REPLY, link.peer, corr, ok, value], True)
             except (LinkClosed, LinkOverflow) as exc:  # the client left, or does not read
                 self.counters["undeliverable"] += 1
-                log.info("%s: reply to client %s lost: %s", self.name, link.peer, exc)
+                self.ratelog.info(("reply lost", link.peer), "%s: reply to client %s lost: %s", self.name, link.peer, exc)
 
         target = env[2] if env[2].__class__ is list else f"{env[2]}@{env[1]}"
         self.perform(link.peer, target, env[3], env[5] if kind == P.ASK else None, respond)
@@ -487,7 +502,9 @@ class HerdNode(Node):
             if corr is not None:
                 respond(corr, False, [type(exc).__name__, str(exc)])
             else:
-                log.info("%s: %s's tell to %s failed: %s", self.name, who, target, exc)
+                if isinstance(exc, ActorNotFound):
+                    self.counters["unknown_actor"] += 1
+                self.ratelog.info(("tell failed", who), "%s: %s's tell to %.80s failed: %s", self.name, who, target, exc)
             return
 
         def answer(fut: asyncio.Future) -> None:
@@ -507,7 +524,7 @@ class HerdNode(Node):
         peer = link.peer
         link.on_dropped = lambda env, exc: self._dropped(link, env, exc)
         if peer.startswith(P.CLIENT_PREFIX):
-            log.info("%s: client %s connected", self.name, peer)
+            log.debug("%s: client %s connected", self.name, peer)
             return
         det = self._detectors[peer] = PhiAccrualDetector(self.config.heartbeat_interval, self.config.failure_threshold)
         det.heartbeat(link.last_heard)
@@ -569,7 +586,8 @@ class HerdNode(Node):
                 pass
             except LinkOverflow:
                 self.counters["flood_overflows"] += 1
-                log.warning("%s: %s not sent to %s: its link is full", self.name, P.kind_name(env[0]), peer)
+                self.ratelog.warning(("flood overflow", peer), "%s: %s not sent to %s: its link is full",
+                                     self.name, P.kind_name(env[0]), peer)
 
     def _report(self) -> None:
         """Flood this node's live links (after any link change)."""
@@ -579,10 +597,48 @@ class HerdNode(Node):
         self._membership_changed()
 
     def _on_membership(self, link: Link, env: list) -> None:
+        try:
+            origin, incarnation, seq, nbrs = check_report(env, self._neighbor_sets, self.config.max_clock_skew)
+        except ReportRefused as exc:
+            self.counters["reports_refused"] += 1
+            self.ratelog.warning(("report", link.peer), "%s: MEMBERSHIP from %s refused: %s", self.name, link.peer, exc)
+            return
+        version = (incarnation, seq)
+        if origin == self.name:
+            # A report about this node newer than its own: forged, or left from a life whose clock
+            # ran ahead. Refute it (SWIM/Lifeguard): outgrow it and flood the truth.
+            if version > (self.incarnation, self.membership.seq_of(self.name)):
+                self._refute(link.peer, version)
+            return
+        if not self.membership.is_newer(origin, version):
+            return  # a copy that came round another way: the common case, and cheap
+        if self._pacer.admit(origin, (link.peer, env)):
+            self._take_report(link.peer, env)
+        else:
+            self.counters["reports_paced"] += 1
+
+    def _paced_report(self, origin: str) -> None:
+        pending = self._pacer.take(origin)
+        if pending is not None and not self._closing:
+            peer, env = pending
+            if self.membership.is_newer(origin, (env[2], env[3])):
+                self._take_report(peer, env)
+
+    def _take_report(self, peer: str, env: list) -> None:
         _, origin, incarnation, seq, nbrs = env
         if self.membership.apply(origin, (incarnation, seq), nbrs):
-            self._flood(env, (link.peer, origin))
+            # Onwards to every neighbor but the sender — the origin included, so that a forged
+            # report about a node reaches that node, which refutes it.
+            self._flood(env, (peer,))
             self._membership_changed()
+
+    def _refute(self, via: str, version: tuple[int, int]) -> None:
+        self.counters["refutations"] += 1
+        self.incarnation = max(time.time_ns(), version[0] + 1)
+        self.ratelog.warning(("refute",), "%s: a report about this node newer than its own (incarnation %d, "
+                             "seq %d) came via %s; refuted with incarnation %d", self.name, *version, via,
+                             self.incarnation)
+        self._report()
 
     def _membership_changed(self) -> None:
         self._route_epoch += 1
@@ -610,6 +666,7 @@ class HerdNode(Node):
 
     def _check_failures(self) -> None:
         self._fd_timer = self._loop.call_later(self.config.heartbeat_interval / 2, self._check_failures)
+        self.ratelog.flush()
         now = self._loop.time()
         for peer, link in self._neighbor_links():
             det = self._detectors.get(peer)

@@ -6,17 +6,20 @@
 * :class:`LinkState` keeps each node's latest report of its live links (flooded along the
   neighbor graph, newest sequence number wins), derives the live graph — an edge counts only when
   both of its ends report it — and answers the next hop towards every reachable node.
+* :func:`check_report` admits a MEMBERSHIP report only in the shape a real node sends, and
+  :class:`ReportPacer` only at the rate it sends them (a newer report waits its turn, never lost).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from .core import OnlineStats
 
-__all__ = ["PhiAccrualDetector", "LinkState", "next_hops"]
+__all__ = ["PhiAccrualDetector", "LinkState", "next_hops", "ReportRefused", "check_report", "ReportPacer"]
 
 
 class PhiAccrualDetector:
@@ -139,6 +142,11 @@ class LinkState:
         self._recompute()
         return True
 
+    def is_newer(self, origin: str, seq) -> bool:
+        """Whether a report ``seq`` from ``origin`` would be taken (it is newer than the one held)."""
+        old = self._reports.get(origin)
+        return origin != self.me and (old is None or seq > old[0])
+
     def forget(self, origin: str) -> None:
         """Drop what ``origin`` said (e.g. when it restarts and its sequence numbers start over)."""
         if self._reports.pop(origin, None) is not None:
@@ -172,3 +180,94 @@ class LinkState:
     def seq_of(self, origin: str) -> int | None:
         report = self._reports.get(origin)
         return None if report is None else report[0]
+
+
+class ReportRefused(ValueError):
+    """A MEMBERSHIP report no real node would send; the message says what is wrong with it."""
+
+
+_MAX_SEQ = (1 << 63) - 1
+
+
+def check_report(env, neighbors: Mapping[str, frozenset[str]], max_skew: float,
+                 now_ns: Callable[[], int] = time.time_ns) -> tuple[str, int, int, list[str]]:
+    """``(origin, incarnation, seq, live_neighbors)`` of a MEMBERSHIP envelope, if a real node
+    could have sent it: ``origin`` is a node of the herd (``neighbors`` maps each node to its
+    configured neighbors); ``incarnation`` (its start time in ns) is positive and not more than
+    ``max_skew`` seconds ahead of this clock; ``seq`` is a positive int64; the live neighbors are
+    distinct configured neighbors of ``origin``, sorted. Raises :class:`ReportRefused` otherwise."""
+    if env.__class__ is not list or len(env) != 5:
+        raise ReportRefused("MEMBERSHIP is [7, origin, incarnation, seq, live_neighbors]")
+    _, origin, incarnation, seq, live = env
+    allowed = neighbors.get(origin) if origin.__class__ is str else None
+    if allowed is None:
+        raise ReportRefused(f"origin {origin!r:.80} is not a node of this herd")
+    for name, value in (("incarnation", incarnation), ("seq", seq)):
+        if value.__class__ is not int or not 0 < value <= _MAX_SEQ:
+            raise ReportRefused(f"{name} must be a positive int64, not {value!r:.40}")
+    ahead = (incarnation - now_ns()) / 1e9
+    if ahead > max_skew:
+        raise ReportRefused(f"incarnation of {origin} is {ahead:.1f} s ahead of this clock "
+                            f"(max_clock_skew {max_skew:g} s): forged, or the clocks are not in sync")
+    if live.__class__ is not list or len(live) > len(allowed):
+        raise ReportRefused(f"live_neighbors must be a list of at most {len(allowed)} names")
+    for i, name in enumerate(live):
+        if name not in allowed:
+            raise ReportRefused(f"{name!r:.80} is not a neighbor of {origin} (herd.links)")
+        if i and not live[i - 1] < name:
+            raise ReportRefused("live_neighbors must be sorted and distinct")
+    return origin, incarnation, seq, live
+
+
+class ReportPacer:
+    """At most ``rate`` new reports a second per origin (a burst of ``burst``), the newest kept.
+
+    A real node reports once per link change; an origin that reports faster is paced, not
+    dropped: :meth:`admit` says whether a report may be applied now; if not, it is kept as that
+    origin's *pending* report (a newer one replaces it) and ``apply(origin)`` is called back when
+    its turn comes, with :meth:`take` giving it. So the last word of every origin is always
+    applied, and a flood of forged reports costs at most ``rate`` graph updates a second.
+    """
+
+    def __init__(self, rate: float, burst: int, call_later: Callable, apply: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.burst = burst
+        self._call_later = call_later
+        self._apply = apply
+        self._clock = clock
+        self._tokens: dict[str, tuple[float, float]] = {}  # origin -> (tokens, at)
+        self._pending: dict[str, object] = {}
+        self._timers: dict[str, object] = {}
+        self.paced = 0
+
+    def admit(self, origin: str, report) -> bool:
+        now = self._clock()
+        tokens, at = self._tokens.get(origin, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        if tokens >= 1.0 and origin not in self._pending:
+            self._tokens[origin] = (tokens - 1.0, now)
+            return True
+        self._tokens[origin] = (tokens, now)
+        self.paced += 1
+        self._pending[origin] = report
+        if origin not in self._timers:
+            self._timers[origin] = self._call_later(max(0.0, (1.0 - tokens) / self.rate), self._due, origin)
+        return False
+
+    def _due(self, origin: str) -> None:
+        del self._timers[origin]
+        now = self._clock()
+        tokens, at = self._tokens[origin]
+        self._tokens[origin] = (min(float(self.burst), tokens + (now - at) * self.rate) - 1.0, now)
+        self._apply(origin)
+
+    def take(self, origin: str):
+        """The pending report of ``origin`` (and forget it)."""
+        return self._pending.pop(origin, None)
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._pending.clear()
