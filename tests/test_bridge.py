@@ -69,10 +69,13 @@ class Herd:
 class Service:
     """A test service: one DEALER, the bridge protocol spoken by hand."""
 
-    def __init__(self, node, name="svc", names=("calc",), *, secret=SECRET.encode(), credential=..., curve=None, rcvhwm=None):
+    def __init__(self, node, name="svc", names=("calc",), *, secret=SECRET.encode(), credential=..., curve=None, rcvhwm=None,
+                 routing_id=None):
         self.ctx = zmq.asyncio.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.linger = 0
+        if routing_id is not None:
+            self.sock.routing_id = routing_id
         if rcvhwm is not None:
             self.sock.rcvhwm = rcvhwm
             self.sock.rcvbuf = 4096
@@ -455,20 +458,74 @@ def test_curve_admits_allowed_keys_only(run, tmp_path):
         async with Herd(config) as nodes:
             a = nodes["A"]
             allowed = Service(a, names=["calc"], credential=None, curve=(server_public, client_public, client_secret)).serve()
-            stranger = Service(a, name="intruder", names=["x"], curve=(server_public, stranger_public, stranger_secret))
-            plain = Service(a, name="plain", names=["y"])  # no CURVE at all, but the right credential
             try:
                 assert (await allowed.hello())[0] == WELCOME  # the key authenticates: credential nil
                 assert (await nodes["B"].lookup("calc@A").ask(5))["echo"] == 5
-                for s in (stranger, plain):
-                    s.send([SERVICE_HELLO, P.PROTOCOL_VERSION, s.name, s.names, s.credential])
-                    s.send([TELL, None, "echo", 1])
-                    await s.nothing(0.4)
-                assert set(a.bridge.stats()["services"]) == {"svc"}
-                assert a.bridge.counters["curve_denied"] >= 1 and a.bridge.stats()["curve"]
+                counters = a.bridge.counters
+                # Three ways to be refused; each is counted (every attempt: ZeroMQ redials).
+                for kind, make in [
+                    ("a key not allowed", lambda: Service(a, name="intruder", names=["x"],
+                                                          curve=(server_public, stranger_public, stranger_secret))),
+                    ("no CURVE at all, but the right credential", lambda: Service(a, name="plain", names=["y"])),
+                    ("CURVE to the wrong server key", lambda: Service(a, name="lost", names=["z"],
+                                                                      curve=(stranger_public, client_public, client_secret))),
+                ]:
+                    before = counters["curve_denied"]
+                    s = make()
+                    try:
+                        s.send([SERVICE_HELLO, P.PROTOCOL_VERSION, s.name, s.names, s.credential])
+                        s.send([TELL, None, "echo", 1])
+                        await s.nothing(0.3)
+                        await until(lambda: counters["curve_denied"] > before)
+                    finally:
+                        await s.close()
+                assert counters["curve_denied"] == counters["handshakes_failed"] >= 3
+                assert set(a.bridge.stats()["services"]) == {"svc"} and a.bridge.stats()["curve"]
+                assert a.stats()["actors"]["echo"]["messages"] == 0  # none of their tells got in
             finally:
-                for s in (allowed, stranger, plain):
-                    await s.close()
+                await allowed.close()
+
+    run(main)
+
+
+def test_a_session_is_bound_to_its_connection_not_to_a_routing_id(run):
+    """The attack: a service with a fixed routing id leaves without BYE; another socket takes the
+    id and asks, without any credential. Now ids are the node's to assign, and a closed connection
+    ends its session at once: an id whose session ended is a stranger."""
+    config = bridge_config()
+
+    async def main():
+        async with Herd(config) as nodes:
+            a = nodes["A"]
+            fixed = Service(a, name="fixed", names=["f"], routing_id=b"svc-1")
+            try:
+                err = await fixed.hello()
+                assert err[:3] == [ERROR, None, "protocol"] and "own ZeroMQ routing id" in err[3]
+                assert a.bridge.counters["own_ids_refused"] == 1 and "fixed" not in a.bridge.stats()["services"]
+            finally:
+                await fixed.close()
+
+            svc = Service(a, names=["calc"]).serve()
+            assert (await svc.hello())[0] == WELCOME
+            (identity,) = [i for i, s in a.bridge._by_identity.items() if s.name == "svc"]
+            assert identity[0] == 0 and len(identity) == 5  # assigned by the node
+            t0 = time.monotonic()
+            await svc.close()  # gone without BYE
+            await until(lambda: a.bridge.counters["disconnects"] == 1, timeout=2.0)
+            assert time.monotonic() - t0 < 1.0 < a.bridge.evict_after  # at once, not after the eviction window
+            assert not a.bridge.stats()["services"]["svc"]["live"]
+            with pytest.raises(NodeUnavailable):
+                await nodes["B"].lookup("calc@A").ask(1, timeout=2.0)
+            # the intruder claims exactly the id the node had assigned (as if it had guessed it)
+            intruder = Service(a, name="svc", names=[], credential=None, routing_id=identity)
+            try:
+                intruder.send([ASK, None, "echo", "steal", "svc", 7])
+                err = await intruder.recv()
+                assert err[:3] == [ERROR, None, "protocol"] and "SERVICE_HELLO first" in err[3]
+                assert (await intruder.hello())[:3] == [ERROR, None, "auth"]  # nor say hello without the credential
+            finally:
+                await intruder.close()
+            assert a.stats()["actors"]["echo"]["messages"] == 0  # the stolen ask was never performed
 
     run(main)
 

@@ -17,7 +17,11 @@ Security: without CURVE a service proves the herd secret with
 ``HMAC-SHA256(secret, b"herdrt-bridge-v1" + service)`` (replayable by whoever can sniff the
 traffic). With ``[herd.bridge] curve_secret_key_file`` the ROUTER is a CURVE server and a ZAP
 handler admits only ``allowed_client_keys``: a client with another key completes no handshake and
-gets nothing through.
+gets nothing through (a socket monitor counts every refused handshake, ``curve_denied``).
+A session is bound to the connection that said SERVICE_HELLO, not to a routing id anyone could
+claim: the node assigns every routing id itself (a SERVICE_HELLO from an id the peer chose is
+refused), and the socket monitor ends a session the moment its TCP connection closes, so an id
+whose session ended is unknown: its messages get ERROR ``protocol``.
 
 Speed: the socket is a plain ``zmq.Socket`` watched with ``loop.add_reader`` on its (edge-triggered)
 file descriptor; on readiness the bridge drains it with non-blocking receives, and re-checks
@@ -38,11 +42,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol as P
 from .actor import Actor, Deferred
 from .backpressure import Backpressure
 from .errors import FrameTooLarge, HerdError, MailboxFull, NodeUnavailable
+from .ratelog import RateLog
 
 if TYPE_CHECKING:
     from .herd import HerdNode
@@ -82,6 +88,10 @@ _MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_SRCFD = int(zmq.SRCFD)
+_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
+_HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                        | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 _DRAIN_BUDGET = 4096  # tells/asks handled per loop turn before the loop gets control back
 _RETRY_DELAY = 0.005  # seconds between attempts to flush outboxes ZeroMQ pushed back on
@@ -107,6 +117,11 @@ def _no_ext(code: int, data: bytes):
     raise _Refused(P.E_PROTOCOL, f"msgpack ext type {code} is not carried by the bridge")
 
 
+def _assigned_id(identity: bytes) -> bool:
+    """Whether a ROUTER made up this routing id (a zero byte and a 32-bit counter), rather than the peer."""
+    return len(identity) == 5 and identity[0] == 0
+
+
 def _valid_name(name) -> bool:
     return name.__class__ is str and 0 < len(name) <= _MAX_NAME and "@" not in name
 
@@ -120,13 +135,14 @@ def _names(value, what: str) -> list[str]:
 class _Service:
     """One service known to the bridge: its connection (if live), names and asks in flight."""
 
-    __slots__ = ("name", "identity", "names", "live", "last_heard", "last_beat", "beat_seq", "pending",
+    __slots__ = ("name", "identity", "fd", "names", "live", "last_heard", "last_beat", "beat_seq", "pending",
                  "outbox", "overflowing", "messages_in", "messages_out", "since", "tell_name", "tell_bodies",
                  "tell_size", "respond")
 
     def __init__(self, name: str):
         self.name = name
         self.identity: bytes | None = None
+        self.fd = -1  # the node-side socket of its connection: the monitor reports its close by it
         self.names: set[str] = set()
         self.live = False
         self.last_heard = 0.0
@@ -190,9 +206,14 @@ class Bridge:
             "replies_from_services": 0, "stray_replies": 0, "dropped_tells": 0, "failed_asks": 0,
             "errors_sent": 0, "malformed": 0, "dropped_unknown": 0, "outbox_overflows": 0, "unroutable": 0,
             "curve_denied": 0, "handler_errors": 0, "undelivered_tells": 0, "tells_batches_to_services": 0, "throttled": 0,
+            "handshakes_failed": 0, "disconnects": 0, "own_ids_refused": 0,
         }
         self._services: dict[str, _Service] = {}
         self._by_identity: dict[bytes, _Service] = {}
+        self._by_fd: dict[int, _Service] = {}
+        self._src_fd = -1  # the connection of the message being handled, when it came from an unknown id
+        self.ratelog = RateLog(log)
+        self.last_denied_key: bytes | None = None  # set by the ZAP handler's thread
         self._owners: dict[str, _Service] = {}  # served actor name -> its service
         self._backlog: set[_Service] = set()  # services whose outbox is not empty
         packer = msgpack.Packer(use_bin_type=True)
@@ -205,6 +226,8 @@ class Bridge:
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
         self._fd = -1
+        self._monitor: zmq.Socket | None = None
+        self._monitor_fd = -1
         self._auth = None
         self._timer: asyncio.TimerHandle | None = None
         self._retry: asyncio.TimerHandle | None = None
@@ -251,6 +274,11 @@ class Bridge:
             raise OSError(f"bridge of node {self.node.name} cannot bind tcp://{self.host}:{self.port}: {exc}") from None
         self._ctx, self._sock = ctx, sock
         self._fd = sock.getsockopt(zmq.FD)
+        # Connection events: a closed connection ends its service's session at once, and every
+        # refused handshake (CURVE or not) is counted.
+        self._monitor = sock.get_monitor_socket(_DISCONNECTED | _HANDSHAKE_FAILED)
+        self._monitor_fd = self._monitor.getsockopt(zmq.FD)
+        loop.add_reader(self._monitor_fd, self._drain_monitor)
         loop.add_reader(self._fd, self._drain)
         self._timer = loop.call_later(self._tick_interval(), self._tick)
         loop.call_soon(self._drain)  # the edge may have passed already
@@ -271,6 +299,7 @@ class Bridge:
         self._timer = self._retry = None
         if not self._paused:
             self._loop.remove_reader(self._fd)
+        self._loop.remove_reader(self._monitor_fd)
         self._backpressure.close()
         self._paused = False
         for svc in list(self._services.values()):
@@ -280,6 +309,9 @@ class Bridge:
                 self._raw_send(svc.identity, [P.BYE, "shutdown"])
                 self._disconnect(svc, "the bridge closed")
         self._sock = None
+        sock.disable_monitor()
+        self._monitor.close(0)
+        self._monitor = None
         sock.close()
         if self._auth is not None:
             self._auth.stop()
@@ -294,6 +326,7 @@ class Bridge:
         sock = self._sock
         if sock is None or self._paused:
             return
+        self._drain_monitor()  # a connection that closed ends its session before anything else is read
         handle = self._handle
         self._now = self._loop.time()
         self._work = 0
@@ -316,7 +349,13 @@ class Bridge:
                 identity = _zrecv(sock, _NOBLOCK)
             except zmq.Again:
                 break
-            frames = [identity, _zrecv(sock, _NOBLOCK)]  # a message arrives whole: never Again here
+            if identity in self._by_identity:
+                self._src_fd = -1
+                frames = [identity, _zrecv(sock, _NOBLOCK)]  # a message arrives whole: never Again here
+            else:  # a SERVICE_HELLO (or a stranger): note which connection it came by
+                frame = _zrecv(sock, _NOBLOCK, False)
+                self._src_fd = frame.get(_SRCFD)
+                frames = [identity, frame.bytes]
             while _zget(sock, _RCVMORE):
                 frames.append(_zrecv(sock, _NOBLOCK))
             try:
@@ -330,6 +369,34 @@ class Bridge:
             if self._work >= _DRAIN_BUDGET:
                 self._loop.call_soon(self._drain)  # the FD will not signal again for these
                 break
+
+    def _drain_monitor(self) -> None:
+        monitor = self._monitor
+        if monitor is None:
+            return
+        while _zget(monitor, _EVENTS) & _POLLIN:
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(_NOBLOCK))
+            except zmq.Again:
+                break
+            kind, value = int(event["event"]), event["value"]
+            if kind == _DISCONNECTED:
+                svc = self._by_fd.get(value)
+                if svc is not None and svc.live:
+                    self.counters["disconnects"] += 1
+                    log.info("%s: service %s disconnected without BYE; its names %s are unavailable until it "
+                             "says SERVICE_HELLO again", self.node.name, svc.name, ", ".join(sorted(svc.names)) or "(none)")
+                    self._disconnect(svc, "its connection closed")
+            elif kind & _HANDSHAKE_FAILED:
+                c = self.counters
+                c["handshakes_failed"] += 1
+                if self.settings.curve:
+                    c["curve_denied"] += 1
+                why = {int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): f"client key {self.last_denied_key!r} not allowed",
+                       int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "a protocol or cryptographic error (wrong server key?)",
+                       }.get(kind, "a peer speaking another security mechanism (no CURVE?)")
+                self.ratelog.warning(("handshake", kind), "%s: bridge refused a ZeroMQ handshake from %s: %s",
+                                     self.node.name, event.get("endpoint", b"?").decode("utf-8", "replace"), why)
 
     def _handle(self, frames: list[bytes]) -> None:
         c = self.counters
@@ -404,6 +471,10 @@ class Bridge:
         c = self.counters
         c["hellos"] += 1
         try:
+            if not _assigned_id(identity):
+                c["own_ids_refused"] += 1
+                raise _Refused(P.E_PROTOCOL, "this connection chose its own ZeroMQ routing id: leave ZMQ_ROUTING_ID "
+                               "unset, the node assigns ids (so no one can claim a service's id once it left)")
             service, names = self._check_hello(env)
         except _Refused:
             c["refused"] += 1
@@ -412,6 +483,7 @@ class Bridge:
                 self._disconnect(known, "its connection sent a refused SERVICE_HELLO")
             raise
         prev = self._by_identity.get(identity)
+        fd = self._src_fd if self._src_fd >= 0 else prev.fd if prev is not None else -1
         svc = self._services.get(service)
         if prev is not None and prev is not svc:
             self._disconnect(prev, f"its connection is now service {service!r}")
@@ -424,6 +496,9 @@ class Bridge:
         for name in svc.names - set(names):
             self._unbind(name)
         svc.identity = identity
+        svc.fd = fd
+        if fd >= 0:
+            self._by_fd[fd] = svc
         svc.live = True
         svc.last_heard = svc.last_beat = self._now
         svc.overflowing = False
@@ -519,6 +594,9 @@ class Bridge:
         if svc.identity is not None:
             self._by_identity.pop(svc.identity, None)
             svc.identity = None
+        if self._by_fd.get(svc.fd) is svc:
+            del self._by_fd[svc.fd]
+        svc.fd = -1
         svc.live = False
         if svc.tell_bodies:
             self.counters["dropped_tells"] += len(svc.tell_bodies)
@@ -922,6 +1000,6 @@ class _AllowedKeys:
     def callback(self, domain: str, key: bytes) -> bool:
         if key in self._keys:
             return True
-        self._bridge.counters["curve_denied"] += 1  # a plain int bump: safe enough under the GIL
-        log.warning("bridge: CURVE client key %s refused (not in allowed_client_keys)", key.decode("ascii", "replace"))
+        # Counted and logged (rate-limited) on the loop, from the socket monitor's event.
+        self._bridge.last_denied_key = key
         return False
