@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from herdrt.apps.proxy import AtRecord, GazetteerPlaces, ProxyApp
+from herdrt.apps.proxy import AtRecord, GazetteerPlaces, ProxyApp, ProxyLimits, TrafficLog
 from herdrt.config import loads_config
 
 CLIENT_NS = 1621464827_959498503
@@ -249,15 +249,91 @@ def test_crlf_lines(run, tmp_path):
                          b"? nope\n")
 
 
-def test_overlong_line_closes_the_connection(run, tmp_path):
+def test_an_overlong_line_is_answered_cut_short_and_the_connection_goes_on(run, tmp_path):
     async def main():
-        app, _ = make_app(tmp_path)
-        app._proxy.max_line = 1000
+        app, _ = make_app(tmp_path, limits=ProxyLimits(max_line=1000))
         async with app:
-            return await exchange(app.port, KIWI + b"\n" + b"x" * 5000)
+            # even an over-long line that starts as a valid IAMAT is invalid, not stored
+            long = b"IAMAT long.example +1+1 1" + b" " * 5000 + b"x"
+            reply = await exchange(app.port, KIWI + b"\n" + long + b"\nnope\n" + b"y" * 3000)
+            return reply, dict(app.counters), app.store.get("long.example")
 
-    reply = run(main)
-    assert reply.startswith(b"AT Clark") and reply.count(b"\n") == 1
+    reply, counters, stored = run(main)
+    lines = reply.split(b"\n")
+    assert lines[0].startswith(b"AT Clark") and lines[1] == b"? " + (b"IAMAT long.example +1+1 1" + b" " * 5000)[:1000]
+    assert lines[2] == b"? nope" and lines[3] == b"? " + b"y" * 1000 and lines[4:] == [b""]
+    assert counters["long_lines"] == 2 and counters["invalid"] == 3 and stored is None
+
+
+def test_numbers_too_long_for_int_and_far_future_times_get_a_question_mark(run, tmp_path):
+    now = CLIENT_NS + 263_873_386  # the server's clock (make_app)
+
+    async def main():
+        app, floods = make_app(tmp_path)
+        async with app:
+            spoof = b"IAMAT kiwi.cs.ucla.edu -1-1 99999999999.999999999"
+            soon = f"IAMAT kiwi.cs.ucla.edu +1+1 {(now + 4 * 10**9) // 10**9}.000000001".encode()  # 4 s ahead: fine
+            reply = await exchange(app.port, b"\n".join([
+                spoof,
+                b"IAMAT kiwi.cs.ucla.edu -1-1 " + b"9" * 4000,
+                b"WHATSAT kiwi.cs.ucla.edu 10 " + b"1" * 4400,
+                b"WHATSAT kiwi.cs.ucla.edu " + b"1" * 4400 + b" 5",
+                KIWI,  # the real client is stored, not pinned out by the spoof
+                soon,
+            ]) + b"\n")
+            return reply, dict(app.counters), app.store.get("kiwi.cs.ucla.edu"), floods
+
+    reply, counters, stored, floods = run(main)
+    lines = reply.decode().split("\n")
+    assert lines[0] == "? IAMAT kiwi.cs.ucla.edu -1-1 99999999999.999999999"
+    assert all(line.startswith("? ") for line in lines[1:4])
+    assert lines[4].startswith("AT Clark +0.263873386 kiwi.cs.ucla.edu") and lines[5].startswith("AT Clark -3.")
+    assert counters["future_refused"] == 1 and counters["invalid"] == 4 and counters["iamats"] == 2
+    assert stored.location == "+1+1" and len(floods) == 2
+
+
+def test_silent_and_slow_clients_are_disconnected_and_the_connection_cap_holds(run, tmp_path):
+    limits = ProxyLimits(idle_timeout=0.3, line_timeout=0.5, max_connections=3)
+
+    async def main():
+        app, _ = make_app(tmp_path, limits=limits)
+        async with app:
+            loop = asyncio.get_running_loop()
+            idle = await asyncio.open_connection("127.0.0.1", app.port)
+            slow = await asyncio.open_connection("127.0.0.1", app.port)
+            t0 = loop.time()
+
+            async def trickle():  # slowloris: a byte now and then, never a whole line
+                while True:
+                    slow[1].write(b"I")
+                    await asyncio.sleep(0.1)
+
+            trickling = asyncio.ensure_future(trickle())
+            try:
+                assert await slow[0].read() == b""  # closed for the unfinished line
+            except ConnectionError:  # ... or the close met a byte on its way
+                pass
+            slow_closed = loop.time() - t0
+            trickling.cancel()
+            await asyncio.gather(trickling, return_exceptions=True)
+            assert await idle[0].read() == b""  # closed for silence
+            for _, w in (idle, slow):
+                w.close()
+            # three open connections; a fourth is closed at once, the three still answer
+            held = [await asyncio.open_connection("127.0.0.1", app.port) for _ in range(3)]
+            await asyncio.sleep(0.05)
+            extra = await asyncio.open_connection("127.0.0.1", app.port)
+            assert await asyncio.wait_for(extra[0].read(), 1.0) == b""
+            extra[1].close()
+            for r, w in held:
+                w.write(KIWI + b"\n")
+                assert (await r.readline()).startswith(b"AT Clark")
+                w.close()
+            return slow_closed, dict(app.counters)
+
+    slow_closed, counters = run(main)
+    assert 0.5 <= slow_closed < 0.75  # the line timeout, though bytes kept coming
+    assert counters["timeouts"] == 2 and counters["connections_refused"] == 1 and counters["connections"] == 5
 
 
 # --- ordering ------------------------------------------------------------------------------------
@@ -473,3 +549,27 @@ def test_traffic_log_records_in_out_and_updates(run, tmp_path):
     assert "IGNORED from peer (not newer): AT Bona +0.1 kiwi.cs.ucla.edu +1+1 1" in log[9]
     whatsat_out = log[8]
     assert '"status": "OK"' in whatsat_out and whatsat_out.endswith("}\\n\\n")  # one entry per reply
+
+
+def test_traffic_log_is_private_size_capped_and_cuts_invalid_input(run, tmp_path):
+    async def main():
+        app, _ = make_app(tmp_path)
+        async with app:
+            await exchange(app.port, KIWI + b"\n" + b"z" * 3000 + b"\n")
+        return app.log_path
+
+    path = run(main)
+    assert path.stat().st_mode & 0o777 == 0o600  # it holds client locations
+    log = path.read_text().splitlines()
+    bad_in, bad_out = [e for e in log if " IN " in e or " OUT " in e][2:]
+    assert bad_in.endswith("z" * 200 + "... (3000 bytes)") and bad_out.endswith("... (3003 bytes)")
+    assert max(len(e) for e in log) < 400  # 3 KB of garbage in, a few hundred bytes logged
+
+    traffic = TrafficLog("Clark", tmp_path / "small" / "Clark.log", max_bytes=2000, backups=2)
+    for i in range(500):
+        traffic.write("IN", f"line {i}")
+    traffic.close()
+    files = sorted((tmp_path / "small").iterdir())
+    assert [f.name for f in files] == ["Clark.log", "Clark.log.1", "Clark.log.2"]
+    assert all(f.stat().st_size <= 2000 and f.stat().st_mode & 0o777 == 0o600 for f in files)
+    assert files[0].read_text().splitlines()[-1].endswith("IN line 499")

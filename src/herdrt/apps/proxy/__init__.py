@@ -21,12 +21,13 @@ from typing import Any, Callable
 
 from .places import CachedPlaces, GazetteerPlaces, GooglePlaces, PlacesProvider, make_places, places_error
 from .protocol import ProtocolError, parse_command
-from .server import Flood, ProxyServer, TrafficLog
+from .server import Flood, ProxyLimits, ProxyServer, TrafficLog
 from .store import RECORD_VERSION, AtRecord, LocationStore
 
 __all__ = [
     "ProxyApp",
     "ProxyServer",
+    "ProxyLimits",
     "AtRecord",
     "LocationStore",
     "RECORD_VERSION",
@@ -62,6 +63,8 @@ class ProxyApp:
     - ``flood``: ``flood(record)`` (plain or async) sends a record to the neighbors; may also be
       set later via the :attr:`flood` attribute. ``reflood``: pass on records stored from peers.
     - ``clock``: POSIX time in integer nanoseconds (tests).
+    - ``limits``: what a client may do (:class:`ProxyLimits`: line length, connections, idle and
+      line timeouts, how far in the future an IAMAT's time may be).
 
     Also an async context manager.
     """
@@ -78,6 +81,7 @@ class ProxyApp:
         flood: Flood | None = None,
         reflood: bool = True,
         clock: Callable[[], int] = time.time_ns,
+        limits: ProxyLimits = ProxyLimits(),
     ):
         self.server = server
         self.host = host
@@ -88,7 +92,7 @@ class ProxyApp:
         self._own_places = places is None
         self.places = places if places is not None else make_places()
         self._traffic: TrafficLog | None = None
-        self._proxy = ProxyServer(server, self.places, flood=flood, reflood=reflood, clock=clock)
+        self._proxy = ProxyServer(server, self.places, flood=flood, reflood=reflood, clock=clock, limits=limits)
 
     @property
     def flood(self) -> Flood | None:
@@ -97,6 +101,11 @@ class ProxyApp:
     @flood.setter
     def flood(self, value: Flood | None) -> None:
         self._proxy.flood = value
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """What the server did and refused (connections, lines, IAMATs, refusals, ...)."""
+        return self._proxy.counters
 
     @property
     def store(self) -> LocationStore:

@@ -25,6 +25,7 @@ from typing import Any
 __all__ = [
     "MAX_RADIUS_KM",
     "MAX_BOUND",
+    "MAX_DIGITS",
     "ProtocolError",
     "IAmAt",
     "WhatsAt",
@@ -45,11 +46,14 @@ MAX_BOUND = 20
 _NS = 1_000_000_000
 # ASCII whitespace only: str.split() would also split on U+00A0, U+2028, \x1c-\x1f and friends.
 _WS = re.compile(r"[ \t\n\r\f\v]+")
-_TIME = re.compile(r"([+-]?)([0-9]+)(?:\.([0-9]{1,9}))?")
-_COORD = r"[+-][0-9]+(?:\.[0-9]+)?"
+# Every number has a length limit: int() of thousands of digits is slow, and past 4,300 digits
+# it raises ValueError (Python's int-string limit); no valid value needs more than these.
+MAX_DIGITS = 30
+_TIME = re.compile(r"([+-]?)([0-9]{1,12})(?:\.([0-9]{1,9}))?")  # seconds: up to the year 33,658
+_COORD = rf"[+-][0-9]{{1,3}}(?:\.[0-9]{{1,{MAX_DIGITS}}})?"
 _LOCATION = re.compile(f"({_COORD})({_COORD})")
-_RADIUS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
-_BOUND = re.compile(r"[0-9]+")
+_RADIUS = re.compile(rf"[0-9]{{1,3}}(?:\.[0-9]{{1,{MAX_DIGITS}}})?")
+_BOUND = re.compile(r"[0-9]{1,3}")
 
 
 class ProtocolError(ValueError):
@@ -83,10 +87,12 @@ def split_fields(line: str) -> list[str]:
 
 
 def parse_time(text: str) -> int:
-    """POSIX time ``[+-]seconds[.fraction]`` (up to 9 fraction digits) as integer nanoseconds.
+    """POSIX time ``[+-]seconds[.fraction]`` (up to 12 digits of seconds and 9 of fraction) as
+    integer nanoseconds.
 
     Exact: ``"1621464827.959498503"`` is ``1621464827959498503``. More than nine fraction digits
-    (finer than a nanosecond), exponents, ``inf``/``nan`` and non-ASCII digits are refused.
+    (finer than a nanosecond), more than twelve of seconds, exponents, ``inf``/``nan`` and
+    non-ASCII digits are refused.
     """
     m = _TIME.fullmatch(text)
     if m is None:

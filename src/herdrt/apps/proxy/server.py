@@ -10,6 +10,15 @@ soon as it is read (an IAMAT is timed, stored and flooded at once; a WHATSAT rea
 once and starts its places lookup), and the replies are written in order by a writer task, so a
 WHATSAT that waits on a lookup holds back the replies to later lines but not their effects. At most
 ``max_pipeline`` replies wait per connection; then reading pauses (backpressure).
+
+What a client may do is bounded (:class:`ProxyLimits`, as nginx and HAProxy bound idle time, line
+length and connections): a line over ``max_line`` bytes is answered ``? <its first max_line
+bytes>`` and the rest of it skipped, so a connection holds a few KiB at most; a client silent for
+``idle_timeout``, or slower than ``line_timeout`` to finish a line, is disconnected; past
+``max_connections`` a new connection is closed at once; an IAMAT time more than
+``max_future_skew`` ahead of this server's clock is refused (``? …``), from a client or a peer, so
+no one can pin a client's location with a far-future time. Every one of these is counted
+(:attr:`ProxyServer.counters`), and logged rate-limited, never once per line.
 """
 
 from __future__ import annotations
@@ -17,24 +26,45 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import logging.handlers
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from ...ratelog import RateLog
 from .places import PlacesProvider, places_error
 from .protocol import IAmAt, ProtocolError, format_skew, invalid_reply, parse_command, whatsat_reply
 from .store import AtRecord, LocationStore
 
-__all__ = ["ProxyServer", "TrafficLog", "Flood"]
+__all__ = ["ProxyServer", "ProxyLimits", "TrafficLog", "Flood"]
 
 log = logging.getLogger("herdrt.proxy")
 
 #: ``flood(record)``: send a wire record to the neighbors; plain or ``async`` (then run as a task).
 Flood = Callable[[dict[str, Any]], Any]
 
-_MAX_LINE = 64 * 1024
+_NS = 1_000_000_000
+#: Bytes of an invalid line (and of its ``?`` reply) written to the traffic log.
+_LOGGED_INVALID = 200
+
+
+@dataclass(frozen=True)
+class ProxyLimits:
+    """What one proxy server allows a client (see the module docstring)."""
+
+    #: Bytes in one line; a longer one is answered ``? <its first max_line bytes>``, the rest skipped.
+    max_line: int = 4096
+    #: Open client connections; a connection past it is closed at once.
+    max_connections: int = 1024
+    #: Seconds a client may send nothing before it is disconnected.
+    idle_timeout: float = 60.0
+    #: Seconds a client has to finish a line it started (slowloris).
+    line_timeout: float = 10.0
+    #: Seconds an IAMAT's time may be ahead of this server's clock.
+    max_future_skew: float = 5.0
 # Accept queue length: asyncio's default (100) makes a burst of more clients than that, arriving
 # while the loop is busy, wait for the kernel's SYN retransmit (about a second). The kernel caps it
 # at net.core.somaxconn.
@@ -46,32 +76,49 @@ def _escape(text: str) -> str:
     return text.encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
+def _cut(data: bytes) -> str:
+    text = data[:_LOGGED_INVALID].decode("utf-8", "backslashreplace")
+    return text if len(data) <= _LOGGED_INVALID else f"{text}... ({len(data)} bytes)"
+
+
+class _PrivateRotatingFile(logging.handlers.RotatingFileHandler):
+    """A size-capped log file (and its rotated copies) that only its owner can read: it holds
+    client locations."""
+
+    def _open(self):
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)  # a file left by an older version may be more open
+        return os.fdopen(fd, "a", encoding=self.encoding or "utf-8", buffering=1)
+
+
 class TrafficLog:
-    """An append-only, line-buffered text log of one server's traffic (``None`` path: no file).
+    """A text log of one server's traffic (``None`` path: no file), size-capped and private.
 
     Entries are ``<UTC ISO time> <server> <kind> <detail>``; kinds are ``IN``/``OUT`` (client lines
-    and replies, with the peer address), ``STORED``/``IGNORED``/``REFUSED`` (updates) and
-    ``FLOOD-ERROR``. Control characters are escaped so that every entry is one line.
+    and replies, with the peer address; an invalid line and its ``?`` reply are cut to 200 bytes),
+    ``STORED``/``IGNORED``/``REFUSED`` (updates) and ``FLOOD-ERROR``. Control characters are
+    escaped so that every entry is one line. The file is written mode 0600 and rotated at
+    ``max_bytes`` (``<path>.1`` ... ``.<backups>``), so the log of a flood of input stays bounded.
     """
 
-    def __init__(self, server: str, path: str | os.PathLike | None):
+    def __init__(self, server: str, path: str | os.PathLike | None, max_bytes: int = 10 << 20, backups: int = 3):
         self.server = server
         self.path = Path(path) if path is not None else None
-        self._file = None
+        self._handler: logging.Handler | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+            self._handler = _PrivateRotatingFile(self.path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
 
     def write(self, kind: str, detail: str) -> None:
-        if self._file is None:
+        if self._handler is None:
             return
         stamp = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-        self._file.write(f"{stamp} {self.server} {kind} {_escape(detail)}\n")
+        self._handler.handle(logging.makeLogRecord({"msg": f"{stamp} {self.server} {kind} {_escape(detail)}"}))
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._handler is not None:
+            self._handler.close()
+            self._handler = None
 
 
 class ProxyServer:
@@ -95,7 +142,7 @@ class ProxyServer:
         traffic: TrafficLog | None = None,
         clock: Callable[[], int] = time.time_ns,
         max_pipeline: int = 64,
-        max_line: int = _MAX_LINE,
+        limits: ProxyLimits = ProxyLimits(),
         backlog: int = _BACKLOG,
     ):
         self.name = name
@@ -106,8 +153,15 @@ class ProxyServer:
         self.traffic = traffic if traffic is not None else TrafficLog(name, None)
         self.clock = clock
         self.max_pipeline = max_pipeline
-        self.max_line = max_line
+        self.limits = limits
         self.backlog = backlog
+        self.ratelog = RateLog(log)
+        #: What this server did and refused; msgpack-ready (a node's metrics read it).
+        self.counters = {
+            "connections": 0, "connections_refused": 0, "timeouts": 0, "lines": 0, "iamats": 0,
+            "whatsats": 0, "invalid": 0, "long_lines": 0, "future_refused": 0, "stored": 0,
+            "ignored": 0, "floods": 0, "flood_errors": 0, "peer_refused": 0,
+        }
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task] = set()
         self._background: set[asyncio.Task] = set()
@@ -117,7 +171,9 @@ class ProxyServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen for clients on host:port (port 0: any free port; see :attr:`port`)."""
-        self._server = await asyncio.start_server(self._serve_connection, host, port, backlog=self.backlog)
+        # limit: the stream buffers about twice this before it stops reading the socket
+        self._server = await asyncio.start_server(self._serve_connection, host, port, backlog=self.backlog,
+                                                  limit=self.limits.max_line)
 
     @property
     def port(self) -> int | None:
@@ -151,18 +207,29 @@ class ProxyServer:
         """
         try:
             record = AtRecord.from_wire(data)
+            self._check_future(record.time_ns, self.clock())
         except (ValueError, TypeError) as exc:
-            self.traffic.write("REFUSED", f"{exc}: {data!r}"[:2000])
-            log.warning("%s: refused a malformed update: %s", self.name, exc)
+            self.counters["peer_refused"] += 1
+            self.traffic.write("REFUSED", f"{exc}: {data!r}"[:_LOGGED_INVALID])
+            self.ratelog.warning("peer refused", "%s: refused an update from a peer: %s", self.name, exc)
             return False
         return self._offer(record, "peer", flood=self.reflood)
 
+    def _check_future(self, time_ns: int, now_ns: int) -> None:
+        ahead = time_ns - now_ns
+        if ahead > self.limits.max_future_skew * _NS:
+            self.counters["future_refused"] += 1
+            raise ProtocolError(f"time {ahead / _NS:.3f} s in the future (max_future_skew {self.limits.max_future_skew:g} s)")
+
     def _offer(self, record: AtRecord, source: str, flood: bool = True) -> bool:
         if not self.store.offer(record):
+            self.counters["ignored"] += 1
             self.traffic.write("IGNORED", f"from {source} (not newer): {record.line}")
             return False
+        self.counters["stored"] += 1
         self.traffic.write("STORED", f"from {source}: {record.line}")
         if flood and self.flood is not None:
+            self.counters["floods"] += 1
             self._flood(record.to_wire())
         return True
 
@@ -183,34 +250,44 @@ class ProxyServer:
             self._flood_failed(wire, task.exception())
 
     def _flood_failed(self, wire: dict[str, Any], exc: BaseException) -> None:
+        self.counters["flood_errors"] += 1
         self.traffic.write("FLOOD-ERROR", f"{type(exc).__name__}: {exc} for {wire.get('client')!r}")
-        log.warning("%s: flooding the update of %r failed: %s", self.name, wire.get("client"), exc)
+        self.ratelog.warning("flood failed", "%s: flooding the update of %r failed: %s", self.name, wire.get("client"), exc)
 
     # -- clients ---------------------------------------------------------------------------------
 
     def answer(self, raw: bytes, peer: str = "-") -> bytes | asyncio.Future:
         """Act on one line (bytes, without its newline) now; the reply, or a future of it."""
         received_ns = self.clock()
+        self.counters["lines"] += 1
         try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            line = None
-        self.traffic.write("IN", f"{peer} {raw.decode('utf-8', 'backslashreplace')}")
-        try:
-            if line is None:
-                raise ProtocolError("not UTF-8")
-            command = parse_command(line)
-        except ProtocolError:
-            return self._reply(invalid_reply(raw), peer)
+            command = parse_command(raw.decode("utf-8"))
+            if isinstance(command, IAmAt):
+                self._check_future(command.time_ns, received_ns)
+        except (ProtocolError, ValueError):  # UnicodeDecodeError is a ValueError
+            return self._invalid(raw, peer)
+        self.traffic.write("IN", f"{peer} {raw.decode('utf-8')}")
         if isinstance(command, IAmAt):
+            self.counters["iamats"] += 1
             record = AtRecord(self.name, format_skew(received_ns - command.time_ns), command.client,
                               command.location, command.time, command.time_ns, command.lat, command.lon)
             self._offer(record, f"client {peer}")
             return self._reply((record.line + "\n").encode("utf-8"), peer)
+        self.counters["whatsats"] += 1
         stored = self.store.get(command.client)
         if stored is None:
-            return self._reply(invalid_reply(raw), peer)
+            return self._invalid(raw, peer, logged_in=True)
         return asyncio.ensure_future(self._whatsat(stored, command.radius_km, command.bound, peer))
+
+    def _invalid(self, raw: bytes, peer: str, logged_in: bool = False) -> bytes:
+        """``? <line>``: counted, and logged cut short (input cannot make the log grow faster
+        than a few hundred bytes a line)."""
+        self.counters["invalid"] += 1
+        reply = invalid_reply(raw)
+        if not logged_in:
+            self.traffic.write("IN", f"{peer} {_cut(raw)}")
+        self.traffic.write("OUT", f"{peer} {_cut(reply)}")
+        return reply
 
     async def _whatsat(self, record: AtRecord, radius_km: float, bound: int, peer: str) -> bytes:
         try:
@@ -230,21 +307,44 @@ class ProxyServer:
         if self._closing:  # accepted as the server shuts down
             writer.close()
             return
+        limits = self.limits
+        if len(self._connections) >= limits.max_connections:
+            self.counters["connections_refused"] += 1
+            self.ratelog.warning("busy", "%s: %d client connections open (max_connections): closing a new one",
+                                 self.name, len(self._connections))
+            writer.close()
+            return
         task = asyncio.current_task()
         self._connections.add(task)
+        self.counters["connections"] += 1
         address = writer.get_extra_info("peername")
         peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
         replies: asyncio.Queue = asyncio.Queue(self.max_pipeline)
         alive = [True]
         writer_task = asyncio.ensure_future(self._write_replies(replies, writer, alive))
+        loop = asyncio.get_running_loop()
         try:
             buf = bytearray()
+            skipping = False  # inside a line over max_line, already answered: dropping it to its newline
+            started = 0.0  # when the unfinished line (buf, or the one skipped) began
             while alive[0]:
-                data = await reader.read(65536)
+                wait = limits.idle_timeout
+                if buf or skipping:
+                    wait = min(wait, started + limits.line_timeout - loop.time())
+                try:
+                    async with asyncio.timeout(max(wait, 0.0)):
+                        data = await reader.read(limits.max_line)
+                except TimeoutError:
+                    self.counters["timeouts"] += 1
+                    why = "an unfinished line" if buf or skipping else "nothing"
+                    self.traffic.write("TIMEOUT", f"{peer}: {why} for too long; closing")
+                    break
                 if not data:
-                    if buf:  # a last line without a newline is still a line
+                    if buf and not skipping:  # a last line without a newline is still a line
                         await replies.put(self.answer(bytes(buf), peer))
                     break
+                if not buf and not skipping:
+                    started = loop.time()
                 buf += data
                 start = 0
                 while alive[0]:
@@ -252,14 +352,23 @@ class ProxyServer:
                     if end < 0:
                         break
                     line = bytes(buf[start:end])
+                    start = end + 1
+                    if skipping:  # the rest of a line answered already
+                        skipping = False
+                        continue
                     if line.endswith(b"\r"):
                         line = line[:-1]
-                    start = end + 1
                     await replies.put(self.answer(line, peer))
                 del buf[:start]
-                if len(buf) > self.max_line:
-                    self.traffic.write("DROPPED", f"{peer}: a line longer than {self.max_line} bytes; closing")
-                    break
+                if start:
+                    started = loop.time()
+                if skipping:
+                    buf.clear()
+                elif len(buf) > limits.max_line:
+                    self.counters["long_lines"] += 1
+                    await replies.put(self._invalid(bytes(buf[:limits.max_line]), peer))
+                    buf.clear()
+                    skipping = True
         except (ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
