@@ -11,110 +11,13 @@ is tested in ``test_proxy_server.py``; here the point is the real processes and 
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import json
 import re
-import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-from _herdtest import NodeProcesses, free_ports, node_env
+from _proxyherd import NAMES, UCLA, ProxyHerd, client_id, iamat, known_at, posix, talk, wait_known
 
-from herdrt.client import HerdClient
-from herdrt.config import bundled_config_text, load_config
-from herdrt.errors import NodeUnavailable
-from herdrt.herd import ADMIN_ACTOR
-
-NAMES = ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"]
-UCLA = "+34.068930-118.445127"
-WAIT = 20.0  # seconds: generous limits for things that should take milliseconds (never asserted on)
-
-_ids = itertools.count(1)
-
-
-def herd_text(herd_ports: list[int], app_ports: list[int]) -> str:
-    """The bundled herd file with a test secret, a faster heartbeat and the given ports."""
-    text = bundled_config_text()
-    text, n = re.subn(r'(?m)^secret_file = .*$', 'secret = "proxy-herd-test-secret"', text)
-    assert n == 1
-    text, n = re.subn(r"(?m)^heartbeat_interval = .*$", "heartbeat_interval = 0.2", text)
-    assert n == 1
-    for i in range(5):  # the bundled text uses 11000-11004 (herd links) and 12000-12004 (app)
-        text, n = re.subn(rf"(?m)^port = {11000 + i}$", f"port = {herd_ports[i]}", text)
-        assert n == 1
-        text, n = re.subn(rf"(?m)^app_port = {12000 + i}$", f"app_port = {app_ports[i]}", text)
-        assert n == 1
-    return text
-
-
-class ProxyHerd(NodeProcesses):
-    """The five servers as OS processes: start, SIGKILL and restart them one by one."""
-
-    def __init__(self, tmp: Path):
-        # The offline gazetteer answers WHATSAT, whatever the environment says.
-        super().__init__(tmp / "out", node_env(HERDRT_PLACES_API_KEY=None))
-        ports = free_ports(10)
-        self.path = tmp / "herd.toml"
-        self.path.write_text(herd_text(ports[:5], ports[5:]))
-        self.config = load_config(self.path)
-        assert list(self.config.nodes) == NAMES and tuple(self.config.apps) == ("herdrt.apps.proxy:setup",)
-        self.log_dir = tmp / "traffic"
-
-    def port(self, name: str) -> int:
-        return self.config.node(name).app_port
-
-    def start(self, name: str) -> None:
-        self.serve(name, self.path, "--log-dir", str(self.log_dir))
-
-    def out(self, name: str) -> str:
-        return self.output(name)
-
-
-    def traffic(self, name: str) -> str:
-        return (self.log_dir / f"{name}.log").read_text(errors="replace")
-
-    def wait_ready(self, names=NAMES, live=NAMES) -> None:
-        """Until each of ``names`` takes clients and sees exactly ``live`` as the live herd."""
-        for name in names:
-            deadline = time.monotonic() + WAIT
-            while True:
-                assert self.procs[name].poll() is None, f"{name} exited:\n{self.out(name)}"
-                try:
-                    socket.create_connection(("127.0.0.1", self.port(name)), timeout=1).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, f"{name} never listened:\n{self.out(name)}"
-                    time.sleep(0.05)
-        asyncio.run(self._wait_live(names, set(live)))
-
-    def warm_up(self, names=NAMES) -> None:
-        """Load each server's gazetteer (lazily, on the first WHATSAT; ~1 s of CPU) all at once."""
-        def warm(name):
-            client = f"warm-up-{name}.test.example"
-            talk(self.port(name), f"IAMAT {client} {UCLA} 1\n".encode())
-            assert talk(self.port(name), f"WHATSAT {client} 1 1\n".encode()).endswith(b"}\n\n")
-
-        with ThreadPoolExecutor(len(names)) as pool:
-            list(pool.map(warm, names))
-
-    async def _wait_live(self, names, live: set) -> None:
-        for name in names:
-            deadline = time.monotonic() + WAIT
-            seen = None
-            while time.monotonic() < deadline:
-                try:
-                    async with HerdClient(self.config, name) as client:
-                        seen = set((await client.ask(ADMIN_ACTOR, "status", timeout=2.0))["live"])
-                    if seen == live:
-                        break
-                except (OSError, ConnectionError, asyncio.TimeoutError, NodeUnavailable):
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError(f"{name} sees {seen}, not {sorted(live)}")
 
 
 @pytest.fixture(scope="module")
@@ -128,57 +31,6 @@ def herd(tmp_path_factory):
         yield h
     finally:
         h.stop_all()
-
-
-# --- clients ---------------------------------------------------------------------------------------
-
-
-def talk(port: int, data: bytes) -> bytes:
-    """One connection: send ``data``, close our side, read every reply until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def client_id(tag: str) -> str:
-    return f"{tag}-{next(_ids)}.test.example"
-
-
-def posix(ns: int) -> str:
-    """POSIX time text with all nine nanosecond digits."""
-    sign = "-" if ns < 0 else ""
-    ns = abs(ns)
-    return f"{sign}{ns // 10**9}.{ns % 10**9:09d}"
-
-
-def iamat(herd: ProxyHerd, server: str, client: str, location: str = UCLA, when: str | None = None) -> str:
-    """Send one IAMAT to ``server``; check the reply's shape and return the AT line."""
-    when = when if when is not None else posix(time.time_ns())
-    reply = talk(herd.port(server), f"IAMAT {client} {location} {when}\n".encode())
-    m = re.fullmatch(rf"AT {server} [+-][0-9]+\.[0-9]{{9}} {re.escape(client)} {re.escape(location)} {re.escape(when)}\n",
-                     reply.decode())
-    assert m, reply
-    return reply.decode()[:-1]
-
-
-def known_at(herd: ProxyHerd, server: str, client: str) -> str | None:
-    """The AT line ``server`` has for ``client`` (via WHATSAT), or None if it does not know it."""
-    reply = talk(herd.port(server), f"WHATSAT {client} 1 1\n".encode())
-    if reply.startswith(b"? "):
-        return None
-    return reply.decode().partition("\n")[0]
-
-
-def wait_known(herd: ProxyHerd, server: str, client: str, at_line: str) -> None:
-    """Until ``server`` answers WHATSAT for ``client`` with ``at_line`` (polling; flooding is async)."""
-    deadline = time.monotonic() + WAIT
-    while (seen := known_at(herd, server, client)) != at_line:
-        assert time.monotonic() < deadline, f"{server} has {seen!r}, not {at_line!r}"
-        time.sleep(0.01)
 
 
 def split_whatsat(reply: bytes) -> tuple[str, dict]:
@@ -199,12 +51,12 @@ def test_iamat_reply_is_byte_exact_with_a_measured_skew(herd):
         ("-33.8688+151.2093", "1621464827.959498503"),       # the past: a big positive skew
         ("+90-180", "+1621464827.000000001"),                 # explicit sign, edge coordinates
         ("+0.000000000-0.0", "0001621464827.5"),              # leading zeros, one decimal
-        ("+34.068930-118.445127", None),                      # the future (below): a negative skew
+        ("+34.068930-118.445127", None),                      # 3 s ahead (below): a negative skew
     ]
     for i, (location, when) in enumerate(cases):
         client = client_id("skew")
         if when is None:
-            client_ns = time.time_ns() + (3_600 * 10**9 if i == 4 else 0)
+            client_ns = time.time_ns() + (3 * 10**9 if i == 4 else 0)
             when = posix(client_ns)
         else:
             whole, _, frac = when.lstrip("+").partition(".")
@@ -220,6 +72,9 @@ def test_iamat_reply_is_byte_exact_with_a_measured_skew(herd):
         # The server stamped the line between our send and its reply (same machine, same clock).
         assert before - client_ns <= skew <= after - client_ns, (reply, before, after)
         assert (skew < 0) == (i == 4)  # only the client from the future is ahead of the server
+    # An hour ahead is past max_future_skew (5 s): refused, so no one can pin a client's location.
+    line = f"IAMAT {client_id('skew')} {UCLA} {posix(time.time_ns() + 3_600 * 10**9)}"
+    assert talk(herd.port("Clark"), f"{line}\n".encode()) == f"? {line}\n".encode()
 
 
 def test_update_at_clark_reaches_every_server_one_and_two_hops_away(herd):

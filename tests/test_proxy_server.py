@@ -556,12 +556,19 @@ def test_traffic_log_is_private_size_capped_and_cuts_invalid_input(run, tmp_path
         app, _ = make_app(tmp_path)
         async with app:
             await exchange(app.port, KIWI + b"\n" + b"z" * 3000 + b"\n")
-        return app.log_path
+            size = app.log_path.stat().st_size
+            garbage = b"?\n" * 100_000  # 200 KB of invalid lines
+            replies = await exchange(app.port, garbage)
+            assert replies == b"? ?\n" * 100_000 and app.counters["invalid"] == 100_001
+            grown = app.log_path.stat().st_size - size
+        return app.log_path, grown
 
-    path = run(main)
+    path, grown = run(main)
+    assert grown < 5000  # 200 KB of garbage in: ten lines logged and one entry counting the rest
+    assert path.read_text().splitlines()[-2].endswith(" 99990 more invalid lines, not logged")
     assert path.stat().st_mode & 0o777 == 0o600  # it holds client locations
     log = path.read_text().splitlines()
-    bad_in, bad_out = [e for e in log if " IN " in e or " OUT " in e][2:]
+    bad_in, bad_out = [e for e in log if "zzz" in e]
     assert bad_in.endswith("z" * 200 + "... (3000 bytes)") and bad_out.endswith("... (3003 bytes)")
     assert max(len(e) for e in log) < 400  # 3 KB of garbage in, a few hundred bytes logged
 

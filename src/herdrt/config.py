@@ -28,6 +28,9 @@ A herd file is TOML (read with the stdlib ``tomllib``)::
     curve_public_key = "..."         # optional: checked against the one derived from the secret key
     allowed_client_keys = ["..."]    # with CURVE: the z85 public keys of the services let in
 
+    [app.proxy]                      # optional: settings of an application, one table per app
+    line_timeout = 10.0              # (the app validates its own table; see herdrt.apps.proxy)
+
 Every validation error is a :class:`ConfigError` naming the file, the key and what is wrong; it
 never shows a secret's value.
 """
@@ -105,6 +108,8 @@ class HerdConfig:
     apps: tuple[str, ...] = ()
     source: str = "<herd config>"
     bridge: BridgeConfig = BridgeConfig()
+    #: ``[app.NAME]`` tables: settings of the herd's applications, each validated by its app.
+    app: dict[str, dict] = field(default_factory=dict)
 
     def node(self, name: str) -> NodeConfig:
         """The node called ``name``; a :class:`ConfigError` listing the known names otherwise."""
@@ -245,7 +250,7 @@ def _bridge(herd: dict, source: str, base: Path | None, allow_readable: bool) ->
 
 def parse_config(data: dict, source: str = "<herd config>", base: Path | None = None) -> HerdConfig:
     """Validate a parsed herd file (a dict as ``tomllib`` returns it)."""
-    known_top = {"herd", "nodes"}
+    known_top = {"herd", "nodes", "app"}
     for key in data:
         if key not in known_top:
             _fail(source, key, f"unknown key (expected {', '.join(sorted(known_top))})")
@@ -316,6 +321,10 @@ def parse_config(data: dict, source: str = "<herd config>", base: Path | None = 
     overflow = _get(herd, "mailbox_overflow", str, source, "herd.", "reject")
     if overflow not in OVERFLOW_POLICIES:
         _fail(source, "herd.mailbox_overflow", f"must be one of {', '.join(OVERFLOW_POLICIES)}, not {overflow!r}")
+    app = _get(data, "app", dict, source, "", {})
+    for name, table in app.items():
+        if not isinstance(table, dict):
+            _fail(source, f"app.{name}", "must be a table ([app.NAME])")
     allow_readable = _get(herd, "allow_readable_secret_files", bool, source, "herd.", False)
     return HerdConfig(
         nodes=nodes,
@@ -330,6 +339,7 @@ def parse_config(data: dict, source: str = "<herd config>", base: Path | None = 
         apps=tuple(apps),
         source=source,
         bridge=_bridge(herd, source, base, allow_readable),
+        app=app,
     )
 
 

@@ -164,7 +164,7 @@ class HerdNode(Node):
             "forwarded": 0, "undeliverable": 0, "lost_on_links": 0, "unknown_actor": 0,
             "bad_envelopes": 0, "throttled": 0, "broadcasts": 0, "floods_delivered": 0, "activations": 0,
             "handoffs_out": 0, "handoffs_in": 0, "rebalances": 0, "suspected": 0, "flood_overflows": 0,
-            "reports_refused": 0, "reports_paced": 0, "refutations": 0,
+            "reports_refused": 0, "reports_paced": 0, "reports_redirected": 0, "refutations": 0,
         }
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -612,6 +612,18 @@ class HerdNode(Node):
             return
         if not self.membership.is_newer(origin, version):
             return  # a copy that came round another way: the common case, and cheap
+        if origin != link.peer:
+            direct = self.links.link(origin)
+            if direct is not None and direct.is_up:
+                # This node hears `origin` itself, which sends every report of its own straight
+                # here: a newer one from elsewhere is not its word. Pass it to the origin only,
+                # which refutes it if it is false.
+                self.counters["reports_redirected"] += 1
+                try:
+                    direct.send(env)
+                except (LinkClosed, LinkOverflow):
+                    pass
+                return
         if self._pacer.admit(origin, (link.peer, env)):
             self._take_report(link.peer, env)
         else:
@@ -627,8 +639,8 @@ class HerdNode(Node):
     def _take_report(self, peer: str, env: list) -> None:
         _, origin, incarnation, seq, nbrs = env
         if self.membership.apply(origin, (incarnation, seq), nbrs):
-            # Onwards to every neighbor but the sender — the origin included, so that a forged
-            # report about a node reaches that node, which refutes it.
+            # Onwards to every neighbor but the sender: the origin's neighbors pass it to the
+            # origin, which refutes it if it is forged.
             self._flood(env, (peer,))
             self._membership_changed()
 

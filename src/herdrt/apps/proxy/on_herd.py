@@ -13,9 +13,12 @@ import asyncio
 import logging
 import os
 
+from dataclasses import fields
+
 from ...actor import Actor
+from ...config import ConfigError
 from ...errors import HerdError
-from . import GazetteerPlaces, ProxyApp
+from . import GazetteerPlaces, ProxyApp, ProxyLimits
 
 __all__ = ["setup", "PEER_ACTOR"]
 
@@ -41,17 +44,34 @@ class ProxyPeer(Actor):
             self.came_from["via"] = None
 
 
+def limits_from(config) -> ProxyLimits:
+    """:class:`ProxyLimits` from the herd file's ``[app.proxy]`` table (any field; the rest default)."""
+    table = config.app.get("proxy", {})
+    known = {f.name: f.type for f in fields(ProxyLimits)}
+    values = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{config.source}: app.proxy.{key}: unknown key (expected one of {', '.join(sorted(known))})")
+        kind = int if known[key] == "int" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+            raise ConfigError(f"{config.source}: app.proxy.{key}: must be a positive number, not {value!r}")
+        values[key] = value
+    return ProxyLimits(**values)
+
+
 async def setup(node) -> ProxyApp | None:
     """Start the proxy on ``node`` (a :class:`~herdrt.herd.HerdNode`) at its configured ``app_port``.
 
     Traffic logs go to ``$HERDRT_LOG_DIR/<server>.log`` (default ``logs/``); WHATSAT answers from
     Google Places when ``HERDRT_PLACES_API_KEY`` is set, else from the bundled GeoNames gazetteer.
+    What clients may do is bounded by :class:`ProxyLimits`, set in the herd file's ``[app.proxy]``.
     """
     me = node.config.node(node.name)
     if me.app_port is None:
         log.info("%s: no app_port in %s; the location proxy does not run here", node.name, node.config.source)
         return None
-    app = ProxyApp(node.name, host=me.host, port=me.app_port, log_dir=os.environ.get("HERDRT_LOG_DIR", "logs"))
+    app = ProxyApp(node.name, host=me.host, port=me.app_port, log_dir=os.environ.get("HERDRT_LOG_DIR", "logs"),
+                   limits=limits_from(node.config))
     peers = {name: node.lookup(f"{PEER_ACTOR}@{name}") for name in node.config.neighbors(node.name)}
 
     def tell(name: str, record: dict) -> None:

@@ -46,14 +46,15 @@ MAX_BOUND = 20
 _NS = 1_000_000_000
 # ASCII whitespace only: str.split() would also split on U+00A0, U+2028, \x1c-\x1f and friends.
 _WS = re.compile(r"[ \t\n\r\f\v]+")
-# Every number has a length limit: int() of thousands of digits is slow, and past 4,300 digits
-# it raises ValueError (Python's int-string limit); no valid value needs more than these.
+# Every number has a length limit (leading zeros aside): int() of thousands of digits is slow,
+# and past 4,300 digits it raises ValueError (Python's int-string limit); no valid value needs
+# more significant digits than these.
 MAX_DIGITS = 30
-_TIME = re.compile(r"([+-]?)([0-9]{1,12})(?:\.([0-9]{1,9}))?")  # seconds: up to the year 33,658
-_COORD = rf"[+-][0-9]{{1,3}}(?:\.[0-9]{{1,{MAX_DIGITS}}})?"
+_TIME = re.compile(r"([+-]?)0*([0-9]{1,12})(?:\.([0-9]{1,9}))?")  # seconds: up to the year 33,658
+_COORD = rf"[+-]0*[0-9]{{1,3}}(?:\.[0-9]{{1,{MAX_DIGITS}}})?"
 _LOCATION = re.compile(f"({_COORD})({_COORD})")
-_RADIUS = re.compile(rf"[0-9]{{1,3}}(?:\.[0-9]{{1,{MAX_DIGITS}}})?")
-_BOUND = re.compile(r"[0-9]{1,3}")
+_RADIUS = re.compile(rf"0*[0-9]{{1,3}}(?:\.[0-9]{{1,{MAX_DIGITS}}})?")
+_BOUND = re.compile(r"0*[0-9]{1,3}")
 
 
 class ProtocolError(ValueError):
@@ -87,8 +88,8 @@ def split_fields(line: str) -> list[str]:
 
 
 def parse_time(text: str) -> int:
-    """POSIX time ``[+-]seconds[.fraction]`` (up to 12 digits of seconds and 9 of fraction) as
-    integer nanoseconds.
+    """POSIX time ``[+-]seconds[.fraction]`` (up to 12 significant digits of seconds and 9 of
+    fraction) as integer nanoseconds.
 
     Exact: ``"1621464827.959498503"`` is ``1621464827959498503``. More than nine fraction digits
     (finer than a nanosecond), more than twelve of seconds, exponents, ``inf``/``nan`` and
@@ -131,7 +132,7 @@ def _parse_radius(text: str) -> float:
 def _parse_bound(text: str) -> int:
     if _BOUND.fullmatch(text) is None:
         raise ProtocolError(f"bad bound {text!r}")
-    value = int(text)
+    value = int(text.lstrip("0") or "0")
     if not 1 <= value <= MAX_BOUND:
         raise ProtocolError(f"bound {text} is outside [1, {MAX_BOUND}]")
     return value

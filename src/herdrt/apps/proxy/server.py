@@ -49,6 +49,8 @@ Flood = Callable[[dict[str, Any]], Any]
 _NS = 1_000_000_000
 #: Bytes of an invalid line (and of its ``?`` reply) written to the traffic log.
 _LOGGED_INVALID = 200
+#: Invalid lines of one connection written to the traffic log; the rest are counted in one entry.
+_LOGGED_INVALID_LINES = 10
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ class ProxyServer:
         }
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task] = set()
+        self._invalid_lines: dict[str, int] = {}  # peer -> invalid lines seen (connections open)
         self._background: set[asyncio.Task] = set()
         self._closing = False
 
@@ -280,13 +283,17 @@ class ProxyServer:
         return asyncio.ensure_future(self._whatsat(stored, command.radius_km, command.bound, peer))
 
     def _invalid(self, raw: bytes, peer: str, logged_in: bool = False) -> bytes:
-        """``? <line>``: counted, and logged cut short (input cannot make the log grow faster
-        than a few hundred bytes a line)."""
+        """``? <line>``: counted; logged cut short, and only the first few of a connection (the
+        rest in one entry when it closes), so garbage cannot make the log outgrow the input."""
         self.counters["invalid"] += 1
         reply = invalid_reply(raw)
-        if not logged_in:
-            self.traffic.write("IN", f"{peer} {_cut(raw)}")
-        self.traffic.write("OUT", f"{peer} {_cut(reply)}")
+        seen = self._invalid_lines.get(peer, 0)
+        if peer in self._invalid_lines:
+            self._invalid_lines[peer] = seen + 1
+        if seen < _LOGGED_INVALID_LINES:
+            if not logged_in:
+                self.traffic.write("IN", f"{peer} {_cut(raw)}")
+            self.traffic.write("OUT", f"{peer} {_cut(reply)}")
         return reply
 
     async def _whatsat(self, record: AtRecord, radius_km: float, bound: int, peer: str) -> bytes:
@@ -319,6 +326,7 @@ class ProxyServer:
         self.counters["connections"] += 1
         address = writer.get_extra_info("peername")
         peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        self._invalid_lines[peer] = 0
         replies: asyncio.Queue = asyncio.Queue(self.max_pipeline)
         alive = [True]
         writer_task = asyncio.ensure_future(self._write_replies(replies, writer, alive))
@@ -389,6 +397,9 @@ class ProxyServer:
                 self._drain_abandoned(replies)
                 writer.close()
                 self._connections.discard(task)
+                unlogged = self._invalid_lines.pop(peer, 0) - _LOGGED_INVALID_LINES
+                if unlogged > 0:
+                    self.traffic.write("IN", f"{peer} {unlogged} more invalid lines, not logged")
 
     @staticmethod
     def _drain_abandoned(replies: asyncio.Queue) -> None:
