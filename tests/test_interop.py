@@ -215,10 +215,20 @@ def test_curve_refuses_a_wrong_key(tmp_path, gobin):
         herd.go("echo", gobin / "herd-echo", "-service", "echo-go", "-names", "echo-go",
                 "-curve-server-key", server_pub, "-curve-public-key", client_pub, "-curve-secret-key", client_sec)
         assert asyncio.run(wait_answer(herd.config, "A", "echo-go@A", "sealed")) == "sealed"
-        curve = ("-curve-server-key", server_pub, "-curve-public-key", wrong_pub, "-curve-secret-key", wrong_sec)
-        code, out, err = go_call(gobin, herd, "ask", "echo-go", '"x"', service="intruder", extra=(*curve, "-timeout", "3s"))
-        assert code == 2, (out, err)
-        assert out["refused"] in ("curve", "unavailable")
+        # Three ways to be refused, each counted by the node (curve_denied counted 1 of 3 before).
+        refusals = {
+            "a key not allowed": ("-curve-server-key", server_pub, "-curve-public-key", wrong_pub, "-curve-secret-key", wrong_sec),
+            "no CURVE at all": (),
+            "the wrong server key": ("-curve-server-key", wrong_pub, "-curve-public-key", client_pub, "-curve-secret-key", client_sec),
+        }
+        for label, curve in refusals.items():
+            before = asyncio.run(ask(herd.config, "A", "$node", "status"))["bridge"]["counters"]["curve_denied"]
+            code, out, err = go_call(gobin, herd, "ask", "echo-go", '"x"', service="intruder", extra=(*curve, "-timeout", "2s"))
+            assert code == 2, (label, out, err)
+            assert out["refused"] in ("curve", "unavailable"), label
+            after = asyncio.run(ask(herd.config, "A", "$node", "status"))["bridge"]["counters"]["curve_denied"]
+            assert after > before, label
+        assert asyncio.run(ask(herd.config, "A", "echo-go@A", "still")) == "still"  # the allowed one never noticed
     except BaseException:
         print(herd.logs())
         raise

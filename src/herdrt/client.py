@@ -107,6 +107,13 @@ class HerdClient:
             raise LinkClosed("not connected; call connect() first")
         self._link.send(self._envelope(P.TELL, target, message, kind))
 
+    async def drain(self) -> None:
+        """Wait until the link can take more tells (a flood of :meth:`tell` meets ``LinkOverflow``
+        once ``max_queued`` wait; await this and go on)."""
+        if self._link is None:
+            raise LinkClosed("not connected; call connect() first")
+        await self._link.drain()
+
     async def ask(self, target: str, message: Any, *, timeout: float = 5.0, kind: str | None = None) -> Any:
         """Ask ``target`` and return its reply; errors arrive typed as on a node."""
         if self._link is None:

@@ -158,6 +158,7 @@ class HerdNode(Node):
         self._backpressure: Backpressure | None = None  # links held back while an actor they feed lags
         self._shutdown_hooks: list[Callable[[], Any]] = []
         self._membership_hooks: list[Callable[[set, set], None]] = []
+        self._status: dict[str, Callable[[], Any]] = {}  # herd_status()["apps"] entries
         self.bridge = None  # a herdrt.bridge.Bridge when the node config has bridge_port
         self.counters = {
             "asks_out": 0, "tells_in": 0, "asks_in": 0, "replies_in": 0,
@@ -201,6 +202,11 @@ class HerdNode(Node):
     def on_shutdown(self, hook: Callable[[], Any]) -> None:
         """Call ``hook()`` (plain or async) when the node shuts down, before its actors stop."""
         self._shutdown_hooks.append(hook)
+
+    def add_status(self, name: str, report: Callable[[], Any]) -> None:
+        """Show ``report()`` (msgpack-ready) as ``herd_status()["apps"][name]``: an application's
+        own counters, next to the node's."""
+        self._status[name] = report
 
     def on_membership(self, hook: Callable[[set, set], None]) -> None:
         """Call ``hook(came, gone)`` (sets of node names) whenever the live set changes."""
@@ -850,6 +856,7 @@ class HerdNode(Node):
             "counters": dict(self.counters),
             "stats": self.stats()["total"],
             "bridge": self.bridge.stats() if self.bridge is not None else None,
+            "apps": {name: report() for name, report in self._status.items()},
         }
 
 
