@@ -4,6 +4,7 @@ it as clients (and attackers) would: the bundled herd file with free ports and a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import re
 import socket
@@ -54,6 +55,20 @@ class ProxyHerd(NodeProcesses):
         self.config = load_config(self.path)
         assert list(self.config.nodes)[:5] == NAMES and tuple(self.config.apps) == ("herdrt.apps.proxy:setup",)
         self.log_dir = tmp / "traffic"
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, tmp: Path, edit=None):
+        """All five servers up, linked, and warmed up; stopped (logs checked) at the end."""
+        herd = cls(tmp, edit)
+        try:
+            for name in NAMES:
+                herd.start(name)
+            herd.wait_ready()
+            herd.warm_up()
+            yield herd
+        finally:
+            herd.stop_all()
 
     def port(self, name: str) -> int:
         return self.config.node(name).app_port

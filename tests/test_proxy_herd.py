@@ -22,15 +22,8 @@ from _proxyherd import NAMES, UCLA, ProxyHerd, client_id, iamat, known_at, posix
 
 @pytest.fixture(scope="module")
 def herd(tmp_path_factory):
-    h = ProxyHerd(tmp_path_factory.mktemp("proxy-herd"))
-    try:
-        for name in NAMES:
-            h.start(name)
-        h.wait_ready()
-        h.warm_up()
+    with ProxyHerd.running(tmp_path_factory.mktemp("proxy-herd")) as h:
         yield h
-    finally:
-        h.stop_all()
 
 
 def split_whatsat(reply: bytes) -> tuple[str, dict]:

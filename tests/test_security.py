@@ -50,16 +50,9 @@ def _edit(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def herd(tmp_path_factory):
-    h = ProxyHerd(tmp_path_factory.mktemp("security"), edit=_edit)
-    assert MALLORY in h.config.neighbors("Bona")
-    try:
-        for name in NAMES:
-            h.start(name)
-        h.wait_ready()
-        h.warm_up()
+    with ProxyHerd.running(tmp_path_factory.mktemp("security"), edit=_edit) as h:
+        assert MALLORY in h.config.neighbors("Bona")
         yield h
-    finally:
-        h.stop_all()
     for name in NAMES:
         assert "Traceback" not in h.output(name), h.output(name)
 
