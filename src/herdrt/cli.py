@@ -349,5 +349,38 @@ def keys(secret_file):
     click.echo(f"# secret key written to {secret_file} (mode 0600)")
 
 
+# --- herdrt certs ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("nodes", nargs=-1, required=True)
+@click.option("--days", default=365, show_default=True, type=click.IntRange(1, 36500), help="How long they are valid.")
+def certs(directory, nodes, days):
+    """Make a CA and a certificate per node (and one for clients) for mutual TLS on herd links.
+
+    Writes DIRECTORY/ca.pem, ca.key and, for each of NODES and for "client", NAME.pem and NAME.key
+    (keys mode 0600). Then, in the herd file:
+
+    \b
+    [herd.tls]
+    ca_file = "DIRECTORY/ca.pem"
+    cert_file = "DIRECTORY/{node}.pem"
+    key_file = "DIRECTORY/{node}.key"
+
+    Copy to each host only its own NAME.pem and NAME.key (and ca.pem); keep ca.key offline.
+    """
+    from .tls import make_certificates
+
+    taken = [name for name in ("ca", *nodes, "client") if (directory / f"{name}.key").exists()]
+    if taken:
+        raise click.ClickException(f"{directory} already holds keys for {', '.join(taken)}: choose a new directory")
+    paths = make_certificates(directory, nodes, days=days)
+    for name, (cert, key) in paths.items():
+        click.echo(f"{name:<12} {cert}  {key}")
+    click.echo(f'# [herd.tls]\n# ca_file = "{paths["ca"][0]}"\n# cert_file = "{directory}/{{node}}.pem"\n'
+               f'# key_file = "{directory}/{{node}}.key"')
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -49,14 +49,8 @@ class HerdClient:
         self._corr = itertools.count(1)
 
     async def connect(self, timeout: float = 5.0) -> HerdClient:
-        settings = LinkSettings(
-            name=self.name,
-            secret=self.config.secret,
-            known_nodes=frozenset([self.node]),
-            heartbeat_interval=self.config.heartbeat_interval,
-            max_frame_size=self.config.max_frame_size,
-            handshake_timeout=timeout,
-        )
+        settings = LinkSettings.from_config(self.config, self.name, known_nodes=frozenset([self.node]),
+                                            handshake_timeout=timeout)
         host, port = self.address
         self._link = await asyncio.wait_for(
             connect(host, port, settings, self._on_envelopes, peer=self.node, on_link_down=self._down), timeout

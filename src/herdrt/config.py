@@ -28,6 +28,13 @@ A herd file is TOML (read with the stdlib ``tomllib``)::
     curve_public_key = "..."         # optional: checked against the one derived from the secret key
     allowed_client_keys = ["..."]    # with CURVE: the z85 public keys of the services let in
 
+    [herd.tls]                       # optional: mutual TLS on every herd link (for herds across hosts)
+    ca_file = "ca.pem"               # the CA that signs every node's (and client's) certificate
+    cert_file = "{node}.pem"         # this node's certificate chain; "{node}" is its name
+    key_file = "{node}.key"          # its private key (readable by its owner only)
+    # check_names = true             # a node's certificate must name it (DNS SAN or CN)
+    # client_cert_file, client_key_file: what clients (the CLI) present; default: {node} = "client"
+
     [app.proxy]                      # optional: settings of an application, one table per app
     line_timeout = 10.0              # (the app validates its own table; see herdrt.apps.proxy)
 
@@ -47,7 +54,7 @@ from pathlib import Path
 
 from .errors import HerdError
 
-__all__ = ["ConfigError", "NodeConfig", "BridgeConfig", "HerdConfig", "load_config", "loads_config", "parse_config", "bundled_config_text"]
+__all__ = ["ConfigError", "NodeConfig", "BridgeConfig", "TlsConfig", "HerdConfig", "read_secret_file", "load_config", "loads_config", "parse_config", "bundled_config_text"]
 
 OVERFLOW_POLICIES = ("block", "reject", "drop_oldest", "drop_newest")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -91,6 +98,37 @@ class BridgeConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """``[herd.tls]``: mutual TLS on herd links (see :mod:`herdrt.tls`). ``cert_file``/``key_file``
+    may hold ``{node}``, replaced by the name of the node (or ``"client"``) that uses them."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+    check_names: bool = True
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    base: Path | None = None  # relative paths are relative to the herd file
+    allow_readable_key: bool = False  # herd.allow_readable_secret_files
+
+    @property
+    def ca_path(self) -> Path:
+        return self.path(self.ca_file, "")
+
+    def path(self, template: str, node: str) -> Path:
+        path = Path(template.replace("{node}", node)).expanduser()
+        return path if path.is_absolute() or self.base is None else self.base / path
+
+    def cert_and_key(self, node: str | None) -> tuple[Path, Path]:
+        """The certificate and key of node ``node``, or of a client (``None``)."""
+        if node is None:
+            if self.client_cert_file is not None:
+                return self.path(self.client_cert_file, "client"), self.path(self.client_key_file, "client")
+            node = "client"
+        return self.path(self.cert_file, node), self.path(self.key_file, node)
+
+
+@dataclass(frozen=True)
 class HerdConfig:
     """A whole herd: its nodes, its neighbor graph and the settings every node shares."""
 
@@ -108,6 +146,7 @@ class HerdConfig:
     apps: tuple[str, ...] = ()
     source: str = "<herd config>"
     bridge: BridgeConfig = BridgeConfig()
+    tls: TlsConfig | None = None
     #: ``[app.NAME]`` tables: settings of the herd's applications, each validated by its app.
     app: dict[str, dict] = field(default_factory=dict)
 
@@ -142,8 +181,9 @@ def _get(table: dict, key: str, kind, source: str, where: str, default=None, req
     return value
 
 
-def _read_secret_file(path: Path, source: str, key: str, allow_readable: bool) -> str:
-    """The text of a file holding a secret, refused when other users may read it."""
+def read_secret_file(path: Path, source: str, key: str, allow_readable: bool = False) -> str:
+    """The text of a file holding a secret; a :class:`ConfigError` (naming ``source`` and ``key``)
+    if it cannot be read, or if other users may read it and ``allow_readable`` is false."""
     try:
         mode = path.stat().st_mode
         text = path.read_text("utf-8")
@@ -182,7 +222,7 @@ def _secret(herd: dict, source: str, base: Path | None, allow_readable: bool) ->
         path = Path(value).expanduser()
         if not path.is_absolute() and base is not None:
             path = base / path
-        secret = _read_secret_file(path, source, "herd.secret_file", allow_readable).strip()
+        secret = read_secret_file(path, source, "herd.secret_file", allow_readable).strip()
     else:
         secret = os.environ.get(value, "")
         if not secret:
@@ -225,7 +265,7 @@ def _bridge(herd: dict, source: str, base: Path | None, allow_readable: bool) ->
         path = Path(path_value).expanduser()
         if not path.is_absolute() and base is not None:
             path = base / path
-        text = _read_secret_file(path, source, "herd.bridge.curve_secret_key_file", allow_readable)
+        text = read_secret_file(path, source, "herd.bridge.curve_secret_key_file", allow_readable)
         # Either the bare z85 secret key, or a `secret_key = "..."` line (as `herdrt keys` prints).
         found = re.search(r'secret[_-]key\s*=\s*"([^"]*)"', text)
         secret = _z85_key(found.group(1) if found else text.strip(), source,
@@ -248,6 +288,34 @@ def _bridge(herd: dict, source: str, base: Path | None, allow_readable: bool) ->
     return BridgeConfig(float(evict_after), max_queued, secret, public, allowed)
 
 
+def _tls(herd: dict, source: str, base: Path | None, allow_readable: bool) -> TlsConfig | None:
+    table = _get(herd, "tls", dict, source, "herd.")
+    if table is None:
+        return None
+    known = {"ca_file", "cert_file", "key_file", "check_names", "client_cert_file", "client_key_file"}
+    for key in table:
+        if key not in known:
+            _fail(source, f"herd.tls.{key}", f"unknown key (expected one of {', '.join(sorted(known))})")
+    where = "herd.tls."
+    tls = TlsConfig(
+        ca_file=_get(table, "ca_file", str, source, where, required=True),
+        cert_file=_get(table, "cert_file", str, source, where, required=True),
+        key_file=_get(table, "key_file", str, source, where, required=True),
+        check_names=_get(table, "check_names", bool, source, where, True),
+        client_cert_file=_get(table, "client_cert_file", str, source, where),
+        client_key_file=_get(table, "client_key_file", str, source, where),
+        base=base,
+        allow_readable_key=allow_readable,
+    )
+    if (tls.client_cert_file is None) != (tls.client_key_file is None):
+        _fail(source, "herd.tls.client_cert_file", "give client_cert_file and client_key_file together")
+    if not tls.ca_path.is_file():
+        _fail(source, "herd.tls.ca_file", f"cannot read {tls.ca_path}")
+    # Each process reads its own certificate and key when it starts (herdrt.tls): with "{node}"
+    # in the names, one host need not hold the others' files.
+    return tls
+
+
 def parse_config(data: dict, source: str = "<herd config>", base: Path | None = None) -> HerdConfig:
     """Validate a parsed herd file (a dict as ``tomllib`` returns it)."""
     known_top = {"herd", "nodes", "app"}
@@ -257,7 +325,7 @@ def parse_config(data: dict, source: str = "<herd config>", base: Path | None = 
     herd = _get(data, "herd", dict, source, "", default={})
     known_herd = {"secret", "secret_file", "secret_env", "allow_readable_secret_files", "links", "heartbeat_interval",
                   "failure_threshold", "max_frame_size", "max_clock_skew", "mailbox_size", "mailbox_overflow", "apps",
-                  "bridge"}
+                  "bridge", "tls"}
     for key in herd:
         if key not in known_herd:
             _fail(source, f"herd.{key}", f"unknown key (expected one of {', '.join(sorted(known_herd))})")
@@ -339,6 +407,7 @@ def parse_config(data: dict, source: str = "<herd config>", base: Path | None = 
         apps=tuple(apps),
         source=source,
         bridge=_bridge(herd, source, base, allow_readable),
+        tls=_tls(herd, source, base, allow_readable),
         app=app,
     )
 

@@ -39,6 +39,7 @@ import asyncio
 import logging
 import random
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -48,6 +49,7 @@ from .config import HerdConfig
 from .core import FrameDecoder, OnlineStats, encode_frames
 from .errors import FrameError, FrameTooLarge, HerdError
 from .session import LinkSession, RecordError, transcript
+from .tls import certificate_names, names_in
 
 __all__ = [
     "LinkError",
@@ -115,17 +117,34 @@ class LinkSettings:
     version: int = P.PROTOCOL_VERSION
     #: Admit clients (names starting with ``~``) that prove the secret, besides known nodes.
     accept_clients: bool = False
+    #: Mutual TLS (``[herd.tls]``, see :mod:`herdrt.tls`): what to accept and dial links with.
+    ssl_server: ssl.SSLContext | None = field(default=None, repr=False)
+    ssl_client: ssl.SSLContext | None = field(default=None, repr=False)
+    #: Over TLS, a node's certificate must name it.
+    check_cert_names: bool = True
 
     @classmethod
     def from_config(cls, config: HerdConfig, name: str, **overrides) -> LinkSettings:
-        """Settings of node ``name`` in a herd file; keyword arguments override single fields."""
-        config.node(name)
+        """Settings of node ``name`` in a herd file (or of a client of it: ``name`` starts with
+        ``~``); keyword arguments override single fields."""
+        client = name.startswith(P.CLIENT_PREFIX)
+        if not client:
+            config.node(name)
+        tls = {}
+        if config.tls is not None:
+            from .tls import client_context, server_context
+
+            tls = {"ssl_client": client_context(config.tls, None if client else name),
+                   "check_cert_names": config.tls.check_names}
+            if not client:
+                tls["ssl_server"] = server_context(config.tls, name)
         base = cls(
             name=name,
             secret=config.secret,
             known_nodes=frozenset(config.nodes),
             heartbeat_interval=config.heartbeat_interval,
             max_frame_size=config.max_frame_size,
+            **tls,
         )
         return replace(base, **overrides)
 
@@ -414,6 +433,11 @@ class Link(asyncio.Protocol):
             return
         if self.outbound and self.peer is not None and name != self.peer:
             self._refuse(P.E_UNKNOWN_NODE, f"dialled {self.peer!r} but {name!r} answered")
+            return
+        if (s.check_cert_names and not name.startswith(P.CLIENT_PREFIX)
+                and self.transport.get_extra_info("sslcontext") is not None and not names_in(self.transport, name)):
+            self._refuse(P.E_UNKNOWN_NODE, f"{name!r}'s TLS certificate does not name it "
+                         f"(it names {', '.join(sorted(certificate_names(self.transport.get_extra_info('peercert')))) or 'nothing'})")
             return
         self.peer = name
         self._peer_nonce = nonce
@@ -849,7 +873,9 @@ class LinkServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> LinkServer:
         """Start listening (port 0 picks a free port; see :attr:`address`)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._make_link, host, port)
+        s = self.settings
+        self._server = await loop.create_server(self._make_link, host, port, ssl=s.ssl_server,
+                                                ssl_handshake_timeout=s.handshake_timeout if s.ssl_server else None)
         log.info("%s listening for links on %s:%s", self.settings.name, *self.address)
         return self
 
@@ -902,7 +928,7 @@ async def _open(link: Link, host: str, port: int, own: bool) -> Link:
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(link._settings.handshake_timeout):
-            await loop.create_connection(lambda: link, host, port)
+            await loop.create_connection(lambda: link, host, port, ssl=link._settings.ssl_client)
             return await link.wait_up()
     except LinkRefused:
         raise
