@@ -12,6 +12,8 @@ extensions = [
         include_dirs=["src/herdrt"],
         # Cython tracks .pxi includes itself, but not C headers.
         depends=["src/herdrt/_md5.h", "src/herdrt/_msgpack.h"],
+        # AES-256-GCM for link records (_records.pxi): OpenSSL's libcrypto (Debian: libssl-dev).
+        libraries=["crypto"],
         extra_compile_args=["-O3"],
     )
 ]

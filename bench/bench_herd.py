@@ -42,6 +42,7 @@ from _harness import free_ports, record_paired, record_rate, spawn_ready
 from herdrt.config import loads_config
 from herdrt.core import encode_frame
 from herdrt.herd import HerdNode
+from herdrt.tls import make_certificates
 
 from _raw import ACK, ARM, RawSender, StreamClient
 
@@ -96,10 +97,16 @@ class _Pair:
         return self.loop.run_until_complete(coro)
 
 
-@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
+@pytest.fixture(scope="module", params=["uvloop", "asyncio", "uvloop-tls"])
 def pair(request, tmp_path_factory):
-    flavour = request.param
+    flavour, _, tls = request.param.partition("-")
     port_a, port_b = free_ports(2)
+    directory = tmp_path_factory.mktemp(f"herd-{request.param}")
+    tls_table = ""
+    if tls:  # the same herd with mutual TLS on its link ([herd.tls]), beside plain links
+        make_certificates(directory / "pki", ["a", "b"])
+        tls_table = (f'[herd.tls]\nca_file = "{directory}/pki/ca.pem"\n'
+                     f'cert_file = "{directory}/pki/{{node}}.pem"\nkey_file = "{directory}/pki/{{node}}.key"\n')
     text = textwrap.dedent(
         f"""
         [herd]
@@ -113,8 +120,8 @@ def pair(request, tmp_path_factory):
         name = "b"
         port = {port_b}
         """
-    )
-    path = tmp_path_factory.mktemp(f"herd-{flavour}") / "herd.toml"
+    ) + tls_table
+    path = directory / "herd.toml"
     path.write_text(text)
     spawn_ready(request, "_herd_node.py", str(path), "b", flavour)
 

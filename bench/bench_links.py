@@ -358,3 +358,40 @@ def test_echo_raw_baseline(benchmark, loop):
     client.transport.close()
     server.close()
     loop.run_until_complete(server.wait_closed())
+
+
+# --- link-records ----------------------------------------------------------------------------------
+# What sealing costs one coalesced write: frame it, seal it (an AES-256-GCM record), open it, decode
+# it — beside framing and decoding alone, the same write, and beside the pure twin's records
+# (`cryptography`). Two writes: a burst of tells (one large record) and one ask (the small record
+# a round trip pays for at each end).
+
+_WRITES = {
+    "1000-tells": [[15, "b", "sink", [TELL[3]] * 1000]] + [TELL] * 999,
+    "one-ask": [[3, "b", "echo", b"ping", "a", 12345]],
+}
+_KEY = bytes(range(32))
+
+
+@pytest.mark.benchmark(group="link-records")
+@pytest.mark.parametrize("write", list(_WRITES))
+@pytest.mark.parametrize("records", [None, "compiled", "pure"], ids=["framing-only", "sealed", "sealed-pure-twin"])
+def test_record_per_write(benchmark, write, records):
+    from herdrt import _fast, _pure
+    from herdrt.core import encode_frames
+
+    envs = _WRITES[write]
+    decoder = FrameDecoder()
+    if records is None:
+        def once():
+            return decoder.feed(encode_frames(envs))
+    else:
+        impl = _fast if records == "compiled" else _pure
+        seal, open_ = impl.RecordSealer(_KEY).seal, impl.RecordOpener(_KEY).feed
+
+        def once():
+            return decoder.feed(open_(seal(encode_frames(envs))))
+
+    assert len(once()) == len(envs)
+    benchmark(once)
+    benchmark.extra_info["envelopes_per_write"] = len(envs)

@@ -745,3 +745,40 @@ def test_link_between_two_processes(run):
             child.kill()
             child.wait()
         child.stdout.close()
+
+
+def test_a_flooding_peer_cannot_keep_the_loop_from_timers_and_other_links(run):
+    """libuv reads a busy socket up to 32 times (8 MB) per loop turn; after each full read the
+    link yields, so timers (heartbeats, failure detection) and other links run in between."""
+    async def body():
+        ticks = [0]
+        seen = []  # the tick count at each delivery
+
+        async def ticker():
+            while True:
+                await asyncio.sleep(0)
+                ticks[0] += 1
+
+        inbox = Inbox()
+
+        def on_envelopes(link, envs):
+            inbox.on_envelopes(link, envs)
+            seen.append(ticks[0])
+
+        srv = await LinkServer(settings("B"), on_envelopes, on_link_up=inbox.on_up).start()
+        link = await connect(*srv.address, settings("A", max_queued=1 << 20), inbox.on_envelopes, peer="B")
+        await inbox.until(lambda: inbox.ups)
+        tick = asyncio.ensure_future(ticker())
+        n = 200_000
+        for i in range(n):
+            link.send([P.TELL, "x" * 20, i])  # ~5 MB in one write
+        await inbox.until(lambda: len(inbox.envs) == n, timeout=20)
+        tick.cancel()
+        await asyncio.gather(tick, return_exceptions=True)
+        assert [e[2] for e in inbox.envs] == list(range(n))  # in order, nothing lost
+        reads = len(seen)
+        assert reads >= 10 and len(set(seen)) >= reads // 2, (reads, len(set(seen)))
+        link.close()
+        await srv.close()
+
+    run(body)

@@ -1,4 +1,4 @@
-"""The core: framing, hash ring, online statistics — chosen once, here.
+"""The core: framing, hash ring, online statistics, sealed link records — chosen once, here.
 
 Two implementations share one public API:
 
@@ -28,6 +28,10 @@ PUBLIC_NAMES = (
     "OnlineStats",
     "QuantileSketch",
     "DEFAULT_MAX_FRAME_SIZE",
+    "RECORD_MAX",
+    "RECORD_TAG_SIZE",
+    "RecordSealer",
+    "RecordOpener",
 )
 
 
@@ -71,5 +75,9 @@ jump_hash = _impl.jump_hash
 OnlineStats = _impl.OnlineStats
 QuantileSketch = _impl.QuantileSketch
 DEFAULT_MAX_FRAME_SIZE = _impl.DEFAULT_MAX_FRAME_SIZE
+RECORD_MAX = _impl.RECORD_MAX
+RECORD_TAG_SIZE = _impl.RECORD_TAG_SIZE
+RecordSealer = _impl.RecordSealer
+RecordOpener = _impl.RecordOpener
 
 __all__ = [*PUBLIC_NAMES, "IMPLEMENTATION", "FrameError", "FrameTooLarge", "EmptyRingError"]

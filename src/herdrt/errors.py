@@ -8,6 +8,7 @@ __all__ = [
     "HerdError",
     "FrameError",
     "FrameTooLarge",
+    "RecordError",
     "EmptyRingError",
     "CompiledCoreMissing",
     "ActorError",
@@ -33,6 +34,13 @@ class FrameError(HerdError, ValueError):
 class FrameTooLarge(FrameError):
     """A frame's length prefix is over the decoder's ``max_frame_size``. Raised from the 4-byte
     header alone, before anything of that size is allocated."""
+
+
+class RecordError(HerdError, ValueError):
+    """A sealed link record failed to open: forged, replayed, reordered, truncated or oversized.
+    ``plain`` holds the plaintext of the good records before it in the same ``feed``."""
+
+    plain = b""
 
 
 class EmptyRingError(HerdError, LookupError):

@@ -68,6 +68,8 @@ log = logging.getLogger("herdrt.links")
 _HEADER_SIZE = 4
 #: Most tells one TELLS envelope carries (Link.send_tell).
 TELLS_MAX = 1024
+#: A read this big makes the link yield the loop before reading more (see data_received).
+YIELD_AFTER = 1 << 16
 
 
 class LinkError(HerdError):
@@ -209,6 +211,7 @@ class Link(asyncio.Protocol):
         self._limit = 0  # max_queued while up, 0 otherwise (lets send() test one number)
         self._paused = False
         self.reading_paused = False  # pause_reading() in force
+        self._yielded = False  # reading paused until the next loop turn after a full read
         self._reading = False  # inside data_received: data_received flushes at its end
         self._flush_due = False  # a flush is scheduled for the end of this loop turn
         self._drain_waiters: list[asyncio.Future] = []
@@ -309,8 +312,20 @@ class Link(asyncio.Protocol):
                     self._reading = False
                 if self._queue and not self._paused and self.state is _UP:
                     self._flush()
+            if len(data) >= YIELD_AFTER and self.state is _UP and not self.reading_paused:
+                # A full read: more is likely waiting, and libuv would go on reading this socket
+                # (up to 32 reads) before any timer or other link gets a turn. Take the rest next
+                # turn, so one flooding peer cannot starve heartbeats and everyone else.
+                self._yielded = True
+                self.transport.pause_reading()
+                self._loop.call_soon(self._end_yield)
         elif self.state is _HANDSHAKE:
             self._handshake_data(data)
+
+    def _end_yield(self) -> None:
+        self._yielded = False
+        if self.state is _UP and not self.reading_paused:
+            self.transport.resume_reading()
 
     def eof_received(self):
         return False  # close our side too
@@ -343,13 +358,14 @@ class Link(asyncio.Protocol):
         peer's writes then back up into its own bounded queue."""
         if self.transport is not None and self.state is _UP and not self.reading_paused:
             self.reading_paused = True
-            self.transport.pause_reading()
+            if not self._yielded:
+                self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         """Read from the peer again after :meth:`pause_reading`."""
         if self.reading_paused:
             self.reading_paused = False
-            if self.transport is not None and self.state is _UP:
+            if self.transport is not None and self.state is _UP and not self._yielded:
                 self.last_heard = self._loop.time()  # the silence was ours, not the peer's
                 self.transport.resume_reading()
 
