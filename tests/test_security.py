@@ -255,7 +255,12 @@ def test_spoofed_far_future_times_and_huge_numbers_get_a_question_mark(herd):
         at_line = iamat(herd, "Clark", victim)  # the real client is heard, by every server
         for name in NAMES:
             wait_known(herd, name, victim, at_line)
+        log = herd.log_dir / "Clark.log"
+        size = log.stat().st_size
+        assert talk(herd.port("Clark"), b"x\n" * 500_000) == b"? x\n" * 500_000  # 1 MB of garbage
+        grown = log.stat().st_size - size
     honest.check()
+    assert grown < 10_000, f"1 MB of garbage grew the traffic log by {grown} bytes"  # it was 10 MB
     assert status(herd, "Clark")["apps"]["proxy"]["future_refused"] >= 2
 
 

@@ -49,7 +49,7 @@ from .config import HerdConfig
 from .core import FrameDecoder, OnlineStats, encode_frames
 from .errors import FrameError, FrameTooLarge, HerdError
 from .session import LinkSession, RecordError, transcript
-from .tls import certificate_names, names_in
+from .tls import client_context, misnamed, server_context
 
 __all__ = [
     "LinkError",
@@ -134,8 +134,6 @@ class LinkSettings:
             config.node(name)
         tls = {}
         if config.tls is not None:
-            from .tls import client_context, server_context
-
             tls = {"ssl_client": client_context(config.tls, None if client else name),
                    "check_cert_names": config.tls.check_names}
             if not client:
@@ -198,8 +196,8 @@ class Link(asyncio.Protocol):
         self._hs_decoder = FrameDecoder(settings.handshake_max_frame)
         self._hs_timer: asyncio.TimerHandle | None = None
         self._session: LinkSession | None = None
-        self._seal = None  # Sealer.seal once the handshake is done: every later write goes through it
-        self._opener = None  # Opener of the peer's records, from its AUTH on
+        self._seal = None  # RecordSealer.seal once the handshake is done: every later write goes through it
+        self._opener = None  # the RecordOpener of the peer's records, from its AUTH on
         self._decoder: FrameDecoder | None = None
         self._queue: list = []
         self._extra = 0  # tells queued inside TELLS envelopes beyond each one's first
@@ -258,6 +256,11 @@ class Link(asyncio.Protocol):
     def queued(self) -> int:
         """Messages waiting in the link's queue (not yet handed to the transport)."""
         return len(self._queue) + self._extra
+
+    @property
+    def _event_level(self) -> int:
+        # A client's link (the CLI, one per command) comes and goes often: its events are DEBUG.
+        return logging.DEBUG if (self.peer or "").startswith(P.CLIENT_PREFIX) else logging.INFO
 
     def _desc(self) -> str:
         arrow = "->" if self.outbound else "<-"
@@ -340,7 +343,7 @@ class Link(asyncio.Protocol):
         if self.close_reason is None:
             self.close_reason = f"connection lost: {exc}" if exc else "connection closed by the peer"
             if was_state is _UP:
-                log.info("link %s down: %s", self._desc(), self.close_reason)
+                log.log(self._event_level, "link %s down: %s", self._desc(), self.close_reason)
         if not self._up_future.done():
             code = self._aborted[0] if self._aborted else "closed"
             self._set_refused(LinkRefused(code, self.close_reason, self.peer, "local"))
@@ -450,10 +453,9 @@ class Link(asyncio.Protocol):
         if self.outbound and self.peer is not None and name != self.peer:
             self._refuse(P.E_UNKNOWN_NODE, f"dialled {self.peer!r} but {name!r} answered")
             return
-        if (s.check_cert_names and not name.startswith(P.CLIENT_PREFIX)
-                and self.transport.get_extra_info("sslcontext") is not None and not names_in(self.transport, name)):
-            self._refuse(P.E_UNKNOWN_NODE, f"{name!r}'s TLS certificate does not name it "
-                         f"(it names {', '.join(sorted(certificate_names(self.transport.get_extra_info('peercert')))) or 'nothing'})")
+        wrong_cert = s.check_cert_names and not name.startswith(P.CLIENT_PREFIX) and misnamed(self.transport, name)
+        if wrong_cert:
+            self._refuse(P.E_UNKNOWN_NODE, wrong_cert)
             return
         self.peer = name
         self._peer_nonce = nonce
@@ -486,7 +488,7 @@ class Link(asyncio.Protocol):
         self._limit = self._max_queued
         self.was_up = True
         self._decoder = FrameDecoder(s.max_frame_size)
-        log.info("link %s up", self._desc())
+        log.log(self._event_level, "link %s up", self._desc())
         self._on_up(self)
         if not self._up_future.done():
             self._up_future.set_result(self)
@@ -590,7 +592,7 @@ class Link(asyncio.Protocol):
                     log.warning("link %s: peer reports error (%s): %s", self._desc(), code, message)
             elif kind == P.BYE:
                 reason = P.parse_bye(env)
-                log.info("link %s closed by the peer: %s", self._desc(), reason)
+                log.log(self._event_level, "link %s closed by the peer: %s", self._desc(), reason)
                 self._close_transport(f"closed by the peer: {reason}")
             elif kind in (P.HELLO, P.AUTH):
                 raise P.ProtocolError(f"{P.kind_name(kind)} after the handshake")
@@ -793,7 +795,7 @@ class Link(asyncio.Protocol):
             self._enqueue(P.bye(reason))
             self._paused = False  # BYE must go out even past the high-water mark
             self._flush()
-            log.info("link %s closed: %s", self._desc(), reason)
+            log.log(self._event_level, "link %s closed: %s", self._desc(), reason)
             self._close_transport(reason)
         elif self.state is _HANDSHAKE:
             self._close_transport(reason)

@@ -15,7 +15,7 @@ import ssl
 
 from .config import ConfigError, TlsConfig, read_secret_file
 
-__all__ = ["server_context", "client_context", "names_in", "certificate_names", "make_certificates"]
+__all__ = ["server_context", "client_context", "certificate_names", "misnamed", "make_certificates"]
 
 
 def _context(purpose: int, tls: TlsConfig, node: str | None) -> ssl.SSLContext:
@@ -56,9 +56,15 @@ def certificate_names(peercert: dict | None) -> set[str]:
     return names
 
 
-def names_in(transport, name: str) -> bool:
-    """Whether the TLS peer on ``transport`` has a certificate naming ``name``."""
-    return name in certificate_names(transport.get_extra_info("peercert"))
+def misnamed(transport, name: str) -> str | None:
+    """Why the TLS peer on ``transport`` may not be node ``name`` (its certificate does not name
+    it), or None: it may, or the transport is not TLS."""
+    if transport.get_extra_info("sslcontext") is None:
+        return None
+    names = certificate_names(transport.get_extra_info("peercert"))
+    if name in names:
+        return None
+    return f"{name!r}'s TLS certificate does not name it (it names {', '.join(sorted(names)) or 'nothing'})"
 
 
 def make_certificates(directory, nodes, *, days: int = 365) -> dict[str, tuple]:
