@@ -1,4 +1,4 @@
-"""Build the compiled core ``herdrt._fast`` from ``src/herdrt/_fast.pyx``.
+"""Build the compiled core ``herdrt.core._fast`` from ``src/herdrt/core/_fast.pyx``.
 
 All metadata lives in ``pyproject.toml``; this file only declares the extension.
 """
@@ -7,11 +7,11 @@ from setuptools import Extension, setup
 
 extensions = [
     Extension(
-        "herdrt._fast",
-        ["src/herdrt/_fast.pyx"],
-        include_dirs=["src/herdrt"],
+        "herdrt.core._fast",
+        ["src/herdrt/core/_fast.pyx"],
+        include_dirs=["src/herdrt/core"],
         # Cython tracks .pxi includes itself, but not C headers.
-        depends=["src/herdrt/_md5.h", "src/herdrt/_msgpack.h"],
+        depends=["src/herdrt/core/_md5.h", "src/herdrt/core/_msgpack.h"],
         # AES-256-GCM for link records (_records.pxi): OpenSSL's libcrypto (Debian: libssl-dev).
         libraries=["crypto"],
         extra_compile_args=["-O3"],

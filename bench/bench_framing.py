@@ -27,7 +27,7 @@ import timeit
 import msgpack
 import pytest
 
-from herdrt import _fast, _pure
+from herdrt.core import _fast, _pure
 
 N_MSGS = 20_000
 CHUNK = 64 * 1024

@@ -377,7 +377,7 @@ _KEY = bytes(range(32))
 @pytest.mark.parametrize("write", list(_WRITES))
 @pytest.mark.parametrize("records", [None, "compiled", "pure"], ids=["framing-only", "sealed", "sealed-pure-twin"])
 def test_record_per_write(benchmark, write, records):
-    from herdrt import _fast, _pure
+    from herdrt.core import _fast, _pure
     from herdrt.core import encode_frames
 
     envs = _WRITES[write]

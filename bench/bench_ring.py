@@ -22,7 +22,7 @@ import timeit
 import pytest
 import uhashring
 
-from herdrt import _fast, _pure
+from herdrt.core import _fast, _pure
 
 N_KEYS = 10_000
 KEYS = [f"user:{i}:session" for i in range(N_KEYS)]

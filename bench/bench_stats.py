@@ -1,4 +1,4 @@
-"""Benchmarks of the online statistics: compiled core (herdrt._fast) vs its pure twin (herdrt._pure).
+"""Benchmarks of the online statistics: compiled core (herdrt.core._fast) vs its pure twin (herdrt.core._pure).
 
     pytest bench/bench_stats.py --benchmark-only --benchmark-group-by=group \
         --benchmark-columns=min,mean,ops,rounds
@@ -24,7 +24,7 @@ from array import array
 
 import pytest
 
-from herdrt import _fast, _pure
+from herdrt.core import _fast, _pure
 
 IMPLS = {"compiled": _fast, "pure": _pure}
 N_UPDATE = 100_000

@@ -6,7 +6,7 @@ pure twin to the same suite. Equivalence tests take ``fast`` and ``pure`` and co
 
 import pytest
 
-from herdrt import _pure
+from herdrt.core import _pure
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +18,7 @@ def pure():
 @pytest.fixture(scope="session")
 def fast():
     """The compiled core (an error, not a skip, if it is missing: CI must build it)."""
-    from herdrt import _fast
+    from herdrt.core import _fast
 
     return _fast
 

@@ -19,7 +19,7 @@ def test_both_implementations_provide_every_public_name(fast, pure):
 def test_compiled_classes_are_really_compiled(fast):
     # A placeholder that re-exports the twin would pass every equivalence test; this would not.
     for name in ("FrameDecoder", "HashRing", "OnlineStats", "QuantileSketch", "RecordSealer", "RecordOpener"):
-        assert getattr(fast, name).__module__ == "herdrt._fast", name
+        assert getattr(fast, name).__module__ == "herdrt.core._fast", name
     for name in ("encode_frame", "encode_frames", "md5_shard", "jump_hash"):
         assert type(getattr(fast, name)).__name__ in ("cython_function_or_method", "builtin_function_or_method"), name
 
@@ -27,20 +27,20 @@ def test_compiled_classes_are_really_compiled(fast):
 def test_active_implementation_matches_environment():
     expected = "pure" if os.environ.get("HERDRT_PURE", "") not in ("", "0") else "compiled"
     assert core.IMPLEMENTATION == expected
-    module = sys.modules["herdrt._pure" if expected == "pure" else "herdrt._fast"]
+    module = sys.modules["herdrt.core._pure" if expected == "pure" else "herdrt.core._fast"]
     assert core.HashRing is module.HashRing
     import herdrt
 
     assert herdrt.IMPLEMENTATION == core.IMPLEMENTATION
 
 
-# The child blocks `herdrt._fast` as if it had never been built.
+# The child blocks `herdrt.core._fast` as if it had never been built.
 _CHILD = textwrap.dedent(
     """
     import sys, warnings
     class Block:
         def find_spec(self, name, path=None, target=None):
-            if name == "herdrt._fast":
+            if name == "herdrt.core._fast":
                 raise ImportError("simulated: no compiled core")
     sys.meta_path.insert(0, Block())
     warnings.simplefilter("always")

@@ -48,7 +48,7 @@ class EmptyRingError(HerdError, LookupError):
 
 
 class CompiledCoreMissing(HerdError, ImportError):
-    """``HERDRT_REQUIRE_COMPILED=1`` is set but the compiled core ``herdrt._fast`` cannot be imported."""
+    """``HERDRT_REQUIRE_COMPILED=1`` is set but the compiled core ``herdrt.core._fast`` cannot be imported."""
 
 
 # --- actors and the herd -------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Run from the repository root: ``python tests/vectors/make_stats_vectors.py``. The output is
 deterministic. Expected moments (mean, m2, sum) are computed exactly with fractions and then
 rounded, so they do not come from either implementation under test; expected sketches come from
-the reference twin ``herdrt._pure`` (the sketch's bucket rule is its definition). Samples are
+the reference twin ``herdrt.core._pure`` (the sketch's bucket rule is its definition). Samples are
 chosen so that no bucket index sits within 1e-9 of a bucket boundary, so that another language's
 ``log`` (off by an ulp from C's) cannot put a sample in a different bucket.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "src"))
 
-from herdrt import _pure  # noqa: E402
+from herdrt.core import _pure  # noqa: E402
 
 QUANTILES = [0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0]
 TINY = 2.2250738585072014e-308

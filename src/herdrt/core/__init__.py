@@ -2,8 +2,8 @@
 
 Two implementations share one public API:
 
-* ``herdrt._fast``, compiled from ``_fast.pyx`` by Cython (the default), and
-* ``herdrt._pure``, its pure-Python twin (same results; the baseline it is benchmarked against).
+* ``herdrt.core._fast``, compiled from ``_fast.pyx`` by Cython (the default), and
+* ``herdrt.core._pure``, its pure-Python twin (same results; the baseline it is benchmarked against).
 
 Set ``HERDRT_PURE=1`` to force the twin. If the compiled core cannot be imported, the twin is used
 with a warning — unless ``HERDRT_REQUIRE_COMPILED=1``, which makes that an error (CI sets it, so a
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import warnings
 
-from .errors import CompiledCoreMissing, EmptyRingError, FrameError, FrameTooLarge
+from ..errors import CompiledCoreMissing, EmptyRingError, FrameError, FrameTooLarge
 
 #: The names every implementation of the core must provide (checked by the tests).
 PUBLIC_NAMES = (
@@ -49,7 +49,7 @@ def _load():
     except ImportError as exc:
         if _truthy("HERDRT_REQUIRE_COMPILED"):
             raise CompiledCoreMissing(
-                f"the compiled core herdrt._fast cannot be imported ({exc}); rebuild it with "
+                f"the compiled core herdrt.core._fast cannot be imported ({exc}); rebuild it with "
                 "`pip install -e '.[dev]'`, or unset HERDRT_REQUIRE_COMPILED to allow the pure twin"
             ) from exc
         warnings.warn(

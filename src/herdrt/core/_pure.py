@@ -1,4 +1,4 @@
-"""The pure-Python twin of the compiled core ``herdrt._fast``.
+"""The pure-Python twin of the compiled core ``herdrt.core._fast``.
 
 Same public API, same results (exactly for framing and the ring; within float rounding for the
 statistics). It is what the compiled core is benchmarked against, and ``HERDRT_PURE=1`` runs the
@@ -18,7 +18,7 @@ import msgpack
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import EmptyRingError, FrameError, FrameTooLarge, RecordError
+from ..errors import EmptyRingError, FrameError, FrameTooLarge, RecordError
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
