@@ -42,7 +42,7 @@ from _harness import free_ports, record_paired, record_rate, spawn_ready
 from herdrt.config import loads_config
 from herdrt.core import encode_frame
 from herdrt.herd import HerdNode
-from herdrt.tls import make_certificates
+from herdrt.herd.tls import make_certificates
 
 from _raw import ACK, ARM, RawSender, StreamClient
 

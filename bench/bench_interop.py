@@ -56,7 +56,7 @@ from _bridge_service import connect_raw
 from _harness import START_TIMEOUT, child_env, free_ports, record_paired, spawn_ready, stop_child
 
 from herdrt import Actor
-from herdrt.client import HerdClient
+from herdrt.herd.client import HerdClient
 from herdrt.config import load_config
 from herdrt.herd import HerdNode
 

@@ -20,7 +20,7 @@ import pytest
 import uvloop
 
 from herdrt.core import FrameDecoder, encode_frame
-from herdrt.links import LinkServer, LinkSettings, connect
+from herdrt.herd.links import LinkServer, LinkSettings, connect
 
 from _harness import child_env, record_rate, stop_child
 from _raw import RawEcho as _RawEcho, RawSender as _RawSender  # shared with bench_herd.py
@@ -185,7 +185,7 @@ _RECEIVER = textwrap.dedent(
     import asyncio, sys
     import uvloop
     from herdrt.core import FrameDecoder, encode_frame
-    from herdrt.links import LinkServer, LinkSettings
+    from herdrt.herd.links import LinkServer, LinkSettings
 
     class Raw(asyncio.Protocol):
         count = 0

@@ -42,7 +42,7 @@ import pytest
 from _harness import free_ports, stop_child
 import uvloop
 
-from herdrt.client import HerdClient
+from herdrt.herd.client import HerdClient
 from herdrt.config import bundled_config_text, load_config
 from herdrt.errors import NodeUnavailable
 from herdrt.herd import ADMIN_ACTOR

@@ -8,7 +8,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 )
 
-// Link-level envelopes (PROTOCOL.md (Links); Python: herdrt.protocol). An envelope is a
+// Link-level envelopes (PROTOCOL.md (Links); Python: herdrt.herd.protocol). An envelope is a
 // msgpack array whose first element is a small non-negative integer, its kind. The types here
 // encode themselves explicitly (array header, kind, fields), so the bytes are exactly Python's.
 
@@ -66,7 +66,7 @@ func KindName(kind int64) string {
 }
 
 // ProtocolError says a decoded envelope does not have the shape its kind requires; Code is the
-// ERROR code to answer with (Python: herdrt.protocol.ProtocolError).
+// ERROR code to answer with (Python: herdrt.herd.protocol.ProtocolError).
 type ProtocolError struct {
 	Code    string
 	Message string

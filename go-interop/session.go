@@ -10,7 +10,7 @@ import (
 	"fmt"
 )
 
-// The authenticated session of a herd link (PROTOCOL.md (Handshake); Python: herdrt.session).
+// The authenticated session of a herd link (PROTOCOL.md (Handshake); Python: herdrt.herd.handshake).
 // Both sides derive everything from the herd secret and the handshake transcript: each side's
 // AUTH MAC names its role, and every byte after AUTH travels in AES-256-GCM records sealed with
 // a key per direction.

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from herdrt import Actor
-from herdrt.client import HerdClient
+from herdrt.herd.client import HerdClient
 from herdrt.errors import NodeUnavailable
 from herdrt.herd import ADMIN_ACTOR
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from _herdtest import NodeProcesses, free_ports, node_env
 
-from herdrt.client import HerdClient
+from herdrt.herd.client import HerdClient
 from herdrt.config import bundled_config_text, load_config
 from herdrt.errors import NodeUnavailable
 from herdrt.herd import ADMIN_ACTOR

@@ -1,14 +1,14 @@
 """The link protocol spoken by hand over a plain asyncio stream: for tests that play a peer (or an
-attacker) byte by byte, independently of :class:`herdrt.links.Link`."""
+attacker) byte by byte, independently of :class:`herdrt.herd.links.Link`."""
 
 from __future__ import annotations
 
 import asyncio
 
-from herdrt import protocol as P
+from herdrt.herd import protocol as P
 from herdrt.core import FrameDecoder, encode_frames
 from herdrt.errors import FrameError
-from herdrt.session import LinkSession, transcript
+from herdrt.herd.handshake import LinkSession, transcript
 
 
 class RawLink:

@@ -513,7 +513,7 @@ def test_restart_gives_fresh_state_and_drops_the_failing_message(run, caplog):
             ref = node.spawn(Fragile, events, name="fragile")
             assert await ref.ask("x") == 1
             assert await ref.ask("x") == 2
-            with caplog.at_level(logging.ERROR, logger="herdrt.actor"):
+            with caplog.at_level(logging.ERROR, logger="herdrt.runtime.actor"):
                 ref.tell("boom")
                 assert await ref.ask("x") == 1  # fresh instance
             assert any("fragile@t" in r.getMessage() for r in caplog.records)

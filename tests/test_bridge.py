@@ -12,8 +12,8 @@ import zmq.asyncio
 from click.testing import CliRunner
 
 from herdrt import Actor
-from herdrt import protocol as P
-from herdrt.backpressure import BACKLOG_HIGH
+from herdrt.herd import protocol as P
+from herdrt.herd.backpressure import BACKLOG_HIGH
 from herdrt.bridge import REGISTER, SERVICE_HELLO, UNREGISTER, WELCOME, service_credential
 from herdrt.cli import main as cli_main
 from herdrt.config import loads_config

@@ -12,9 +12,9 @@ from _rawlink import raw_handshake
 
 from herd_app import Counter, Echo
 from herdrt import Actor
-from herdrt import protocol as P
-from herdrt.backpressure import BACKLOG_HIGH
-from herdrt.client import HerdClient
+from herdrt.herd import protocol as P
+from herdrt.herd.backpressure import BACKLOG_HIGH
+from herdrt.herd.client import HerdClient
 from herdrt.config import loads_config
 from herdrt.errors import (
     ActorNotFound,
@@ -26,7 +26,7 @@ from herdrt.errors import (
     RemoteError,
 )
 from herdrt.herd import ADMIN_ACTOR, HerdNode, ring_shares
-from herdrt.links import TELLS_MAX, LinkRefused
+from herdrt.herd.links import TELLS_MAX, LinkRefused
 
 SECRET = "herd-test-secret-0123"
 

@@ -19,7 +19,7 @@ import time
 import pytest
 from _herdtest import NodeProcesses, wait_live
 
-from herdrt.client import HerdClient
+from herdrt.herd.client import HerdClient
 from herdrt.config import load_config
 from herdrt.errors import NodeUnavailable
 

@@ -10,9 +10,9 @@ import time
 import pytest
 from _herdtest import NodeProcesses, free_ports, status, wait_live
 
-from herdrt.client import HerdClient
+from herdrt.herd.client import HerdClient
 from herdrt.config import load_config
-from herdrt import protocol as P
+from herdrt.herd import protocol as P
 from herdrt.core import FrameDecoder
 from herdrt.errors import NodeUnavailable
 
@@ -138,7 +138,7 @@ def test_bad_bytes_close_only_their_connection(herd):
 
 
 def test_wrong_secret_is_refused_on_both_sides(herd, tmp_path):
-    from herdrt.links import LinkRefused
+    from herdrt.herd.links import LinkRefused
 
     bad = tmp_path / "bad.toml"
     bad.write_text(herd.path.read_text().replace("process-test-secret", "some-other-secret"))

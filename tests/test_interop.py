@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from _herdtest import NodeProcesses, free_ports
 
-from herdrt.client import HerdClient
+from herdrt.herd.client import HerdClient
 from herdrt.config import load_config
 from herdrt.core import HashRing, OnlineStats
 from herdrt.errors import ActorNotFound, AskTimeout, NodeUnavailable

@@ -15,11 +15,11 @@ import msgpack
 import pytest
 
 import herdrt
-from herdrt import protocol as P
+from herdrt.herd import protocol as P
 from herdrt.config import HerdConfig, NodeConfig
 from herdrt.core import FrameDecoder, encode_frame, encode_frames
-from herdrt.session import LinkSession, RecordError, transcript
-from herdrt.links import (
+from herdrt.herd.handshake import LinkSession, RecordError, transcript
+from herdrt.herd.links import (
     TELLS_MAX,
     LinkClosed,
     LinkManager,
@@ -352,7 +352,7 @@ def test_a_tells_batch_over_the_frame_limit_is_split_and_an_oversized_message_dr
 
 
 def test_wrong_secret_is_refused_on_both_sides_and_nothing_is_delivered(run, caplog):
-    caplog.set_level(logging.WARNING, "herdrt.links")
+    caplog.set_level(logging.WARNING, "herdrt.herd.links")
 
     async def body():
         inbox = Inbox()
@@ -698,7 +698,7 @@ def test_clean_shutdown_says_bye_and_leaves_no_tasks(run):
 _PEER = textwrap.dedent(
     """
     import asyncio, sys
-    from herdrt.links import LinkServer, LinkSettings
+    from herdrt.herd.links import LinkServer, LinkSettings
     import uvloop
 
     async def main():

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from herdrt.membership import LinkState, PhiAccrualDetector, ReportPacer, ReportRefused, check_report, next_hops
+from herdrt.herd.membership import LinkState, PhiAccrualDetector, ReportPacer, ReportRefused, check_report, next_hops
 from herdrt.ratelog import RateLog
 
 # The bundled herd's neighbor graph.

@@ -22,11 +22,11 @@ from _herdtest import free_ports
 from _proxyherd import NAMES, ProxyHerd, client_id, iamat, posix, talk, wait_known
 from _rawlink import RawLink, raw_handshake
 
-from herdrt import protocol as P
+from herdrt.herd import protocol as P
 from herdrt.bridge import SERVICE_HELLO, WELCOME, service_credential
-from herdrt.client import HerdClient
+from herdrt.herd.client import HerdClient
 from herdrt.herd import ADMIN_ACTOR
-from herdrt.links import LinkOverflow
+from herdrt.herd.links import LinkOverflow
 
 #: In the herd file as a neighbor of Bona, never started: the tests authenticate as it (it holds
 #: the secret), which is what a compromised or buggy member could do.

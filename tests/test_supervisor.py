@@ -6,7 +6,7 @@ import signal
 import sys
 import time
 
-from herdrt.supervisor import ProcessSupervisor
+from herdrt.processes import ProcessSupervisor
 
 SLEEPER = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
 CRASHER = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(0.2); raise SystemExit(3)"]

@@ -10,12 +10,12 @@ import pytest
 from _herdtest import NodeProcesses, free_ports, wait_live
 from click.testing import CliRunner
 
-from herdrt import protocol as P
+from herdrt.herd import protocol as P
 from herdrt.cli import main as cli_main
-from herdrt.client import HerdClient
+from herdrt.herd.client import HerdClient
 from herdrt.config import ConfigError, load_config, loads_config
-from herdrt.links import LinkRefused, LinkServer, LinkSettings, connect
-from herdrt.tls import certificate_names, make_certificates
+from herdrt.herd.links import LinkRefused, LinkServer, LinkSettings, connect
+from herdrt.herd.tls import certificate_names, make_certificates
 
 SECRET = "tls-test-secret-0123"
 

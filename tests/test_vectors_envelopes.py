@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from herdrt import protocol as P
+from herdrt.herd import protocol as P
 from herdrt.errors import FrameError, FrameTooLarge
-from herdrt.session import LinkSession, transcript
+from herdrt.herd.handshake import LinkSession, transcript
 
 HERE = Path(__file__).parent / "vectors"
 VECTORS = json.loads((HERE / "envelopes.json").read_text(encoding="utf-8"))

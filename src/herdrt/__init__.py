@@ -30,10 +30,10 @@ from .errors import (
     NodeUnavailable,
     RemoteError,
 )
-from .actor import Actor, Context, Deferred, Supervision, Terminated, Timer
-from .mailbox import Overflow
-from .node import Node, run
-from .ref import ActorRef
+from .runtime.actor import Actor, Context, Deferred, Supervision, Terminated, Timer
+from .runtime.mailbox import Overflow
+from .runtime.node import Node, run
+from .runtime.ref import ActorRef
 
 __version__ = "0.1.0"
 

@@ -184,8 +184,8 @@ def serve(config_path, node_name, apps, print_config, log_dir, use_asyncio, brid
 
 
 async def _query_all(config, timeout):
-    from .client import HerdClient
-    from .herd import ADMIN_ACTOR
+    from .herd.client import HerdClient
+    from .herd.node import ADMIN_ACTOR
 
     async def one(name):
         try:
@@ -255,7 +255,7 @@ def _message(text):
 
 
 async def _client_call(config, node, fn, timeout):
-    from .client import HerdClient
+    from .herd.client import HerdClient
 
     client = await HerdClient(config, node).connect(timeout)
     try:
@@ -370,7 +370,7 @@ def certs(directory, nodes, days):
 
     Copy to each host only its own NAME.pem and NAME.key (and ca.pem); keep ca.key offline.
     """
-    from .tls import make_certificates
+    from .herd.tls import make_certificates
 
     taken = [name for name in ("ca", *nodes, "client") if (directory / f"{name}.key").exists()]
     if taken:

@@ -99,7 +99,7 @@ class BridgeConfig:
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """``[herd.tls]``: mutual TLS on herd links (see :mod:`herdrt.tls`). ``cert_file``/``key_file``
+    """``[herd.tls]``: mutual TLS on herd links (see :mod:`herdrt.herd.tls`). ``cert_file``/``key_file``
     may hold ``{node}``, replaced by the name of the node (or ``"client"``) that uses them."""
 
     ca_file: str
@@ -311,7 +311,7 @@ def _tls(herd: dict, source: str, base: Path | None, allow_readable: bool) -> Tl
         _fail(source, "herd.tls.client_cert_file", "give client_cert_file and client_key_file together")
     if not tls.ca_path.is_file():
         _fail(source, "herd.tls.ca_file", f"cannot read {tls.ca_path}")
-    # Each process reads its own certificate and key when it starts (herdrt.tls): with "{node}"
+    # Each process reads its own certificate and key when it starts (herdrt.herd.tls): with "{node}"
     # in the names, one host need not hold the others' files.
     return tls
 

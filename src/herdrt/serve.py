@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import ConfigError, HerdConfig, bundled_config_text, load_config, loads_config
-from .herd import HerdNode
-from .supervisor import ProcessSupervisor
+from .herd.node import HerdNode
+from .processes import ProcessSupervisor
 
 __all__ = ["load_herd_config", "load_app", "run_node", "run_herd", "BUNDLED_SECRET"]
 
@@ -115,7 +115,7 @@ async def serve_node(config: HerdConfig, name: str, apps: list[Callable] = (), *
 
 def run_node(config: HerdConfig, name: str, apps: list[Callable] = (), *, use_uvloop: bool = True) -> None:
     """Blocking: run one node in this process (``herdrt serve --node NAME``)."""
-    from .node import run
+    from .runtime.node import run
 
     def ready(node: HerdNode) -> None:
         host, port = node.address

@@ -15,7 +15,7 @@ import os
 
 from dataclasses import fields
 
-from ...actor import Actor
+from ...runtime.actor import Actor
 from ...config import ConfigError
 from ...errors import HerdError
 from . import GazetteerPlaces, ProxyApp, ProxyLimits

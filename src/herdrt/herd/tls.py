@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ssl
 
-from .config import ConfigError, TlsConfig, read_secret_file
+from ..config import ConfigError, TlsConfig, read_secret_file
 
 __all__ = ["server_context", "client_context", "certificate_names", "misnamed", "make_certificates"]
 

@@ -8,7 +8,7 @@ each envelope travels as one frame (4-byte big-endian length, then the msgpack b
 This module defines the link-level part — the handshake (HELLO, AUTH), ERROR, HEARTBEAT and BYE —
 as plain constructors (they return lists ready for ``encode_frames``) and validators (they take a
 decoded envelope and return its fields, or raise :class:`ProtocolError`). The node-layer kinds
-(TELL, ASK, REPLY, MEMBERSHIP, FLOOD, HANDOFF) are numbered here and built in :mod:`herdrt.herd`. ``PROTOCOL.md``
+(TELL, ASK, REPLY, MEMBERSHIP, FLOOD, HANDOFF) are numbered here and built in :mod:`herdrt.herd.node`. ``PROTOCOL.md``
 is the byte-level description; keep the two in step.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import HerdError
+from ..errors import HerdError
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -133,7 +133,7 @@ def kind_name(kind) -> str:
     return KIND_NAMES.get(kind, f"kind {kind!r}") if isinstance(kind, int) else f"kind {kind!r}"
 
 
-# --- authentication (the MACs and keys: herdrt.session) ----------------------------------------
+# --- authentication (the MACs and keys: herdrt.herd.handshake) ----------------------------------------
 
 
 def new_nonce() -> bytes:

@@ -26,8 +26,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from .core import RECORD_MAX, RECORD_TAG_SIZE, RecordOpener, RecordSealer
-from .errors import RecordError
+from ..core import RECORD_MAX, RECORD_TAG_SIZE, RecordOpener, RecordSealer
+from ..errors import RecordError
 
 __all__ = [
     "LINK_CONTEXT",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["ProcessSupervisor", "ChildState"]
 
-log = logging.getLogger("herdrt.supervisor")
+log = logging.getLogger("herdrt.processes")
 
 
 @dataclass

@@ -11,8 +11,8 @@ import sys
 from typing import Any, Callable, Coroutine
 
 from .actor import Actor, Terminated
-from .core import OnlineStats
-from .errors import ActorError, ActorNotFound, AskDeadlock, ActorStopped, AskTimeout, NodeUnavailable, RemoteError
+from ..core import OnlineStats
+from ..errors import ActorError, ActorNotFound, AskDeadlock, ActorStopped, AskTimeout, NodeUnavailable, RemoteError
 from .mailbox import DEFAULT_MAILBOX_SIZE, Overflow, check_msgpack
 from .ref import ActorRef
 from .scheduler import _STOPPED, _SUSPENDED, _Cell, _Scheduler

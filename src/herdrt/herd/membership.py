@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
-from .core import OnlineStats
+from ..core import OnlineStats
 
 __all__ = ["PhiAccrualDetector", "LinkState", "next_hops", "ReportRefused", "check_report", "ReportPacer"]
 

@@ -44,14 +44,14 @@ import msgpack
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from . import protocol as P
-from .actor import Actor, Deferred
-from .backpressure import Backpressure
-from .errors import FrameTooLarge, HerdError, MailboxFull, NodeUnavailable
-from .ratelog import RateLog
+from ..herd import protocol as P
+from ..runtime.actor import Actor, Deferred
+from ..herd.backpressure import Backpressure
+from ..errors import FrameTooLarge, HerdError, MailboxFull, NodeUnavailable
+from ..ratelog import RateLog
 
 if TYPE_CHECKING:
-    from .herd import HerdNode
+    from ..herd.node import HerdNode
 
 __all__ = [
     "Bridge",
@@ -721,7 +721,7 @@ class Bridge:
 
     def _check_backlog(self, name: str) -> None:
         """Stop reading the socket while the local actor ``name`` has a large backlog (see
-        :mod:`herdrt.backpressure`): ZeroMQ then pushes back on the services (their high-water
+        :mod:`herdrt.herd.backpressure`): ZeroMQ then pushes back on the services (their high-water
         marks), as a paused herd link pushes back on its peer."""
         cell = self.node._cells.get(name)
         if cell is not None and not self._paused and self._backpressure.check(self, cell, self._pause, self._resume):

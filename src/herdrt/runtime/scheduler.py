@@ -33,8 +33,8 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from .actor import Actor, Context, Supervision, Terminated, Timer, _check_policy
-from .core import OnlineStats
-from .errors import ActorError, ActorStopped, MailboxFull, RemoteError
+from ..core import OnlineStats
+from ..errors import ActorError, ActorStopped, MailboxFull, RemoteError
 from .mailbox import Overflow, check_msgpack
 from .ref import ActorRef
 

@@ -1,7 +1,7 @@
 """Mailbox policies and the strict-message check.
 
 A mailbox is a bounded ``collections.deque`` of ``(message, corr)`` entries owned by the actor's
-cell (see :mod:`herdrt.scheduler`): ``corr`` is 0 for a tell and the ask's correlation id otherwise,
+cell (see :mod:`herdrt.runtime.scheduler`): ``corr`` is 0 for a tell and the ask's correlation id otherwise,
 so every entry is msgpack-able as it stands.
 """
 

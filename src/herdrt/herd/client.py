@@ -14,8 +14,8 @@ import socket
 from typing import Any
 
 from . import protocol as P
-from .config import HerdConfig
-from .errors import ActorNotFound, ActorStopped, AskTimeout, MailboxFull, NodeUnavailable, RemoteError
+from ..config import HerdConfig
+from ..errors import ActorNotFound, ActorStopped, AskTimeout, MailboxFull, NodeUnavailable, RemoteError
 from .links import Link, LinkClosed, LinkSettings, connect
 
 __all__ = ["HerdClient", "parse_target"]

@@ -1,8 +1,8 @@
-"""A herd node: a :class:`~herdrt.node.Node` whose actors reach every other node of the herd.
+"""A herd node: a :class:`~herdrt.runtime.node.Node` whose actors reach every other node of the herd.
 
 What it adds to a plain node:
 
-* **Links** to its neighbors (:class:`~herdrt.links.LinkManager`: authenticated TCP, framed,
+* **Links** to its neighbors (:class:`~herdrt.herd.links.LinkManager`: authenticated TCP, framed,
   coalesced writes), and remote refs (``node.lookup("name@Other")``) whose ``tell``/``ask`` become
   TELL/ASK envelopes, answered by REPLY envelopes.
 * **Membership**: every node floods its live links (MEMBERSHIP, newest incarnation and sequence
@@ -37,11 +37,11 @@ from collections.abc import Callable
 from typing import Any
 
 from . import protocol as P
-from .actor import Actor
+from ..runtime.actor import Actor
 from .backpressure import Backpressure
-from .config import HerdConfig
-from .core import HashRing
-from .errors import (
+from ..config import HerdConfig
+from ..core import HashRing
+from ..errors import (
     ActorNotFound,
     ActorStopped,
     AskDeadlock,
@@ -52,11 +52,11 @@ from .errors import (
     RemoteError,
 )
 from .links import Link, LinkClosed, LinkManager, LinkOverflow, LinkSettings
-from .mailbox import check_msgpack
+from ..runtime.mailbox import check_msgpack
 from .membership import LinkState, PhiAccrualDetector, ReportPacer, ReportRefused, check_report
-from .node import Node, _ReplyProxy
-from .ratelog import RateLog
-from .ref import ActorRef
+from ..runtime.node import Node, _ReplyProxy
+from ..ratelog import RateLog
+from ..runtime.ref import ActorRef
 
 __all__ = ["HerdNode", "ADMIN_ACTOR", "placement_key", "ring_shares"]
 
@@ -187,7 +187,7 @@ class HerdNode(Node):
         self._started = True
         self.spawn(_Admin, name=ADMIN_ACTOR, mailbox_size=256)
         if self.config.node(self.name).bridge_port is not None:
-            from .bridge import Bridge
+            from ..bridge import Bridge
 
             self.bridge = Bridge(self)
             self.bridge.start()

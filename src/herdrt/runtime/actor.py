@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import ActorError, HerdError, RemoteError
+from ..errors import ActorError, HerdError, RemoteError
 
 if TYPE_CHECKING:
     from .node import Node

@@ -4,7 +4,7 @@ Three layers, each usable alone:
 
 * :class:`Link` — one TCP connection (an ``asyncio.Protocol``). It runs the handshake (HELLO with a
   fresh nonce both ways, then AUTH = an HMAC, under the herd secret, of the whole transcript: both
-  names, both nonces, who dialled, the version; see :mod:`herdrt.session`), then carries
+  names, both nonces, who dialled, the version; see :mod:`herdrt.herd.handshake`), then carries
   envelopes in sealed records (AES-GCM, a key per direction derived from the transcript, one
   record per write): :meth:`Link.send` queues, and one ``encode_frames`` + one ``transport.write`` per loop
   turn flushes the queue (writes are coalesced); :meth:`Link.send_tell` also folds consecutive
@@ -45,10 +45,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from . import protocol as P
-from .config import HerdConfig
-from .core import FrameDecoder, OnlineStats, encode_frames
-from .errors import FrameError, FrameTooLarge, HerdError
-from .session import LinkSession, RecordError, transcript
+from ..config import HerdConfig
+from ..core import FrameDecoder, OnlineStats, encode_frames
+from ..errors import FrameError, FrameTooLarge, HerdError
+from .handshake import LinkSession, RecordError, transcript
 from .tls import client_context, misnamed, server_context
 
 __all__ = [
@@ -119,7 +119,7 @@ class LinkSettings:
     version: int = P.PROTOCOL_VERSION
     #: Admit clients (names starting with ``~``) that prove the secret, besides known nodes.
     accept_clients: bool = False
-    #: Mutual TLS (``[herd.tls]``, see :mod:`herdrt.tls`): what to accept and dial links with.
+    #: Mutual TLS (``[herd.tls]``, see :mod:`herdrt.herd.tls`): what to accept and dial links with.
     ssl_server: ssl.SSLContext | None = field(default=None, repr=False)
     ssl_client: ssl.SSLContext | None = field(default=None, repr=False)
     #: Over TLS, a node's certificate must name it.

@@ -1,0 +1,12 @@
+"""The actor runtime of one node: actors, refs, mailboxes, the batch scheduler, supervision, asks.
+
+Lower than the herd: nothing here knows about links or other nodes, except through the seams a
+:class:`Node` offers the layers above it (see :mod:`herdrt.runtime.node`).
+"""
+
+from .actor import Actor, Context, Deferred, Supervision, Terminated, Timer
+from .mailbox import Overflow
+from .node import Node, run
+from .ref import ActorRef
+
+__all__ = ["Actor", "ActorRef", "Context", "Deferred", "Node", "Overflow", "Supervision", "Terminated", "Timer", "run"]
