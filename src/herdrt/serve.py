@@ -93,7 +93,7 @@ def _stop_if_orphaned(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> N
     loop.call_later(1.0, check)
 
 
-async def serve_node(config: HerdConfig, name: str, apps: list[Callable] = (), *, ready: Callable[[HerdNode], None] | None = None) -> None:
+async def serve_node(config: HerdConfig, name: str, apps: list[Callable] = (), *, ready: Callable[[HerdNode, Any], None] | None = None) -> None:
     """Run node ``name`` of ``config`` until SIGINT or SIGTERM, then shut it down cleanly."""
     loop = asyncio.get_running_loop()
     stop = _stop_on_signals(loop)
@@ -101,12 +101,17 @@ async def serve_node(config: HerdConfig, name: str, apps: list[Callable] = (), *
     node = HerdNode(config, name)
     await node.start()
     try:
+        bridge = None
+        if config.node(name).bridge_port is not None:
+            from .bridge import Bridge
+
+            bridge = Bridge.attach(node)
         for hook in apps:
             result = hook(node)
             if inspect.isawaitable(result):
                 await result
         if ready is not None:
-            ready(node)
+            ready(node, bridge)
         await stop.wait()
         log.info("node %s stopping", name)
     finally:
@@ -117,11 +122,11 @@ def run_node(config: HerdConfig, name: str, apps: list[Callable] = (), *, use_uv
     """Blocking: run one node in this process (``herdrt serve --node NAME``)."""
     from .runtime.node import run
 
-    def ready(node: HerdNode) -> None:
+    def ready(node: HerdNode, bridge) -> None:
         host, port = node.address
         nbrs = ", ".join(sorted(node.links.neighbors)) or "none"
-        bridge = f", bridge on {node.bridge.endpoint}" if node.bridge is not None else ""
-        print(f"node {name} up: herd links on {host}:{port}{bridge}, neighbors {nbrs} (pid {os.getpid()})", flush=True)
+        where = f", bridge on {bridge.endpoint}" if bridge is not None else ""
+        print(f"node {name} up: herd links on {host}:{port}{where}, neighbors {nbrs} (pid {os.getpid()})", flush=True)
 
     run(serve_node(config, name, apps, ready=ready), use_uvloop=use_uvloop)
 

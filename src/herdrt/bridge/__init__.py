@@ -239,6 +239,16 @@ class Bridge:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
+    @classmethod
+    def attach(cls, node: HerdNode, **options: Any) -> Bridge:
+        """Start a bridge on ``node`` (at its ``bridge_port``, unless ``port=`` says otherwise):
+        closed when the node shuts down, its stats in ``node.herd_status()["bridge"]``. The herd
+        knows nothing of bridges; whoever runs the node (``herdrt serve``) attaches one."""
+        bridge = cls(node, **options).start()
+        node.on_shutdown(bridge.close)
+        node.add_status("bridge", bridge.stats)
+        return bridge
+
     def start(self) -> Bridge:
         """Bind the ROUTER (and start the ZAP handler when CURVE is on); raises OSError if it cannot."""
         loop = self._loop = asyncio.get_running_loop()

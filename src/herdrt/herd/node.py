@@ -158,8 +158,7 @@ class HerdNode(Node):
         self._backpressure: Backpressure | None = None  # links held back while an actor they feed lags
         self._shutdown_hooks: list[Callable[[], Any]] = []
         self._membership_hooks: list[Callable[[set, set], None]] = []
-        self._status: dict[str, Callable[[], Any]] = {}  # herd_status()["apps"] entries
-        self.bridge = None  # a herdrt.bridge.Bridge when the node config has bridge_port
+        self._status: dict[str, Callable[[], Any]] = {}  # herd_status() entries of the layers above
         self.counters = {
             "asks_out": 0, "tells_in": 0, "asks_in": 0, "replies_in": 0,
             "forwarded": 0, "undeliverable": 0, "lost_on_links": 0, "unknown_actor": 0,
@@ -186,12 +185,6 @@ class HerdNode(Node):
         await self.links.start()
         self._started = True
         self.spawn(_Admin, name=ADMIN_ACTOR, mailbox_size=256)
-        if self.config.node(self.name).bridge_port is not None:
-            from ..bridge import Bridge
-
-            self.bridge = Bridge(self)
-            self.bridge.start()
-            self.on_shutdown(self.bridge.close)
         self._report()
         self._fd_timer = loop.call_later(self.config.heartbeat_interval / 2, self._check_failures)
         return self
@@ -204,8 +197,10 @@ class HerdNode(Node):
         self._shutdown_hooks.append(hook)
 
     def add_status(self, name: str, report: Callable[[], Any]) -> None:
-        """Show ``report()`` (msgpack-ready) as ``herd_status()["apps"][name]``: an application's
-        own counters, next to the node's."""
+        """Show ``report()`` (msgpack-ready) as ``herd_status()[name]``: the counters of a layer
+        above the node (the bridge, an application) next to the node's own."""
+        if name in _STATUS_KEYS:
+            raise ValueError(f"{name!r} is one of the node's own status entries")
         self._status[name] = report
 
     def on_membership(self, hook: Callable[[set, set], None]) -> None:
@@ -855,9 +850,13 @@ class HerdNode(Node):
             "keyed_actors": len(self._keyed),
             "counters": dict(self.counters),
             "stats": self.stats()["total"],
-            "bridge": self.bridge.stats() if self.bridge is not None else None,
-            "apps": {name: report() for name, report in self._status.items()},
+            **{name: report() for name, report in self._status.items()},
         }
+
+
+#: What herd_status() itself reports (add_status may not take these names).
+_STATUS_KEYS = frozenset(("node", "pid", "incarnation", "address", "live", "nodes", "links", "clients",
+                          "ring_share", "actors", "keyed_actors", "counters", "stats"))
 
 
 class _LinkReply(_ReplyProxy):

@@ -99,7 +99,7 @@ async def setup(node) -> ProxyApp | None:
     node.spawn(ProxyPeer, app, came_from, name=PEER_ACTOR, mailbox_size=None)
     await app.start()
     node.on_membership(catch_up)
-    node.add_status("proxy", lambda: dict(app.counters))
+    node.add_status("proxy", lambda: dict(app.counters))  # herd_status()["proxy"]
     node.on_shutdown(app.close)
     # Load the offline gazetteer now, in a thread, rather than on the first WHATSAT (~1 s).
     gazetteer = getattr(app.places, "provider", app.places)
