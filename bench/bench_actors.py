@@ -24,6 +24,8 @@ import threading
 import pytest
 import uvloop
 
+from _harness import record_paired
+
 from herdrt import Actor, Node
 
 N_TELL = 100_000
@@ -133,6 +135,37 @@ def test_ask_1_1_sync_herdrt(benchmark, herd):
             await ask(i)
 
     _bench(benchmark, herd(lambda node: node.spawn(Sink), work), N_ASK)
+
+
+@pytest.mark.benchmark(group="ask_1_1_sync")
+def test_ask_1_1_sync_herdrt_own_timeout(benchmark, herd):
+    """The same asks, each with its own timeout (``ask(m, timeout=10)``, as the README's example)."""
+    async def work(node, ref):
+        ask = ref.ask
+        for i in range(N_ASK):
+            await ask(i, timeout=10.0)
+
+    _bench(benchmark, herd(lambda node: node.spawn(Sink), work), N_ASK)
+
+
+@pytest.mark.benchmark(group="ask-timeout-paired")
+def test_ask_timeout_paired(benchmark, request, herd):
+    """Asks with their own timeout alternated round by round with plain asks (the node's default):
+    the ratio is what a timeout costs (see ``_harness.record_paired``)."""
+    async def plain(node, ref):
+        ask = ref.ask
+        for i in range(N_ASK):
+            await ask(i)
+
+    async def timed(node, ref):
+        ask = ref.ask
+        for i in range(N_ASK):
+            await ask(i, timeout=10.0)
+
+    sink = []
+    contender = herd(lambda node: sink.append(node.spawn(Sink)) or sink[0], timed)
+    baseline = herd(lambda node: node.spawn(Sink), plain)
+    record_paired(benchmark, request.node.name, contender, {"plain ask": baseline}, 7)
 
 
 @pytest.mark.benchmark(group="ask_1_1_pipelined")

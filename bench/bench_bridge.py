@@ -87,7 +87,7 @@ def bridged(request):
     request.addfinalizer(close)  # before the child is reaped (finalizers run last-in first-out)
 
     async def joined():
-        while "sink" not in node._cells:
+        while "sink" not in node:
             await asyncio.sleep(0.005)
         return node.lookup("sink"), node.lookup("echo")
 

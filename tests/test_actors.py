@@ -340,7 +340,7 @@ def test_remote_refs_route_through_the_poster_and_resolve(run):
         wire = []
 
         class LinkedNode(Node):
-            def _remote_poster(self, name, node_name):
+            def remote_poster(self, name, node_name):
                 return lambda message, corr=0: wire.append((name, message, corr))
 
         async with LinkedNode("here", strict_messages=True) as node:

@@ -30,7 +30,7 @@ from herdrt.herd.links import (
     connect,
 )
 
-from _rawlink import RawLink, raw_handshake
+from _rawlink import raw_handshake
 
 SECRET = b"correct horse battery"
 #: PROTOCOL.md (Links, Examples): Clark's AUTH to Bona for the nonces and secret shown there.

@@ -30,10 +30,7 @@ from .errors import (
     NodeUnavailable,
     RemoteError,
 )
-from .runtime.actor import Actor, Context, Deferred, Supervision, Terminated, Timer
-from .runtime.mailbox import Overflow
-from .runtime.node import Node, run
-from .runtime.ref import ActorRef
+from .runtime import Actor, ActorRef, Context, Deferred, Node, Overflow, Supervision, Terminated, Timer, run
 
 __version__ = "0.1.0"
 

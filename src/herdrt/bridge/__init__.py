@@ -342,7 +342,7 @@ class Bridge:
         self._work = 0
         # The actors these messages wake run when the drain ends, in this callback (as for herd
         # links), so their replies leave now rather than a loop turn later.
-        sched = self.node._sched
+        sched = self.node.scheduler
         armed = sched.hold()
         try:
             self._drain_socket(sock, handle)
@@ -547,7 +547,7 @@ class Bridge:
             if owner is not None:
                 if owner.name != service and owner.live:
                     taken.append(f"{name} (served by {owner.name})")
-            elif name in self.node._cells:
+            elif name in self.node:
                 taken.append(f"{name} (a local actor)")
         if taken:
             raise _Refused(E_NAME_TAKEN, f"names already taken on {self.node.name}: {', '.join(taken)}")
@@ -565,15 +565,11 @@ class Bridge:
 
     def _unbind(self, name: str) -> None:
         svc = self._owners.pop(name, None)
-        if svc is not None:
+        if svc is not None:  # a name it served is a proxy the bridge spawned
             svc.names.discard(name)
-        node = self.node
-        cell = node._cells.get(name)
-        if cell is not None and isinstance(cell.actor, _Proxy):
-            # Take the name off the node now (so it can be registered again at once); the cell
-            # still stops in order: queued asks fail with ActorStopped, on_stop runs.
-            del node._cells[name]
-            node._track(self._loop.create_task(node.stop(cell.ref)))
+            # Free the name now (it can be registered again at once); the proxy still stops in
+            # order: queued asks fail with ActorStopped, on_stop runs.
+            self.node.release(name)
 
     def _register(self, svc: _Service, env: list) -> None:
         if len(env) != 2:
@@ -733,8 +729,8 @@ class Bridge:
         """Stop reading the socket while the local actor ``name`` has a large backlog (see
         :mod:`herdrt.herd.backpressure`): ZeroMQ then pushes back on the services (their high-water
         marks), as a paused herd link pushes back on its peer."""
-        cell = self.node._cells.get(name)
-        if cell is not None and not self._paused and self._backpressure.check(self, cell, self._pause, self._resume):
+        mailbox = self.node.mailbox(name)
+        if mailbox is not None and not self._paused and self._backpressure.check(self, mailbox, self._pause, self._resume):
             self.counters["throttled"] += 1
 
     def _pause(self) -> None:
@@ -753,11 +749,9 @@ class Bridge:
         self._drain()
 
     def _tell_failed(self, svc: _Service, path, exc: HerdError, n: int) -> None:
-        c = self.counters
-        c["undelivered_tells"] += n
-        if c["undelivered_tells"] - n < 10 or (c["undelivered_tells"] & 0x3FF) == 0:  # do not flood the log
-            log.info("%s: %s's tell to %s failed (%d so far): %s", self.node.name, svc.name, path,
-                     c["undelivered_tells"], exc)
+        self.counters["undelivered_tells"] += n
+        self.ratelog.info(("tell failed", svc.name), "%s: %s's tell to %.80s failed (%d so far): %s",
+                          self.node.name, svc.name, path, self.counters["undelivered_tells"], exc)
 
     def _responder(self, svc: _Service):
         def respond(corr: int, ok: bool, value: Any) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Hashable
 
+from ..runtime.mailbox import Mailbox
+
 __all__ = ["BACKLOG_HIGH", "Backpressure"]
 
 #: Most messages an actor may have waiting before its sources stop being read.
@@ -20,21 +22,22 @@ _POLL = 0.002  # seconds between looks at a held source's backlog
 
 
 class Backpressure:
-    """The sources one reader holds back; ``check`` after handing a read's messages to a cell."""
+    """The sources one reader holds back; ``check`` after handing a read's messages to a mailbox."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
-        self._held: dict[Hashable, tuple[object, int, Callable[[], None]]] = {}  # source -> (cell, low, resume)
+        self._held: dict[Hashable, tuple[Mailbox, int, Callable[[], None]]] = {}  # source -> (mailbox, low, resume)
         self._timer: asyncio.TimerHandle | None = None
 
-    def check(self, source: Hashable, cell, pause: Callable[[], None], resume: Callable[[], None]) -> bool:
-        """Hold ``source`` back if ``cell`` has a deep backlog: ``pause()`` now, ``resume()``
-        once the backlog is down (or the actor stopped). True if it paused the source now."""
-        high = min(BACKLOG_HIGH, max(cell.capacity // 2, 1))
-        if len(cell.mailbox) < high or source in self._held:
+    def check(self, source: Hashable, mailbox: Mailbox, pause: Callable[[], None], resume: Callable[[], None]) -> bool:
+        """Hold ``source`` back if ``mailbox`` (an actor's, :meth:`Node.mailbox`) has a deep
+        backlog: ``pause()`` now, ``resume()`` once the backlog is down (or the actor stopped).
+        True if it paused the source now."""
+        high = min(BACKLOG_HIGH, max(mailbox.capacity // 2, 1))
+        if len(mailbox) < high or source in self._held:
             return False
         pause()
-        self._held[source] = (cell, high // 4, resume)
+        self._held[source] = (mailbox, high // 4, resume)
         if self._timer is None:
             self._timer = self._loop.call_later(_POLL, self._poll)
         return True
@@ -51,8 +54,8 @@ class Backpressure:
 
     def _poll(self) -> None:
         self._timer = None
-        for source, (cell, low, resume) in list(self._held.items()):
-            if len(cell.mailbox) <= low or cell.capacity < 0:  # worked off, or the actor stopped
+        for source, (mailbox, low, resume) in list(self._held.items()):
+            if len(mailbox) <= low or mailbox.capacity < 0:  # worked off, or the actor stopped
                 del self._held[source]
                 resume()
         if self._held:

@@ -425,11 +425,11 @@ class Link(asyncio.Protocol):
         try:
             if self._peer_nonce is None:
                 if kind != P.HELLO:
-                    raise P.ProtocolError(f"expected HELLO first, got {P._describe(env)}")
+                    raise P.ProtocolError(f"expected HELLO first, got {P.describe(env)}")
                 self._on_hello(*P.parse_hello(env))
             else:
                 if kind != P.AUTH:
-                    raise P.ProtocolError(f"expected AUTH after HELLO, got {P._describe(env)}")
+                    raise P.ProtocolError(f"expected AUTH after HELLO, got {P.describe(env)}")
                 self._on_auth(P.parse_auth(env))
         except P.ProtocolError as exc:
             self._refuse(exc.code, str(exc))
@@ -597,7 +597,7 @@ class Link(asyncio.Protocol):
             elif kind in (P.HELLO, P.AUTH):
                 raise P.ProtocolError(f"{P.kind_name(kind)} after the handshake")
             else:
-                raise P.ProtocolError(f"an envelope must be an array starting with an integer kind, got {P._describe(env)}")
+                raise P.ProtocolError(f"an envelope must be an array starting with an integer kind, got {P.describe(env)}")
         except P.ProtocolError as exc:
             self._fail(exc.code, f"from {self.peer}: {exc}")
 

@@ -52,9 +52,10 @@ from ..errors import (
     RemoteError,
 )
 from .links import Link, LinkClosed, LinkManager, LinkOverflow, LinkSettings
-from ..runtime.mailbox import check_msgpack
 from .membership import LinkState, PhiAccrualDetector, ReportPacer, ReportRefused, check_report
-from ..runtime.node import Node, _ReplyProxy
+from ..runtime.asks import ReplyProxy
+from ..runtime.node import Node
+from ..runtime.strict import check_msgpack
 from ..ratelog import RateLog
 from ..runtime.ref import ActorRef
 
@@ -173,7 +174,8 @@ class HerdNode(Node):
         """Listen for links, dial the neighbors, start the admin actor and the failure detector."""
         if self._started:
             return self
-        loop = self._bind()
+        await super().start()
+        loop = self.scheduler.loop
         self._backpressure = Backpressure(loop)
         self._pacer = ReportPacer(REPORT_RATE, REPORT_BURST, loop.call_later, self._paced_report)
         settings = LinkSettings.from_config(self.config, self.name, accept_clients=True)
@@ -259,7 +261,7 @@ class HerdNode(Node):
             self.counters["undeliverable"] += 1
             raise NodeUnavailable(f"node {dest}: {exc}") from None
 
-    def _remote_poster(self, name: str | list, node_name: str):
+    def remote_poster(self, name: str | list, node_name: str):
         """Posters for ``name@node_name`` (``name``: an actor name or ``[kind, key]``): TELL and ASK
         envelopes routed over the herd.
 
@@ -308,7 +310,7 @@ class HerdNode(Node):
                 type_name, message = "RemoteError", repr(value)
             cls = _TYPED.get(type_name)
             if cls is not None:
-                self._fail(corr, cls(str(message)))
+                self.asks.fail(corr, cls(str(message)))
                 return
             value = (type_name, message)
         Node.resolve(self, corr, ok, value)  # (not super(): this is the path of every reply)
@@ -343,7 +345,7 @@ class HerdNode(Node):
             return
         # Arrivals go to mailboxes first; the actors they wake run right after (release), in
         # this read callback, so replies leave in the write that ends it.
-        sched = self._sched
+        sched = self.scheduler
         armed = sched.hold()
         try:
             self._dispatch(link, envs)
@@ -354,9 +356,9 @@ class HerdNode(Node):
         # Two hot paths inline: REPLY to this node, and TELLS to a named actor here (tells are
         # counted per read, and a lagging actor holds the link back). The rest takes _envelope.
         me = self.name
-        cells = self._cells
+        deliver_many = self.deliver_many
         tells = lost = 0
-        fed = []
+        fed = []  # the actors this read fed: flow control looks at their backlogs
         for env in envs:
             try:
                 if env.__class__ is list and len(env) > 3 and env[1] == me:
@@ -365,12 +367,13 @@ class HerdNode(Node):
                         self.counters["replies_in"] += 1
                         self.resolve(env[2], bool(env[3]), env[4])
                         continue
-                    cell = cells.get(env[2]) if kind == _TELLS and env[2].__class__ is str else None
-                    if cell is not None and len(env) == 4 and env[3].__class__ is list:
+                    if kind == _TELLS and len(env) == 4 and env[2].__class__ is str and env[3].__class__ is list \
+                            and env[2] in self:
+                        target = env[2]
                         tells += len(env[3])
-                        lost += cell.post_many(env[3])
-                        if not fed or fed[-1] is not cell:
-                            fed.append(cell)
+                        lost += deliver_many(target, env[3])
+                        if not fed or fed[-1] != target:
+                            fed.append(target)
                         continue
                 self._envelope(link, env)
             except (IndexError, TypeError, ValueError, KeyError, P.ProtocolError) as exc:
@@ -382,8 +385,9 @@ class HerdNode(Node):
                 self.ratelog.info(("tells dropped", link.peer), "%s: %d tells from %s dropped: mailbox full or actor stopped",
                                   me, lost, link.peer)
             hold = self._backpressure.check
-            for cell in fed:
-                if hold(link, cell, link.pause_reading, link.resume_reading):
+            for target in fed:
+                mailbox = self.mailbox(target)
+                if mailbox is not None and hold(link, mailbox, link.pause_reading, link.resume_reading):
                     self.counters["throttled"] += 1
                     break
 
@@ -429,16 +433,15 @@ class HerdNode(Node):
         if kind == P.TELL or kind == P.TELLS:
             bodies = (env[3],) if kind == P.TELL else env[3]
             if kind == P.TELLS and bodies.__class__ is not list:
-                raise P.ProtocolError(f"TELLS carries a list of bodies, not {P._describe(bodies)}")
+                raise P.ProtocolError(f"TELLS carries a list of bodies, not {P.describe(bodies)}")
             self.counters["tells_in"] += len(bodies)
             try:
-                cell = self._target_cell(env[2])
+                lost = self.deliver_many(self._local_name(env[2]), list(bodies))
             except HerdError as exc:
                 self.counters["unknown_actor" if isinstance(exc, ActorNotFound) else "undeliverable"] += len(bodies)
                 self.ratelog.info(("tells dropped", link.peer), "%s: %d tell(s) to %.80r dropped: %s",
                                   self.name, len(bodies), env[2], exc)
                 return
-            lost = cell.post_many(list(bodies))
             if lost:
                 self.counters["undeliverable"] += lost
                 self.ratelog.info(("tells dropped", link.peer), "%s: %d tell(s) to %.80r dropped: mailbox full or actor stopped",
@@ -447,7 +450,7 @@ class HerdNode(Node):
             self.counters["asks_in"] += 1
             proxy = _LinkReply(self, link, env[4], env[5])
             try:
-                self._post_ask(self._target_cell(env[2]), env[3], proxy)
+                self.deliver_ask(self._local_name(env[2]), env[3], proxy)
             except HerdError as exc:
                 if isinstance(exc, ActorNotFound):
                     self.counters["unknown_actor"] += 1
@@ -460,13 +463,11 @@ class HerdNode(Node):
             self.counters["handoffs_in"] += 1
             self._handoffs[(kind_name, key)] = state
 
-    def _target_cell(self, target):
-        """The local cell of ``target`` (an actor name, or ``[kind, key]``: activated on demand)."""
+    def _local_name(self, target) -> str:
+        """The local actor name of ``target``: an actor name, or ``[kind, key]`` (a keyed actor,
+        activated here on demand)."""
         if target.__class__ is str:
-            cell = self._cells.get(target)
-            if cell is None:
-                raise ActorNotFound(f"no actor {target!r} on node {self.name}")
-            return cell
+            return target
         kind, key = target
         return self._activate(kind, key)
 
@@ -548,7 +549,7 @@ class HerdNode(Node):
             _, _, _, _, src, corr = env
             if src == self.name:
                 self._remote_asks.pop(corr, None)
-                self._fail(corr, exc if isinstance(exc, HerdError) else RemoteError(*problem))
+                self.asks.fail(corr, exc if isinstance(exc, HerdError) else RemoteError(*problem))
             else:  # forwarded for another node's asker
                 self._reply(src, corr, False, problem)
         elif kind == P.REPLY:
@@ -566,7 +567,7 @@ class HerdNode(Node):
             return
         self._detectors.pop(peer, None)
         log.warning("%s: link to %s down: %s", self.name, peer, reason)
-        if not self._closing:
+        if not self.closing:
             self._report()
 
     def _neighbor_links(self):
@@ -632,7 +633,7 @@ class HerdNode(Node):
 
     def _paced_report(self, origin: str) -> None:
         pending = self._pacer.take(origin)
-        if pending is not None and not self._closing:
+        if pending is not None and not self.closing:
             peer, env = pending
             if self.membership.is_newer(origin, (env[2], env[3])):
                 self._take_report(peer, env)
@@ -668,7 +669,7 @@ class HerdNode(Node):
             for corr, dest in list(self._remote_asks.items()):
                 if dest in gone:
                     del self._remote_asks[corr]
-                    self._fail(corr, NodeUnavailable(f"node {dest} went down before it replied"))
+                    self.asks.fail(corr, NodeUnavailable(f"node {dest} went down before it replied"))
         self._ring = HashRing(sorted(live), vnodes=self._ring.vnodes)
         self._rebalance()
         for hook in self._membership_hooks:
@@ -678,9 +679,10 @@ class HerdNode(Node):
                 log.exception("%s: membership hook %r failed", self.name, hook)
 
     def _check_failures(self) -> None:
-        self._fd_timer = self._loop.call_later(self.config.heartbeat_interval / 2, self._check_failures)
+        loop = self.scheduler.loop
+        self._fd_timer = loop.call_later(self.config.heartbeat_interval / 2, self._check_failures)
         self.ratelog.flush()
-        now = self._loop.time()
+        now = loop.time()
         for peer, link in self._neighbor_links():
             det = self._detectors.get(peer)
             if det is None or link.reading_paused:
@@ -768,32 +770,31 @@ class HerdNode(Node):
         def post(message: Any, corr: int = 0) -> None:
             owner = self._ring.lookup(ring_key)
             if owner == me:
-                poster = self._activate(kind, key).ref.tell
+                poster = self.lookup(self._activate(kind, key)).tell
                 poster(message, corr) if corr else poster(message)
                 return
             poster = remote.get(owner)
             if poster is None:
-                poster = remote[owner] = self._remote_poster([kind, key], owner)
+                poster = remote[owner] = self.remote_poster([kind, key], owner)
             poster(message, corr)
 
         return ActorRef(self, ring_key, "*", post)
 
-    def _activate(self, kind: str, key: str):
+    def _activate(self, kind: str, key: str) -> str:
+        """The local name of keyed actor ``(kind, key)``, spawned here if it does not run yet."""
         name = _keyed_name(kind, key)
-        cell = self._cells.get(name)
-        if cell is None:
+        if name not in self:
             try:
                 cls, args, options = self._kinds[kind]
             except KeyError:
                 raise ActorNotFound(f"no actor kind {kind!r} is registered on {self.name}") from None
             self.spawn(cls, *args, name=name, **options)
-            cell = self._cells[name]
             self._keyed[name] = (kind, key)
             self.counters["activations"] += 1
             state = self._handoffs.pop((kind, key), _MISSING)
             if state is not _MISSING:
-                cell.actor.on_takeover(state)
-        return cell
+                self.take_over(name, state)
+        return name
 
     def _rebalance(self) -> None:
         """Stop the keyed actors this node no longer owns, handing their state to the new owner."""
@@ -803,28 +804,23 @@ class HerdNode(Node):
             if owner == self.name:
                 continue
             del self._keyed[name]
-            cell = self._cells.get(name)
-            if cell is None:
+            if name not in self:
                 continue
             moved += 1
-            try:
-                state = cell.actor.on_handoff() if cell.actor is not None else None
-            except Exception:
-                log.exception("%s: on_handoff of %s failed; its state is not handed over", self.name, name)
-                state = None
+            state = self.hand_off(name)
             if state is not None:
                 try:
                     self._send(owner, [P.HANDOFF, owner, kind, key, state])
                     self.counters["handoffs_out"] += 1
                 except NodeUnavailable as exc:
                     log.warning("%s: hand-off of %s to %s lost: %s", self.name, name, owner, exc)
-            self._track(asyncio.ensure_future(self.stop(cell.ref)))
+            self.scheduler.track(asyncio.ensure_future(self.stop(name)))
         if moved:
             self.counters["rebalances"] += 1
             log.info("%s: rebalance: %d keyed actors moved to their new owners", self.name, moved)
-        if self._remote_asks and len(self._remote_asks) > 2 * len(self._pending) + 1024:
+        if self._remote_asks and len(self._remote_asks) > 2 * len(self.asks) + 1024:
             # asks that timed out leave their route behind; sweep now and then
-            for corr in [c for c in self._remote_asks if c not in self._pending]:
+            for corr in [c for c in self._remote_asks if not self.asks.waiting(c)]:
                 del self._remote_asks[corr]
 
     # -- status ----------------------------------------------------------------------------------
@@ -846,7 +842,7 @@ class HerdNode(Node):
             },
             "clients": sum(peer.startswith(P.CLIENT_PREFIX) for peer in links),
             "ring_share": ring_shares(self._ring),
-            "actors": len(self._cells),
+            "actors": len(self.actors()),
             "keyed_actors": len(self._keyed),
             "counters": dict(self.counters),
             "stats": self.stats()["total"],
@@ -859,7 +855,7 @@ _STATUS_KEYS = frozenset(("node", "pid", "incarnation", "address", "live", "node
                           "ring_share", "actors", "keyed_actors", "counters", "stats"))
 
 
-class _LinkReply(_ReplyProxy):
+class _LinkReply(ReplyProxy):
     """The pending-ask entry of an ask that came over a link: the outcome goes back as a REPLY."""
 
     __slots__ = ("node", "link", "src", "corr")

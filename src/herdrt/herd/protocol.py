@@ -59,6 +59,7 @@ __all__ = [
     "parse_error",
     "parse_heartbeat",
     "parse_bye",
+    "describe",
 ]
 
 #: Names starting with this are *clients* (e.g. the ``herdrt`` CLI): they authenticate with the herd
@@ -177,13 +178,14 @@ def bye(reason: str) -> list:
 
 def _shape(env, kind: int, sizes: tuple[int, ...]) -> None:
     if not isinstance(env, (list, tuple)) or not env or type(env[0]) is not int or env[0] != kind:
-        raise ProtocolError(f"expected a {KIND_NAMES[kind]} envelope, got {_describe(env)}")
+        raise ProtocolError(f"expected a {KIND_NAMES[kind]} envelope, got {describe(env)}")
     if len(env) not in sizes:
         want = " or ".join(str(n) for n in sizes)
         raise ProtocolError(f"{KIND_NAMES[kind]} must have {want} elements, not {len(env)}")
 
 
-def _describe(env) -> str:
+def describe(env) -> str:
+    """A short description of a (possibly malformed) envelope for error messages."""
     if isinstance(env, (list, tuple)) and env:
         return f"{kind_name(env[0])} with {len(env)} elements"
     return f"a {type(env).__name__}"

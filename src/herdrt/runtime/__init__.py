@@ -4,7 +4,8 @@ Lower than the herd: nothing here knows about links or other nodes, except throu
 :class:`Node` offers the layers above it (see :mod:`herdrt.runtime.node`).
 """
 
-from .actor import Actor, Context, Deferred, Supervision, Terminated, Timer
+from .actor import Actor, Deferred, Supervision, Terminated, Timer
+from .cell import Context
 from .mailbox import Overflow
 from .node import Node, run
 from .ref import ActorRef

@@ -1,4 +1,6 @@
-"""The :class:`Actor` base class, the per-message :class:`Context`, timers and death notices."""
+"""The :class:`Actor` base class, deferred answers, timers, supervision policies and death notices.
+
+(The per-message :class:`~herdrt.runtime.cell.Context` lives with the cell that runs handlers.)"""
 
 from __future__ import annotations
 
@@ -9,11 +11,14 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ActorError, HerdError, RemoteError
 
 if TYPE_CHECKING:
+    import asyncio
+
+    from .asks import Asks
+    from .cell import Cell, Context
     from .node import Node
     from .ref import ActorRef
-    from .scheduler import _Cell
 
-__all__ = ["Actor", "Context", "Supervision", "Terminated", "Timer"]
+__all__ = ["Actor", "Deferred", "Supervision", "Terminated", "Timer", "bind", "check_policy"]
 
 
 class Supervision(str, enum.Enum):
@@ -36,70 +41,24 @@ class Terminated:
     reason: str
 
 
-class Context:
-    """What a handler knows about the message it is handling; valid until the handler returns.
-
-    ``ctx.reply(value)`` answers an ask (a handler's return value is the reply otherwise);
-    ``ctx.defer()`` takes the answer along to give it later, from anywhere (the actor goes on
-    with other messages meanwhile); ``ctx.is_ask`` says whether anyone waits for a reply.
-    """
-
-    __slots__ = ("_cell", "_corr")
-
-    def __init__(self, cell: _Cell):
-        self._cell = cell
-        self._corr = 0
-
-    @property
-    def ref(self) -> ActorRef:
-        """The ref of the actor handling the message."""
-        return self._cell.ref
-
-    @property
-    def node(self) -> Node:
-        return self._cell.node
-
-    @property
-    def is_ask(self) -> bool:
-        """True while the message being handled is an unanswered ask."""
-        return self._corr != 0
-
-    def reply(self, value: Any) -> None:
-        """Answer the ask being handled (once; later replies and replies to tells are ignored)."""
-        corr = self._corr
-        if corr:
-            self._corr = 0
-            self._cell.node._complete(corr, value)
-
-    def defer(self) -> Deferred:
-        """Answer the ask being handled later: returns a :class:`Deferred` to answer it with,
-        and the handler's return value is then not the reply. The asker's timeout still applies.
-        Raises :class:`~herdrt.errors.ActorError` when there is no unanswered ask to defer."""
-        corr = self._corr
-        if not corr:
-            raise ActorError(f"{self._cell.ref.path}: defer() needs an unanswered ask (this is a tell, or it was answered)")
-        self._corr = 0
-        return Deferred(self._cell.node, corr)
-
-
 class Deferred:
     """An ask to answer later (from :meth:`Context.defer`): call :meth:`reply` or :meth:`fail`
     once, from any code on the node's loop. ``id`` is unique among the node's pending asks."""
 
-    __slots__ = ("_node", "id")
+    __slots__ = ("_asks", "id")
 
-    def __init__(self, node: Node, corr: int):
-        self._node = node
+    def __init__(self, asks: Asks, corr: int):
+        self._asks = asks
         self.id = corr
 
     @property
     def waiting(self) -> bool:
         """True until the ask is answered, failed or timed out (no one waits any more)."""
-        return self.id in self._node._pending
+        return self._asks.waiting(self.id)
 
     def reply(self, value: Any) -> None:
         """Answer the ask (ignored once it is answered or timed out)."""
-        self._node._complete(self.id, value)
+        self._asks.complete(self.id, value)
 
     def fail(self, exc: Exception) -> None:
         """Fail the ask, as a handler raising ``exc`` would: the asker gets herdrt's own errors
@@ -107,7 +66,7 @@ class Deferred:
         :class:`~herdrt.errors.RemoteError` naming its type — on this node and across the herd."""
         if not isinstance(exc, HerdError):
             exc = RemoteError(type(exc).__name__, str(exc))
-        self._node._fail(self.id, exc)
+        self._asks.fail(self.id, exc)
 
     def __repr__(self) -> str:
         return f"<Deferred ask #{self.id}{'' if self.waiting else ' (done)'}>"
@@ -121,7 +80,7 @@ class Timer:
 
     __slots__ = ("_cell", "_handle", "message", "interval")
 
-    def __init__(self, cell: _Cell, message: Any, interval: float | None):
+    def __init__(self, cell: Cell, message: Any, interval: float | None):
         self._cell = cell
         self._handle = None
         self.message = message
@@ -130,6 +89,10 @@ class Timer:
     @property
     def active(self) -> bool:
         return self._handle is not None
+
+    def start(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        """Fire after ``delay`` seconds (the cell calls this once)."""
+        self._handle = loop.call_later(delay, self._fire)
 
     def cancel(self) -> None:
         """Stop the timer (idempotent)."""
@@ -144,7 +107,7 @@ class Timer:
             self._handle = None
             cell.timers.discard(self)
         else:
-            self._handle = cell.node._loop.call_later(self.interval, self._fire)
+            self._handle = cell.sched.loop.call_later(self.interval, self._fire)
         cell.post_timer(self.message)
 
 
@@ -177,7 +140,7 @@ class Actor:
     restart_window: float = 60.0
     retry_failed_message: bool = False
 
-    _cell: _Cell
+    _cell: Cell
 
     def receive(self, message: Any, ctx: Context) -> Any:
         """Handle one message; override (plain or ``async def``)."""
@@ -247,7 +210,13 @@ class Actor:
         return f"<{type(self).__name__} {cell.ref if cell is not None else '(unbound)'}>"
 
 
-def _check_policy(value) -> Supervision:
+def bind(actor: Actor, cell: Cell) -> None:
+    """Tie a new actor instance to the cell that runs it (before its ``__init__``)."""
+    actor._cell = cell
+
+
+def check_policy(value) -> Supervision:
+    """The :class:`Supervision` named by ``value``; :class:`ActorError` for an unknown one."""
     try:
         return Supervision(value)
     except ValueError:

@@ -1,21 +1,32 @@
-"""One herd node: the local actors, their scheduler, asks in flight, and the way out to the herd."""
+"""One node: its local actors, their scheduler, its asks in flight — and the seams the layers
+above use (the herd's links, the bridge), so that none of them reaches into the runtime:
+
+* delivery to a local actor: :meth:`Node.deliver`, :meth:`Node.deliver_many`,
+  :meth:`Node.deliver_ask` (an ask from elsewhere, answered through a
+  :class:`~herdrt.runtime.asks.ReplyProxy`);
+* an actor's room: :meth:`Node.mailbox` (flow control reads it);
+* names: :meth:`Node.spawn` registers one, :meth:`Node.release` frees one at once, ``name in node``;
+* asks: ``node.asks.complete`` / ``node.asks.fail`` (:class:`~herdrt.runtime.asks.Asks`) and
+  :meth:`Node.resolve` for an outcome that came back over a link;
+* keyed actors moving between nodes: :meth:`Node.hand_off`, :meth:`Node.take_over`;
+* the way out: :meth:`Node.remote_poster`, which the herd overrides.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import inspect
 import itertools
 import logging
-import sys
 from typing import Any, Callable, Coroutine
 
-from .actor import Actor, Terminated
 from ..core import OnlineStats
-from ..errors import ActorError, ActorNotFound, AskDeadlock, ActorStopped, AskTimeout, NodeUnavailable, RemoteError
-from .mailbox import DEFAULT_MAILBOX_SIZE, Overflow, check_msgpack
-from .ref import ActorRef
-from .scheduler import _STOPPED, _SUSPENDED, _Cell, _Scheduler
+from ..errors import ActorError, ActorNotFound, ActorStopped, NodeUnavailable, RemoteError
+from .actor import Actor, Terminated
+from .asks import Asks, CallbackReply, ReplyProxy
+from .cell import STOPPED, Cell, notify
+from .mailbox import DEFAULT_MAILBOX_SIZE, Mailbox, Overflow
+from .ref import ActorRef, cell_of
+from .scheduler import Scheduler
 
 __all__ = ["Node", "run"]
 
@@ -60,18 +71,11 @@ class Node:
         self.strict_messages = strict_messages
         #: Tells that found their actor stopped (queued when it stopped) and were not delivered.
         self.dead_letters = 0
-        self._batch_budget = batch_budget
-        self._time_slice = time_slice
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._sched: _Scheduler | None = None
-        self._cells: dict[str, _Cell] = {}
-        self._current: _Cell | None = None  # the cell whose handler code is running right now
-        self._pending: dict[int, asyncio.Future] = {}
-        self._next_corr = 1
-        self._ticker: asyncio.TimerHandle | None = None
-        self._marks: collections.deque[tuple[float, int]] = collections.deque()
-        self._custom: dict[int, asyncio.TimerHandle] = {}
-        self._stop_tasks: set[asyncio.Task] = set()
+        #: The run queue of the actors (bound to the loop the node starts on).
+        self.scheduler = Scheduler(None, batch_budget, time_slice)
+        #: The asks this node waits on.
+        self.asks = Asks(self.scheduler, ask_timeout, strict_messages)
+        self._cells: dict[str, Cell] = {}
         self._names = itertools.count(1).__next__
         self._retired = {"messages": 0, "failures": 0, "restarts": 0, "dropped": 0, "rejected": 0}
         self._retired_handler = OnlineStats()
@@ -82,15 +86,22 @@ class Node:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def _bind(self) -> asyncio.AbstractEventLoop:
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-            self._sched = _Scheduler(loop, self._batch_budget, self._time_slice)
-        return loop
+        if self.scheduler.loop is None:
+            self.scheduler.loop = asyncio.get_running_loop()
+        return self.scheduler.loop
 
-    async def __aenter__(self) -> Node:
+    async def start(self) -> Node:
+        """Bind the node to the running loop (``async with`` and the first ``spawn`` do it too)."""
         self._bind()
         return self
+
+    async def __aenter__(self) -> Node:
+        return await self.start()
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`shutdown` has begun."""
+        return self._closing
 
     async def __aexit__(self, *exc_info) -> None:
         await self.shutdown()
@@ -102,21 +113,10 @@ class Node:
         self._closing = True
         for cell in reversed(list(self._cells.values())):
             await cell.stop("node shutdown")
-        while self._stop_tasks:
-            await asyncio.gather(*list(self._stop_tasks), return_exceptions=True)
-        pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_exception(ActorStopped(f"node {self.name} shut down before the reply"))
-        for handle in self._custom.values():
-            handle.cancel()
-        self._custom.clear()
-        self._marks.clear()
-        if self._ticker is not None:
-            self._ticker.cancel()
-            self._ticker = None
-        if self._sched is not None:
-            self._sched.close()
+        while self.scheduler.tasks:
+            await asyncio.gather(*list(self.scheduler.tasks), return_exceptions=True)
+        self.asks.close(lambda: ActorStopped(f"node {self.name} shut down before the reply"))
+        self.scheduler.close()
         self._closed = True
 
     # -- actors --------------------------------------------------------------------------------
@@ -150,14 +150,10 @@ class Node:
         elif name in self._cells:
             raise ActorError(f"an actor named {name!r} already runs on node {self.name}")
         size = self.mailbox_size if mailbox_size is ... else mailbox_size
-        if size is None:
-            capacity = sys.maxsize
-        elif isinstance(size, int) and size >= 1:
-            capacity = size
-        else:
+        if size is not None and not (isinstance(size, int) and size >= 1):
             raise ValueError(f"mailbox_size must be a positive int or None, not {size!r}")
         policy = self.overflow if overflow is None else Overflow(overflow)
-        cell = _Cell(self, actor_cls, args, kwargs, name, capacity, policy)
+        cell = Cell(self, actor_cls, args, kwargs, name, size, policy)
         cell.instantiate()
         self._cells[name] = cell
         cell.start()
@@ -192,8 +188,8 @@ class Node:
             cell = self._local_cell(ref)  # a name nobody runs: ActorNotFound
         else:
             cell = self._local_cell(ref, missing_ok=True)
-        if cell is None or cell.state == _STOPPED:
-            self._notify(watcher, Terminated(ref, "not running"))
+        if cell is None or cell.state == STOPPED:
+            notify(watcher, Terminated(ref, "not running"), self.scheduler)
         else:
             if not cell.watchers:
                 cell.watchers = []
@@ -210,6 +206,18 @@ class Node:
     def actors(self) -> list[ActorRef]:
         """Refs of the live local actors, in spawn order."""
         return [c.ref for c in self._cells.values()]
+
+    def __contains__(self, name: str) -> bool:
+        """Whether a local actor is called ``name``."""
+        return name in self._cells
+
+    def release(self, name: str) -> None:
+        """Free the name ``name`` at once (it can be spawned again right away) and stop its actor
+        in the background, in order: queued asks fail with ``ActorStopped``, ``on_stop`` runs.
+        Used by the bridge when a service stops serving a name."""
+        cell = self._cells.pop(name, None)
+        if cell is not None:
+            self.scheduler.track(self.scheduler.loop.create_task(cell.stop("released")))
 
     # -- statistics ----------------------------------------------------------------------------
 
@@ -241,12 +249,12 @@ class Node:
         return {
             "node": self.name,
             "dead_letters": self.dead_letters,
-            "asks_pending": len(self._pending),
+            "asks_pending": len(self.asks),
             "actors": actors,
             "total": totals,
         }
 
-    # -- delivery: the seam a herd link layer plugs into ----------------------------------------
+    # -- delivery: the seams the herd's links and the bridge use --------------------------------
 
     def deliver(
         self, target: str, message: Any, reply: Callable[[bool, Any], None] | None = None
@@ -258,13 +266,10 @@ class Node:
         stopped, or no reply came within the node's ``ask_timeout`` — every value msgpack-able, so
         a link can send it back as it is. Overflow and stopped actors raise as for a local tell.
         """
-        cell = self._cells.get(target)
-        if cell is None:
-            raise ActorNotFound(f"no actor {target!r} on node {self.name}")
         if reply is None:
-            cell.ref.tell(message)
-            return
-        self._post_ask(cell, message, _CallbackReply(reply))
+            self._cell(target).ref.tell(message)
+        else:
+            self.deliver_ask(target, message, CallbackReply(reply))
 
     def deliver_many(self, target: str, messages: list) -> int:
         """Deliver several tells, in order, to the local actor ``target`` (a TELLS envelope).
@@ -272,23 +277,44 @@ class Node:
         Returns how many could not be taken (a full mailbox under ``reject``/``block`` or
         ``drop_newest``, a stopped actor): the caller counts them. Raises
         :class:`~herdrt.errors.ActorNotFound` if there is no such actor."""
+        return self._cell(target).post_many(messages)
+
+    def deliver_ask(self, target: str, message: Any, entry: ReplyProxy) -> None:
+        """Deliver an ask that came from elsewhere to the local actor ``target``; ``entry`` stands
+        in for the asker and gets the outcome (its ``send(ok, value)``), within ``ask_timeout``.
+        Raises as :meth:`deliver` does."""
+        self.asks.post(self._cell(target).ref.tell, message, entry)
+
+    def mailbox(self, name: str) -> Mailbox | None:
+        """The mailbox of the local actor ``name`` (None if there is none): how much it holds
+        (``len``) and how much room it has left (``room``), for flow control."""
+        cell = self._cells.get(name)
+        return cell.mailbox if cell is not None else None
+
+    def _cell(self, target: str) -> Cell:
         cell = self._cells.get(target)
         if cell is None:
             raise ActorNotFound(f"no actor {target!r} on node {self.name}")
-        return cell.post_many(messages)
+        return cell
 
-    def _post_ask(self, cell: _Cell, message: Any, proxy: _ReplyProxy) -> None:
-        """Post an ask that came from outside this node; ``proxy`` stands in for the asker."""
-        corr = self._next_corr
-        self._next_corr = corr + 1
-        self._pending[corr] = proxy
+    # -- keyed actors that move between nodes (the herd's placement) -----------------------------
+
+    def hand_off(self, name: str) -> Any:
+        """The state the local actor ``name`` hands over before it moves to another node (its
+        ``on_handoff()``), or None if it has none or the hook failed (logged)."""
+        cell = self._cells.get(name)
+        if cell is None or cell.actor is None:
+            return None
         try:
-            cell.ref.tell(message, corr)  # the poster takes a correlation id
-        except BaseException:
-            del self._pending[corr]
-            raise
-        if self._ticker is None:
-            self._arm_ticker()
+            return cell.actor.on_handoff()
+        except Exception:
+            log.exception("%s: on_handoff of %s failed; its state is not handed over", self.name, name)
+            return None
+
+    def take_over(self, name: str, state: Any) -> None:
+        """Give the local actor ``name``, just activated, the state its previous copy handed over
+        (its ``on_takeover(state)``, before its first message)."""
+        self._cell(name).actor.on_takeover(state)
 
     def resolve(self, corr: int, ok: bool, value: Any) -> None:
         """Complete this node's ask ``corr`` with an outcome that came back over a link.
@@ -298,12 +324,12 @@ class Node:
         ids are ignored (the asker already timed out).
         """
         if ok:
-            fut = self._take(corr)
+            fut = self.asks.take(corr)
             if fut is not None and not fut.done():
                 fut.set_result(value)
         else:
             type_name, message = value
-            self._fail(corr, RemoteError(str(type_name), str(message)))
+            self.asks.fail(corr, RemoteError(str(type_name), str(message)))
 
     def _route(self, name: str, node_name: str):
         """The poster ``post(message, corr=0)`` for ``name@node_name``; resolved once per ref."""
@@ -312,9 +338,9 @@ class Node:
             if cell is None:
                 raise ActorNotFound(f"no actor {name!r} on node {self.name}")
             return cell.ref.tell
-        return self._remote_poster(name, node_name)
+        return self.remote_poster(name, node_name)
 
-    def _remote_poster(self, name: str, node_name: str):
+    def remote_poster(self, name: str, node_name: str):
         """Override point for the herd: a poster ``post(message, corr=0)`` for ``name@node_name``.
 
         A link layer returns a function that sends the envelope ``(name, message, corr, self.name)``
@@ -332,9 +358,9 @@ class Node:
     def _remote_ref(self, name: str, node_name: str) -> ActorRef:
         return ActorRef(self, name, node_name, self._route(name, node_name))
 
-    def _local_cell(self, ref: ActorRef | str, missing_ok: bool = False) -> _Cell | None:
+    def _local_cell(self, ref: ActorRef | str, missing_ok: bool = False) -> Cell | None:
         if isinstance(ref, ActorRef):
-            cell = ref._cell
+            cell = cell_of(ref)
             if cell is not None and cell.node is self:
                 return cell
             name = ref.name if ref.node_name == self.name else None
@@ -347,221 +373,26 @@ class Node:
             raise ActorNotFound(f"no actor {ref!s} on node {self.name}")
         return cell
 
-    # -- asks ----------------------------------------------------------------------------------
-
-    def _ask(self, ref: ActorRef, message: Any, timeout: float | None = None) -> asyncio.Future:
-        cur = self._current
-        cell = ref._cell
-        if cell is not None:
-            if cur is not None:
-                self._check_cycle(cur, cell)
-            if len(cell.mailbox) >= cell.capacity and cell.overflow is Overflow.BLOCK and cell.capacity > 0:
-                return self._ask_when_room(ref, message, timeout)
-        fut = self._loop.create_future()
-        corr = self._next_corr
-        self._next_corr = corr + 1
-        pending = self._pending
-        pending[corr] = fut
-        try:
-            ref.tell(message, corr)  # tell is the poster: post(message, corr=0)
-        except BaseException:
-            del pending[corr]
-            raise
-        if cur is not None:
-            cur.waiting_on = cell
-        if timeout is not None and timeout != self.ask_timeout:
-            self._custom_deadline(corr, ref.path, timeout)
-        elif self._ticker is None:
-            self._arm_ticker()
-        return fut
-
-    async def _ask_when_room(self, ref: ActorRef, message: Any, timeout: float | None) -> Any:
-        """An ask to a full mailbox under ``block``: wait for room (within the timeout), then ask."""
-        limit = self.ask_timeout if timeout is None else timeout
-        try:
-            await asyncio.wait_for(ref._cell.wait_room(), limit)
-        except asyncio.TimeoutError:
-            raise AskTimeout(f"the mailbox of {ref.path} stayed full for {limit:g}s") from None
-        return await self._ask(ref, message, timeout)
-
-    # Ask timeouts. Asks with the node's default timeout cost nothing per ask: correlation ids
-    # grow, so a periodic tick (every ask_timeout/4, only while asks are pending) records the
-    # next id as a watermark; once a watermark is ask_timeout old, every pending id below it has
-    # waited at least that long and fails. Asks expire between 1 and 1.25 timeouts. Asks with
-    # their own timeout get a timer each (call_later is far dearer than the watermark).
-
-    def _arm_ticker(self) -> None:
-        self._ticker = self._loop.call_later(self.ask_timeout / 4, self._tick)
-
-    def _tick(self) -> None:
-        self._ticker = None
-        now = self._loop.time()
-        marks = self._marks
-        marks.append((now, self._next_corr))
-        horizon = now - self.ask_timeout
-        expired_below = 0
-        while marks and marks[0][0] <= horizon:
-            expired_below = marks.popleft()[1]
-        pending = self._pending
-        if expired_below:
-            custom = self._custom
-            late = []
-            for corr in pending:
-                if corr >= expired_below:
-                    break
-                if corr not in custom:
-                    late.append(corr)
-            for corr in late:
-                fut = pending.pop(corr)
-                if not fut.done():
-                    fut.set_exception(AskTimeout(f"no reply within {self.ask_timeout:g}s (ask #{corr}; "
-                                                 "the target may be busy, or waiting on the asker)"))
-        if len(pending) > len(self._custom):
-            self._arm_ticker()
-        else:
-            marks.clear()
-
-    def _custom_deadline(self, corr: int, path: str, timeout: float) -> None:
-        if timeout <= 0:
-            raise ValueError("ask timeout must be positive")
-        self._custom[corr] = self._loop.call_later(timeout, self._expire_one, corr, path, timeout)
-
-    def _expire_one(self, corr: int, path: str, timeout: float) -> None:
-        self._custom.pop(corr, None)
-        fut = self._pending.pop(corr, None)
-        if fut is not None and not fut.done():
-            fut.set_exception(
-                AskTimeout(f"no reply from {path} within {timeout:g}s (it may be busy, or waiting on the asker)")
-            )
-
-    def _check_cycle(self, cur: _Cell, target: _Cell) -> None:
-        if target is cur:
-            raise AskDeadlock(
-                f"actor {cur.ref.path} asked itself: it would wait for a reply only it can give; "
-                "use tell, or call the method directly"
-            )
-        c = target
-        for _ in range(64):  # follow "suspended, waiting on" links (a chain on this node)
-            if c.state != _SUSPENDED:
-                return
-            c = c.waiting_on
-            if c is None:
-                return
-            if c is cur:
-                raise AskDeadlock(
-                    f"actor {cur.ref.path} asked {target.ref.path}, which (through a chain of asks) "
-                    "waits on it: that cycle would deadlock"
-                )
-
-    def _complete(self, corr: int, value: Any) -> None:
-        """Answer ask ``corr`` (a remote asker's entry forwards the reply over its link)."""
-        if self.strict_messages:
-            check_msgpack(value, "reply")
-        fut = self._take(corr)
-        if fut is not None:
-            try:
-                fut.set_result(value)
-            except asyncio.InvalidStateError:  # the asker gave up (cancelled)
-                pass
-
-    def _fail(self, corr: int, exc: BaseException) -> None:
-        fut = self._take(corr)
-        if fut is not None and not fut.done():
-            fut.set_exception(exc)
-
-    def _take(self, corr: int):
-        """Ask ``corr``'s entry (its future or reply proxy), off the pending table; None if gone."""
-        fut = self._pending.pop(corr, None)
-        if fut is not None and self._custom:
-            self._drop_custom(corr)
-        return fut
-
-    def _drop_custom(self, corr: int) -> None:
-        handle = self._custom.pop(corr, None)
-        if handle is not None:
-            handle.cancel()
-
     # -- internal ------------------------------------------------------------------------------
 
-    def _track(self, task: asyncio.Task) -> None:
-        self._stop_tasks.add(task)
-        task.add_done_callback(self._stop_tasks.discard)
-
-    def _remove(self, cell: _Cell) -> None:
+    def retire(self, cell: Cell) -> None:
+        """A cell that stopped leaves the node; its counts stay in the node's totals."""
         if self._cells.get(cell.ref.name) is cell:
             del self._cells[cell.ref.name]
-        if not (cell.messages or cell.failures or cell.dropped or cell.rejected):
+        mb = cell.mailbox
+        if not (cell.messages or cell.failures or mb.dropped or mb.rejected):
             return  # nothing to fold into the node totals
         r = self._retired
         r["messages"] += cell.messages
         r["failures"] += cell.failures
         r["restarts"] += cell.restarts
-        r["dropped"] += cell.dropped
-        r["rejected"] += cell.rejected
+        r["dropped"] += mb.dropped
+        r["rejected"] += mb.rejected
         self._retired_handler.merge(cell.handler_stats)
         self._retired_wait.merge(cell.wait_stats)
 
-    def _notify(self, watcher: Watcher, notice: Terminated) -> None:
-        if isinstance(watcher, ActorRef):
-            cell = watcher._cell
-            if cell is not None:
-                cell.post_system(notice)
-            else:
-                try:
-                    watcher.tell(notice)
-                except Exception:
-                    log.warning("could not notify %s that %s stopped", watcher, notice.ref)
-            return
-        try:
-            r = watcher(notice)
-            if inspect.iscoroutine(r):
-                self._track(self._loop.create_task(r))
-        except Exception:
-            log.exception("watcher %r of %s raised", watcher, notice.ref)
-
     def __repr__(self) -> str:
         return f"<Node {self.name} actors={len(self._cells)}>"
-
-
-class _ReplyProxy:
-    """Stands in the pending-ask table for an asker elsewhere (another node, a client, a
-    service): passes the outcome on with :meth:`send` — ``(True, result)`` or
-    ``(False, (type_name, message))``, msgpack-able as it is."""
-
-    __slots__ = ("_done",)
-
-    def __init__(self):
-        self._done = False
-
-    def done(self) -> bool:
-        return self._done
-
-    def set_result(self, value: Any) -> None:
-        self._done = True
-        self.send(True, value)
-
-    def set_exception(self, exc: BaseException) -> None:
-        self._done = True
-        if isinstance(exc, RemoteError):
-            self.send(False, (exc.type_name, exc.message))
-        else:
-            self.send(False, (type(exc).__name__, str(exc)))
-
-    def send(self, ok: bool, value: Any) -> None:
-        raise NotImplementedError
-
-
-class _CallbackReply(_ReplyProxy):
-    """The outcome goes to ``reply(ok, value)`` (:meth:`Node.deliver`)."""
-
-    __slots__ = ("_reply",)
-
-    def __init__(self, reply: Callable[[bool, Any], None]):
-        self._done = False
-        self._reply = reply
-
-    def send(self, ok: bool, value: Any) -> None:
-        self._reply(ok, value)
 
 
 def run(main: Callable[[], Coroutine[Any, Any, Any]] | Coroutine[Any, Any, Any], *, use_uvloop: bool = True) -> Any:

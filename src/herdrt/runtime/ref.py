@@ -6,9 +6,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 if TYPE_CHECKING:
+    from .cell import Cell
     from .node import Node
 
-__all__ = ["ActorRef"]
+__all__ = ["ActorRef", "cell_of"]
 
 
 class ActorRef:
@@ -37,14 +38,14 @@ class ActorRef:
     tell: Callable[[Any], None]
     ask: Callable[..., Awaitable[Any]]
 
-    def __init__(self, node: Node, name: str, node_name: str, post: Callable[..., None], cell=None):
+    def __init__(self, node: Node, name: str, node_name: str, post: Callable[..., None], cell: Cell | None = None):
         self.name = name
         self.node_name = node_name
         self.path = f"{name}@{node_name}"
         self._node = node
         self._cell = cell
         self.tell = post
-        self.ask = partial(node._ask, self)
+        self.ask = partial(node.asks.ask, self, cell)
 
     async def send(self, message: Any) -> None:
         """Like :meth:`tell`, but waits while the mailbox is full (``block`` policy)."""
@@ -69,3 +70,8 @@ class ActorRef:
 
     def __repr__(self) -> str:
         return f"ActorRef({self.path!r})"
+
+
+def cell_of(ref: ActorRef) -> Cell | None:
+    """The runtime's cell behind a local ref (None for a remote one): for the runtime's modules."""
+    return ref._cell
