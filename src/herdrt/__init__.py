@@ -1,30 +1,23 @@
 """herdrt — a herd of cooperating actor nodes.
 
-The compiled core (framing, MD5 hash ring, online statistics) is re-exported here; see
-:mod:`herdrt.core` for how the implementation is chosen.
+What an application uses: actors on one node (:class:`Actor`, :class:`Node`, refs, supervision),
+a node of a herd (:class:`HerdNode`, configured by :func:`load_config`), a client of a herd
+(:class:`HerdClient`), and the errors. The building blocks below them live in their packages:
+:mod:`herdrt.core` (framing, hash ring, online statistics: compiled, with a pure-Python twin),
+:mod:`herdrt.runtime`, :mod:`herdrt.herd`, :mod:`herdrt.bridge` (see ARCHITECTURE.md).
 """
 
-from .core import (
-    DEFAULT_MAX_FRAME_SIZE,
-    IMPLEMENTATION,
-    FrameDecoder,
-    HashRing,
-    OnlineStats,
-    QuantileSketch,
-    encode_frame,
-    encode_frames,
-    jump_hash,
-    md5_shard,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .config import ConfigError, HerdConfig, load_config
 from .errors import (
     ActorError,
     ActorNotFound,
     ActorStopped,
     AskDeadlock,
     AskTimeout,
-    EmptyRingError,
-    FrameError,
-    FrameTooLarge,
     HerdError,
     MailboxFull,
     NodeUnavailable,
@@ -32,24 +25,13 @@ from .errors import (
 )
 from .runtime import Actor, ActorRef, Context, Deferred, Node, Overflow, Supervision, Terminated, Timer, run
 
+if TYPE_CHECKING:
+    from .herd import HerdClient, HerdNode
+
 __version__ = "0.1.0"
 
 __all__ = [
-    "IMPLEMENTATION",
-    "DEFAULT_MAX_FRAME_SIZE",
-    "encode_frame",
-    "encode_frames",
-    "FrameDecoder",
-    "HashRing",
-    "md5_shard",
-    "jump_hash",
-    "OnlineStats",
-    "QuantileSketch",
-    "HerdError",
-    "FrameError",
-    "FrameTooLarge",
-    "EmptyRingError",
-    # the actor runtime
+    # actors on one node
     "Actor",
     "ActorRef",
     "Context",
@@ -60,6 +42,13 @@ __all__ = [
     "Terminated",
     "Timer",
     "run",
+    # a herd
+    "HerdNode",
+    "HerdClient",
+    "HerdConfig",
+    "load_config",
+    # errors
+    "HerdError",
     "ActorError",
     "ActorNotFound",
     "ActorStopped",
@@ -68,4 +57,15 @@ __all__ = [
     "MailboxFull",
     "NodeUnavailable",
     "RemoteError",
+    "ConfigError",
 ]
+
+
+def __getattr__(name: str):
+    # The herd (links, TLS, cryptography) is imported on first use: `import herdrt` stays light
+    # for programs that only run actors on one node.
+    if name in ("HerdNode", "HerdClient"):
+        from . import herd
+
+        return getattr(herd, name)
+    raise AttributeError(f"module 'herdrt' has no attribute {name!r}")

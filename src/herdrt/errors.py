@@ -1,7 +1,7 @@
 """Every error herdrt raises, in one importable place.
 
 Both implementations of the core (compiled ``_fast`` and the pure twin ``_pure``) raise these very
-classes, so ``except herdrt.FrameError`` works whichever one is active.
+classes, so ``except herdrt.errors.FrameError`` works whichever one is active.
 """
 
 __all__ = [

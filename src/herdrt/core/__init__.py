@@ -17,37 +17,23 @@ import warnings
 
 from ..errors import CompiledCoreMissing, EmptyRingError, FrameError, FrameTooLarge
 
-#: The names every implementation of the core must provide (checked by the tests).
-PUBLIC_NAMES = (
-    "encode_frame",
-    "encode_frames",
-    "FrameDecoder",
-    "HashRing",
-    "md5_shard",
-    "jump_hash",
-    "OnlineStats",
-    "QuantileSketch",
-    "DEFAULT_MAX_FRAME_SIZE",
-    "RECORD_MAX",
-    "RECORD_TAG_SIZE",
-    "RecordSealer",
-    "RecordOpener",
-)
+from ._api import PUBLIC_NAMES  # the one list of the core's names (both implementations)
 
 
-def _truthy(name: str) -> bool:
+def env_flag(name: str) -> bool:
+    """An environment flag: set, and not one of "", "0", "false", "no" (any case)."""
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _load():
-    if _truthy("HERDRT_PURE"):
+    if env_flag("HERDRT_PURE"):
         from . import _pure
 
         return _pure, "pure"
     try:
         from . import _fast
     except ImportError as exc:
-        if _truthy("HERDRT_REQUIRE_COMPILED"):
+        if env_flag("HERDRT_REQUIRE_COMPILED"):
             raise CompiledCoreMissing(
                 f"the compiled core herdrt.core._fast cannot be imported ({exc}); rebuild it with "
                 "`pip install -e '.[dev]'`, or unset HERDRT_REQUIRE_COMPILED to allow the pure twin"
@@ -80,4 +66,4 @@ RECORD_TAG_SIZE = _impl.RECORD_TAG_SIZE
 RecordSealer = _impl.RecordSealer
 RecordOpener = _impl.RecordOpener
 
-__all__ = [*PUBLIC_NAMES, "IMPLEMENTATION", "FrameError", "FrameTooLarge", "EmptyRingError"]
+__all__ = [*PUBLIC_NAMES, "IMPLEMENTATION", "env_flag", "FrameError", "FrameTooLarge", "EmptyRingError"]

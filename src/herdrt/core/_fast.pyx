@@ -5,6 +5,10 @@ One extension assembled from ``include``d fragments, one per concern. ``_pure.py
 the same public API and the same results; the tests hold both to one suite.
 """
 
+from herdrt.core._api import PUBLIC_NAMES
+
+__all__ = list(PUBLIC_NAMES)
+
 include "_framing.pxi"
 include "_ring.pxi"
 include "_stats.pxi"

@@ -20,21 +20,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import EmptyRingError, FrameError, FrameTooLarge, RecordError
 
-__all__ = [
-    "DEFAULT_MAX_FRAME_SIZE",
-    "encode_frame",
-    "encode_frames",
-    "FrameDecoder",
-    "HashRing",
-    "md5_shard",
-    "jump_hash",
-    "OnlineStats",
-    "QuantileSketch",
-    "RECORD_MAX",
-    "RECORD_TAG_SIZE",
-    "RecordSealer",
-    "RecordOpener",
-]
+from ._api import PUBLIC_NAMES
+
+__all__ = list(PUBLIC_NAMES)
 
 # ---------------------------------------------------------------------------------------------
 # Framing: a 4-byte big-endian unsigned length, then one msgpack body.
