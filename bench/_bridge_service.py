@@ -244,7 +244,7 @@ def connect_raw(ports: list[int], sndhwm: int) -> tuple[zmq.Context, list[zmq.So
     the three ports of its READY line (in that order), with no linger and a 60 s receive timeout."""
     ctx = zmq.Context()
     socks = []
-    for kind, port in zip((zmq.PUSH, zmq.PULL, zmq.DEALER), ports):
+    for kind, port in zip((zmq.PUSH, zmq.PULL, zmq.DEALER), ports, strict=False):
         sock = ctx.socket(kind)
         sock.linger = 0
         sock.rcvtimeo = 60_000

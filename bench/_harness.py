@@ -67,14 +67,21 @@ def stop_child(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 def spawn_ready(request, script: str, *args: str) -> list[int]:
     """Run ``python bench/<script> *args`` until the requesting fixture ends; the ports it printed
     on its READY line."""
-    proc = subprocess.Popen([sys.executable, str(BENCH / script), *args], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=child_env())
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH / script), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
     request.addfinalizer(lambda: stop_child(proc))
     ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT)
     line = proc.stdout.readline() if ready else ""
     if not line.startswith("READY"):
-        raise RuntimeError(f"{script} {' '.join(args)}: no READY line within {START_TIMEOUT:g}s "
-                           f"(got {line!r}, exit code {proc.poll()})")
+        raise RuntimeError(
+            f"{script} {' '.join(args)}: no READY line within {START_TIMEOUT:g}s "
+            f"(got {line!r}, exit code {proc.poll()})"
+        )
     return [int(x) for x in line.split()[1:]]
 
 
@@ -135,6 +142,9 @@ def record_paired(benchmark, name: str, contender, baselines: dict, rounds: int)
         return
     for b, r in ratios.items():
         r[:] = r[-rounds:]  # not the warm-up's
-        benchmark.extra_info[f"ratio_vs_{b}"] = {"median": round(statistics.median(r), 3),
-                                                 "min": round(min(r), 3), "max": round(max(r), 3)}
+        benchmark.extra_info[f"ratio_vs_{b}"] = {
+            "median": round(statistics.median(r), 3),
+            "min": round(min(r), 3),
+            "max": round(max(r), 3),
+        }
     PAIRED.append((name, ratios))

@@ -17,7 +17,6 @@ import asyncio
 import sys
 
 from _harness import stopped
-
 from herdrt import Actor
 from herdrt.config import load_config
 from herdrt.herd import HerdNode

@@ -23,7 +23,6 @@ import asyncio
 import sys
 
 from _harness import stopped
-
 from herdrt.core import FrameDecoder, encode_frame, encode_frames
 
 #: Control frames of the ``count`` server (data frames are TELL-shaped, kind 2).

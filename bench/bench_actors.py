@@ -25,7 +25,6 @@ import pytest
 import uvloop
 
 from _harness import record_paired
-
 from herdrt import Actor, Node
 
 N_TELL = 100_000
@@ -140,6 +139,7 @@ def test_ask_1_1_sync_herdrt(benchmark, herd):
 @pytest.mark.benchmark(group="ask_1_1_sync")
 def test_ask_1_1_sync_herdrt_own_timeout(benchmark, herd):
     """The same asks, each with its own timeout (``ask(m, timeout=10)``, as the README's example)."""
+
     async def work(node, ref):
         ask = ref.ask
         for i in range(N_ASK):
@@ -152,6 +152,7 @@ def test_ask_1_1_sync_herdrt_own_timeout(benchmark, herd):
 def test_ask_timeout_paired(benchmark, request, herd):
     """Asks with their own timeout alternated round by round with plain asks (the node's default):
     the ratio is what a timeout costs (see ``_harness.record_paired``)."""
+
     async def plain(node, ref):
         ask = ref.ask
         for i in range(N_ASK):

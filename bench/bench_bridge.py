@@ -29,11 +29,11 @@ import msgpack
 import pytest
 import uvloop
 import zmq
-from _harness import START_TIMEOUT, free_ports, record_rate, spawn_ready
 
+from _harness import START_TIMEOUT, free_ports, record_rate, spawn_ready
+from herdrt.bridge import Bridge
 from herdrt.config import loads_config
 from herdrt.errors import MailboxFull
-from herdrt.bridge import Bridge
 from herdrt.herd import HerdNode
 
 SECRET = "bench secret, not for production"
@@ -53,6 +53,7 @@ def _small_when_disabled(request, monkeypatch):
 
 # --- the bridge node and its service --------------------------------------------------------------
 
+
 class _Bridged:
     def __init__(self, loop: asyncio.AbstractEventLoop, node: HerdNode):
         self.loop = loop
@@ -70,8 +71,10 @@ async def _attach(node):
 def bridged(request):
     flavour = request.param
     port, bridge_port = free_ports(2)
-    text = (f'[herd]\nsecret = "{SECRET}"\nmailbox_size = 65536\n'
-            f'[[nodes]]\nname = "A"\nport = {port}\nbridge_port = {bridge_port}\n')
+    text = (
+        f'[herd]\nsecret = "{SECRET}"\nmailbox_size = 65536\n'
+        f'[[nodes]]\nname = "A"\nport = {port}\nbridge_port = {bridge_port}\n'
+    )
     config = loads_config(text, "bench herd")
     loop = uvloop.new_event_loop() if flavour == "uvloop" else asyncio.new_event_loop()
     node = HerdNode(config, "A")
@@ -102,9 +105,9 @@ async def _tell_round(b: _Bridged) -> None:
     i = 0
     while i < N_TELL:
         try:
-            for i in range(i, min(i + CHUNK, N_TELL)):
-                tell(i)
-            i += 1
+            for j in range(i, min(i + CHUNK, N_TELL)):
+                tell(j)
+                i = j + 1
         except MailboxFull:  # the proxy's mailbox: let the scheduler drain it
             pass
         await asyncio.sleep(0)
@@ -122,7 +125,9 @@ async def _ask_round(b: _Bridged) -> None:
 
 @pytest.mark.benchmark(group="bridge-tell")
 def test_bridge_tell(benchmark, bridged):
-    record_rate(benchmark, lambda: bridged.run(_tell_round(bridged)), N_TELL, ROUNDS, loop=type(bridged.loop).__module__)
+    record_rate(
+        benchmark, lambda: bridged.run(_tell_round(bridged)), N_TELL, ROUNDS, loop=type(bridged.loop).__module__
+    )
     assert bridged.bridge.counters["dropped_tells"] == 0
 
 
@@ -132,6 +137,7 @@ def test_bridge_ask(benchmark, bridged):
 
 
 # --- raw pyzmq baselines ----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def raw(request):

@@ -37,14 +37,13 @@ import textwrap
 
 import pytest
 import uvloop
-from _harness import free_ports, record_paired, record_rate, spawn_ready
 
+from _harness import free_ports, record_paired, record_rate, spawn_ready
+from _raw import ACK, ARM, RawSender, StreamClient
 from herdrt.config import loads_config
 from herdrt.core import encode_frame
 from herdrt.herd import HerdNode
 from herdrt.herd.tls import make_certificates
-
-from _raw import ACK, ARM, RawSender, StreamClient
 
 SECRET = "bench secret, not for production"
 N_TELL = 300_000
@@ -77,6 +76,7 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 # --- the herd pair --------------------------------------------------------------------------------
 
+
 class _Pair:
     """Node ``a`` here on ``loop``, node ``b`` in a child process, linked."""
 
@@ -105,10 +105,13 @@ def pair(request, tmp_path_factory):
     tls_table = ""
     if tls:  # the same herd with mutual TLS on its link ([herd.tls]), beside plain links
         make_certificates(directory / "pki", ["a", "b"])
-        tls_table = (f'[herd.tls]\nca_file = "{directory}/pki/ca.pem"\n'
-                     f'cert_file = "{directory}/pki/{{node}}.pem"\nkey_file = "{directory}/pki/{{node}}.key"\n')
-    text = textwrap.dedent(
-        f"""
+        tls_table = (
+            f'[herd.tls]\nca_file = "{directory}/pki/ca.pem"\n'
+            f'cert_file = "{directory}/pki/{{node}}.pem"\nkey_file = "{directory}/pki/{{node}}.key"\n'
+        )
+    text = (
+        textwrap.dedent(
+            f"""
         [herd]
         secret = "{SECRET}"
 
@@ -120,7 +123,9 @@ def pair(request, tmp_path_factory):
         name = "b"
         port = {port_b}
         """
-    ) + tls_table
+        )
+        + tls_table
+    )
     path = directory / "herd.toml"
     path.write_text(text)
     spawn_ready(request, "_herd_node.py", str(path), "b", flavour)
@@ -142,6 +147,7 @@ def pair(request, tmp_path_factory):
 
 
 # --- raw baselines (uvloop both sides) ------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def raw_loop():
@@ -168,6 +174,7 @@ def raw_echo(request, raw_loop):
 
 
 # --- herd-tell ------------------------------------------------------------------------------------
+
 
 @pytest.mark.benchmark(group="herd-tell")
 def test_tell_herd(benchmark, pair):
@@ -223,6 +230,7 @@ def test_tell_raw_baseline(benchmark, raw_loop, raw_counter):
 
 
 # --- herd-ask -------------------------------------------------------------------------------------
+
 
 def _herd_asks(pair: _Pair):
     """One round: ``N_ASK`` sequential asks to ``echo@b``."""
@@ -306,6 +314,8 @@ def test_ask_raw_callback_echo(benchmark, raw_loop, raw_echo):
 @pytest.mark.benchmark(group="herd-ask-paired")
 def test_ask_paired(benchmark, request, pair, raw_loop, raw_stream, raw_echo):
     """Herd asks and both raw echoes, alternated round by round (see ``record_paired``)."""
-    baselines = {"stream echo": _stream_echoes(raw_loop, raw_stream),
-                 "callback echo": _callback_echoes(raw_loop, raw_echo)}
+    baselines = {
+        "stream echo": _stream_echoes(raw_loop, raw_stream),
+        "callback echo": _callback_echoes(raw_loop, raw_echo),
+    }
     record_paired(benchmark, request.node.name, _herd_asks(pair), baselines, PAIRED_ROUNDS)

@@ -52,13 +52,13 @@ from pathlib import Path
 import msgpack
 import pytest
 import uvloop
+
 from _bridge_service import connect_raw
 from _harness import START_TIMEOUT, child_env, free_ports, record_paired, spawn_ready, stop_child
-
 from herdrt import Actor
-from herdrt.herd.client import HerdClient
 from herdrt.config import load_config
 from herdrt.herd import HerdNode
+from herdrt.herd.client import HerdClient
 
 BENCH = Path(__file__).parent
 GO_DIR = BENCH.parent / "go-interop"
@@ -119,8 +119,15 @@ class _BenchLoop:
     client``): one connection to the bridge, one round per stdin command, one JSON line back."""
 
     def __init__(self, argv: list[str]):
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1, env=child_env())
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env=child_env(),
+        )
 
     def round(self, op: str, target: str, n: int) -> dict:
         self.proc.stdin.write(f"{op} {target} {n}\n")
@@ -135,6 +142,7 @@ class _BenchLoop:
 
 # --- node A -----------------------------------------------------------------------------------------
 
+
 class _NodeA:
     """Node ``A`` in its own process; the herd file also names ``P``, this process's herd node."""
 
@@ -143,17 +151,36 @@ class _NodeA:
         port, bport, pport = free_ports(3)
         self.endpoint = f"tcp://127.0.0.1:{bport}"
         self.path = tmp / "herd.toml"
-        self.path.write_text(f'[herd]\nsecret = "{SECRET}"\nmailbox_size = 1048576\n'
-                             f'[[nodes]]\nname = "A"\nport = {port}\nbridge_port = {bport}\n'
-                             f'[[nodes]]\nname = "P"\nport = {pport}\n')
+        self.path.write_text(
+            f'[herd]\nsecret = "{SECRET}"\nmailbox_size = 1048576\n'
+            f'[[nodes]]\nname = "A"\nport = {port}\nbridge_port = {bport}\n'
+            f'[[nodes]]\nname = "P"\nport = {pport}\n'
+        )
         self.config = load_config(self.path)
         self.log = open(tmp / "A.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "herdrt.cli", "serve", "--config", str(self.path),
-                                      "--node", "A", "--app", "bench_interop:setup", "--log-level", "warning"],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=child_env())
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "herdrt.cli",
+                "serve",
+                "--config",
+                str(self.path),
+                "--node",
+                "A",
+                "--app",
+                "bench_interop:setup",
+                "--log-level",
+                "warning",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=child_env(),
+        )
 
     def count(self, timeout: float = 2.0) -> int:
         """The sink's count, asked by a herd client."""
+
         async def ask():
             async with HerdClient(self.config, "A") as c:
                 return await c.ask("sink", "$count", timeout=timeout)
@@ -166,7 +193,7 @@ class _NodeA:
             try:
                 self.count()
                 return
-            except (OSError, ConnectionError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, ConnectionError):
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise
                 time.sleep(0.1)
@@ -197,16 +224,34 @@ def node_a(tmp_path_factory):
 
 # --- the contenders' fixtures -------------------------------------------------------------------------
 
+
 def _go_argv(tmp: Path, a: _NodeA) -> list[str]:
     if GO is None:
         pytest.skip("the `go` binary is not installed (needed for go-interop/)")
     env = {**os.environ, "GOFLAGS": os.environ.get("GOFLAGS", "-buildvcs=false")}
-    proc = subprocess.run([GO, "build", "-o", str(tmp) + os.sep, "./cmd/herd-call"], cwd=GO_DIR, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [GO, "build", "-o", str(tmp) + os.sep, "./cmd/herd-call"],
+        cwd=GO_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     (tmp / "secret.txt").write_text(SECRET)
-    return [str(tmp / "herd-call"), "-endpoint", a.endpoint, "-secret-file", str(tmp / "secret.txt"),
-            "-service", "bench", "-timeout", "60s", "bench-loop"]
+    return [
+        str(tmp / "herd-call"),
+        "-endpoint",
+        a.endpoint,
+        "-secret-file",
+        str(tmp / "secret.txt"),
+        "-service",
+        "bench",
+        "-timeout",
+        "60s",
+        "bench-loop",
+    ]
 
 
 @pytest.fixture(scope="module", params=["go", "python"])
@@ -296,6 +341,7 @@ def _check_count(a: _NodeA, before: int, calls: int, n: int) -> None:
 
 # --- interop-tell -----------------------------------------------------------------------------------
 
+
 @pytest.mark.benchmark(group="interop-tell")
 def test_bridge_tells(benchmark, bridge_client, node_a):
     batches = []
@@ -336,6 +382,7 @@ def test_raw_pyzmq_push_pull_drained(benchmark, raw):
 
 # --- interop-ask ------------------------------------------------------------------------------------
 
+
 @pytest.mark.benchmark(group="interop-ask")
 def test_bridge_asks(benchmark, bridge_client):
     _bench(benchmark, lambda: bridge_client.round("ask", "sink", ASKS_N), ASKS_N, "round_trips_per_s")
@@ -368,5 +415,10 @@ def test_raw_pyzmq_dealer_router_echo(benchmark, raw):
 def test_asks_paired(benchmark, request, bridge_client, raw):
     """Bridge asks and the raw DEALER/ROUTER echo alternated round by round, so their ratio is taken
     on the same machine state (see ``_harness.record_paired``; printed after the tables)."""
-    record_paired(benchmark, request.node.name, lambda: bridge_client.round("ask", "sink", ASKS_N),
-                  {"raw pyzmq echo": _raw_echoes(raw[2])}, PAIRED_ROUNDS)
+    record_paired(
+        benchmark,
+        request.node.name,
+        lambda: bridge_client.round("ask", "sink", ASKS_N),
+        {"raw pyzmq echo": _raw_echoes(raw[2])},
+        PAIRED_ROUNDS,
+    )

@@ -19,11 +19,11 @@ import textwrap
 import pytest
 import uvloop
 
+from _harness import child_env, record_rate, stop_child
+from _raw import RawEcho as _RawEcho  # shared with bench_herd.py
+from _raw import RawSender as _RawSender
 from herdrt.core import FrameDecoder, encode_frame
 from herdrt.herd.links import LinkServer, LinkSettings, connect
-
-from _harness import child_env, record_rate, stop_child
-from _raw import RawEcho as _RawEcho, RawSender as _RawSender  # shared with bench_herd.py
 
 SECRET = b"bench secret, not for production"
 TELL = [2, "actor-17", None, b"0123456789abcdef"]  # a small TELL-shaped envelope
@@ -209,7 +209,7 @@ _RECEIVER = textwrap.dedent(
                 else:
                     count += 1
         if kind == "link":
-            settings = LinkSettings("B", %r, frozenset({"A", "B"}), heartbeat_interval=0.5)
+            settings = LinkSettings("B", SECRET, frozenset({"A", "B"}), heartbeat_interval=0.5)
             server = await LinkServer(settings, on_envelopes).start()
             port = server.address[1]
         else:
@@ -221,13 +221,17 @@ _RECEIVER = textwrap.dedent(
 
     uvloop.run(main(sys.argv[1]))
     """
-    % (SECRET,)
-)
+).replace("SECRET", repr(SECRET))
 
 
 def _child(kind: str):
-    child = subprocess.Popen([sys.executable, "-c", _RECEIVER, kind], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, env=child_env())
+    child = subprocess.Popen(
+        [sys.executable, "-c", _RECEIVER, kind],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
     return child, int(child.stdout.readline())
 
 
@@ -377,12 +381,12 @@ _KEY = bytes(range(32))
 @pytest.mark.parametrize("write", list(_WRITES))
 @pytest.mark.parametrize("records", [None, "compiled", "pure"], ids=["framing-only", "sealed", "sealed-pure-twin"])
 def test_record_per_write(benchmark, write, records):
-    from herdrt.core import _fast, _pure
-    from herdrt.core import encode_frames
+    from herdrt.core import _fast, _pure, encode_frames
 
     envs = _WRITES[write]
     decoder = FrameDecoder()
     if records is None:
+
         def once():
             return decoder.feed(encode_frames(envs))
     else:

@@ -35,28 +35,28 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from _harness import free_ports, stop_child
 import uvloop
 
-from herdrt.herd.client import HerdClient
+from _harness import free_ports, stop_child
 from herdrt.config import bundled_config_text, load_config
 from herdrt.errors import NodeUnavailable
 from herdrt.herd import ADMIN_ACTOR
+from herdrt.herd.client import HerdClient
 
 NAMES = ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"]
 HOPS_FROM_CLARK = {"Bona": 1, "Jaquez": 1, "Bailey": 2, "Campbell": 2}
 UCLA = "+34.068930-118.445127"
 CLIENTS = 200
-PER_CLIENT = 25           # IAMATs per client per round (replies/s)
+PER_CLIENT = 25  # IAMATs per client per round (replies/s)
 PER_CLIENT_PROPAGATE = 5  # IAMATs per client per round (propagation)
 ROUNDS = 3
 START_TIMEOUT = 30.0
 ARRIVAL_TIMEOUT = 60.0
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(autouse=True)
@@ -72,6 +72,7 @@ def _disabled(benchmark) -> bool:
 
 
 # --- the processes ------------------------------------------------------------------------------------
+
 
 def _herd_text(ports: list[int]) -> str:
     """The bundled herd file with a bench secret and ports ``ports[:5]`` (links), ``ports[5:]`` (app)."""
@@ -110,7 +111,7 @@ async def _wait_herd(config, deadline: float) -> None:
                     status = await client.ask(ADMIN_ACTOR, "status", timeout=2.0)
                 if set(status["live"]) == set(NAMES):
                     break
-            except (OSError, ConnectionError, asyncio.TimeoutError, NodeUnavailable):
+            except (TimeoutError, OSError, ConnectionError, NodeUnavailable):
                 pass
             await asyncio.sleep(0.05)
 
@@ -138,10 +139,27 @@ def herd(tmp_path_factory):
     try:
         for name in NAMES:
             with open(tmp / f"{name}.out", "wb") as out:
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "herdrt.cli", "serve", "--config", str(path), "--node", name,
-                     "--log-dir", str(tmp / "traffic"), "--log-level", "warning"],
-                    stdout=out, stderr=subprocess.STDOUT, env=env))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "herdrt.cli",
+                            "serve",
+                            "--config",
+                            str(path),
+                            "--node",
+                            name,
+                            "--log-dir",
+                            str(tmp / "traffic"),
+                            "--log-level",
+                            "warning",
+                        ],
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                    )
+                )
         asyncio.run(_wait_herd(config, time.monotonic() + START_TIMEOUT))
         yield Herd(config, tmp / "traffic")
     finally:
@@ -191,6 +209,7 @@ def line_echo():
 
 # --- the clients -------------------------------------------------------------------------------------
 
+
 def _posix(ns: int) -> str:
     return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
 
@@ -228,13 +247,16 @@ async def _clients(port: int, lines_of, per_client: int) -> tuple[float, list[tu
 
 def _fresh_lines(tag: str):
     """Client ``i`` reports ever newer times: every IAMAT is stored and flooded."""
+
     def lines_of(i):
         client = f"{tag}-{i}.bench"
 
         def make(k):
             ns = time.time_ns()
             return f"IAMAT {client} {UCLA} {_posix(ns)}\n".encode(), client, ns
+
         return make
+
     return lines_of
 
 
@@ -267,12 +289,14 @@ def _replies_bench(benchmark, port: int, make_lines, **info) -> None:
 
 # --- proxy-iamat ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.benchmark(group="proxy-iamat")
 def test_proxy_iamat_flooded(benchmark, herd):
     # A new set of client ids per round keeps the stores' sizes out of the comparison.
     tags = (f"fresh{n}" for n in range(1_000_000))
-    _replies_bench(benchmark, herd.port("Clark"), lambda: _fresh_lines(next(tags)), server="Clark", herd_servers=5,
-                   flooded=True)
+    _replies_bench(
+        benchmark, herd.port("Clark"), lambda: _fresh_lines(next(tags)), server="Clark", herd_servers=5, flooded=True
+    )
 
 
 @pytest.mark.benchmark(group="proxy-iamat")
@@ -325,7 +349,8 @@ class LogTail:
     def close(self) -> None:
         self.file.close()
 
-_MICROSECOND = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=timezone.utc) - EPOCH
+
+_MICROSECOND = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - EPOCH
 
 
 def _quantiles(values: list[int]) -> dict[str, float]:
@@ -334,6 +359,7 @@ def _quantiles(values: list[int]) -> dict[str, float]:
 
     def q(p):
         return round(ordered[int(p * (len(ordered) - 1))] / 1e6, 3)
+
     return {"p50_ms": q(0.50), "p99_ms": q(0.99), "max_ms": q(1.0)}
 
 

@@ -11,6 +11,8 @@ def pytest_terminal_summary(terminalreporter):
     tr = terminalreporter
     tr.section("paired ratios: contender rate / baseline rate, rounds alternated back to back")
     for name, ratios in PAIRED:
-        parts = [f"{b} {statistics.median(r):.2f}x (range {min(r):.2f}-{max(r):.2f}, {len(r)} pairs)"
-                 for b, r in ratios.items()]
+        parts = [
+            f"{b} {statistics.median(r):.2f}x (range {min(r):.2f}-{max(r):.2f}, {len(r)} pairs)"
+            for b, r in ratios.items()
+        ]
         tr.write_line(f"{name}: vs " + "; vs ".join(parts))

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from herdrt import Actor
-from herdrt.herd.client import HerdClient
 from herdrt.errors import NodeUnavailable
 from herdrt.herd import ADMIN_ACTOR
+from herdrt.herd.client import HerdClient
 
 TESTS = Path(__file__).parent
 
@@ -64,7 +64,9 @@ class NodeProcesses:
 
     def serve(self, key: str, config_path: Path, *args: str) -> None:
         """Run node ``key`` of the herd file: ``herdrt serve --config ... --node key ...``."""
-        self.spawn(key, [sys.executable, "-m", "herdrt.cli", "serve", "--config", str(config_path), "--node", key, *args])
+        self.spawn(
+            key, [sys.executable, "-m", "herdrt.cli", "serve", "--config", str(config_path), "--node", key, *args]
+        )
 
     def kill(self, key: str) -> None:
         proc = self.procs.pop(key)
@@ -136,7 +138,7 @@ async def wait_live(config, via: str, expected, timeout: float = 20.0) -> None:
             last = set((await status(config, via))["live"])
             if last == set(expected):
                 return
-        except (OSError, ConnectionError, asyncio.TimeoutError, NodeUnavailable):
+        except (TimeoutError, OSError, ConnectionError, NodeUnavailable):
             pass
         await asyncio.sleep(0.05)
     raise AssertionError(f"{via} sees {last}, not {sorted(expected)}")

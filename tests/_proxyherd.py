@@ -13,11 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _herdtest import NodeProcesses, free_ports, node_env
-
-from herdrt.herd.client import HerdClient
 from herdrt.config import bundled_config_text, load_config
 from herdrt.errors import NodeUnavailable
 from herdrt.herd import ADMIN_ACTOR
+from herdrt.herd.client import HerdClient
 
 NAMES = ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"]
 UCLA = "+34.068930-118.445127"
@@ -29,7 +28,7 @@ _ids = itertools.count(1)
 def herd_text(herd_ports: list[int], app_ports: list[int]) -> str:
     """The bundled herd file with a test secret, a faster heartbeat and the given ports."""
     text = bundled_config_text()
-    text, n = re.subn(r'(?m)^secret_file = .*$', 'secret = "proxy-herd-test-secret"', text)
+    text, n = re.subn(r"(?m)^secret_file = .*$", 'secret = "proxy-herd-test-secret"', text)
     assert n == 1
     text, n = re.subn(r"(?m)^heartbeat_interval = .*$", "heartbeat_interval = 0.2", text)
     assert n == 1
@@ -79,7 +78,6 @@ class ProxyHerd(NodeProcesses):
     def out(self, name: str) -> str:
         return self.output(name)
 
-
     def traffic(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
 
@@ -99,6 +97,7 @@ class ProxyHerd(NodeProcesses):
 
     def warm_up(self, names=NAMES) -> None:
         """Load each server's gazetteer (lazily, on the first WHATSAT; ~1 s of CPU) all at once."""
+
         def warm(name):
             client = f"warm-up-{name}.test.example"
             talk(self.port(name), f"IAMAT {client} {UCLA} 1\n".encode())
@@ -117,7 +116,7 @@ class ProxyHerd(NodeProcesses):
                         seen = set((await client.ask(ADMIN_ACTOR, "status", timeout=2.0))["live"])
                     if seen == live:
                         break
-                except (OSError, ConnectionError, asyncio.TimeoutError, NodeUnavailable):
+                except (TimeoutError, OSError, ConnectionError, NodeUnavailable):
                     pass
                 await asyncio.sleep(0.05)
             else:
@@ -150,8 +149,10 @@ def iamat(herd: ProxyHerd, server: str, client: str, location: str = UCLA, when:
     """Send one IAMAT to ``server``; check the reply's shape and return the AT line."""
     when = when if when is not None else posix(time.time_ns())
     reply = talk(herd.port(server), f"IAMAT {client} {location} {when}\n".encode())
-    m = re.fullmatch(rf"AT {server} [+-][0-9]+\.[0-9]{{9}} {re.escape(client)} {re.escape(location)} {re.escape(when)}\n",
-                     reply.decode())
+    m = re.fullmatch(
+        rf"AT {server} [+-][0-9]+\.[0-9]{{9}} {re.escape(client)} {re.escape(location)} {re.escape(when)}\n",
+        reply.decode(),
+    )
     assert m, reply
     return reply.decode()[:-1]
 
@@ -170,5 +171,3 @@ def wait_known(herd: ProxyHerd, server: str, client: str, at_line: str) -> None:
     while (seen := known_at(herd, server, client)) != at_line:
         assert time.monotonic() < deadline, f"{server} has {seen!r}, not {at_line!r}"
         time.sleep(0.01)
-
-

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from herdrt.herd import protocol as P
 from herdrt.core import FrameDecoder, encode_frames
 from herdrt.errors import FrameError
+from herdrt.herd import protocol as P
 from herdrt.herd.handshake import LinkSession, transcript
 
 

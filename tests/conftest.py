@@ -62,7 +62,9 @@ def run(request):
             assert not leaked, f"leaked tasks: {leaked}"
             # An exception escaping a loop callback (a timer, a protocol method) is a bug the
             # loop only logs: fail the test instead of letting it pass unnoticed.
-            assert not errors, f"exceptions in loop callbacks: {[c.get('exception') or c.get('message') for c in errors]}"
+            assert not errors, (
+                f"exceptions in loop callbacks: {[c.get('exception') or c.get('message') for c in errors]}"
+            )
             return result
 
         with asyncio.Runner(loop_factory=factory) as r:

@@ -14,15 +14,15 @@ import msgpack
 import psutil
 import pytest
 import uvloop
-from _herdtest import Recorder
 
 import herdrt
+from _herdtest import Recorder
 from herdrt import (
     Actor,
     ActorError,
-    AskDeadlock,
     ActorNotFound,
     ActorStopped,
+    AskDeadlock,
     AskTimeout,
     MailboxFull,
     Node,

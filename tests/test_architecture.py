@@ -13,13 +13,18 @@ SRC = Path(__file__).parent.parent / "src" / "herdrt"
 #: Each package (or top-level module) and the layer it sits on; a module may import its own
 #: layer's modules and anything lower, never higher.
 LAYERS = {
-    "errors": 0, "config": 0, "ratelog": 0,
+    "errors": 0,
+    "config": 0,
+    "ratelog": 0,
     "core": 1,
     "runtime": 2,
     "herd": 3,
     "bridge": 4,
     "apps": 5,
-    "processes": 6, "serve": 6, "cli": 6, "__init__": 6,
+    "processes": 6,
+    "serve": 6,
+    "cli": 6,
+    "__init__": 6,
 }
 
 
@@ -82,7 +87,9 @@ def test_no_module_touches_another_modules_private_names(rel, tree):
     reach_ins = [
         f"{rel}:{node.lineno}: .{node.attr}"
         for node in ast.walk(tree)
-        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+        if isinstance(node, ast.Attribute)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
         and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
         and node.attr not in own
     ]

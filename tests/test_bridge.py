@@ -7,20 +7,21 @@ import time
 import msgpack
 import pytest
 import zmq
-from _herdtest import Recorder, Slow, free_ports, until
 import zmq.asyncio
 from click.testing import CliRunner
 
+from _herdtest import Recorder, Slow, free_ports, until
 from herdrt import Actor
-from herdrt.herd import protocol as P
-from herdrt.herd.backpressure import BACKLOG_HIGH
 from herdrt.bridge import REGISTER, SERVICE_HELLO, UNREGISTER, WELCOME, Bridge, service_credential
 from herdrt.cli import main as cli_main
 from herdrt.config import loads_config
 from herdrt.errors import ActorNotFound, MailboxFull, NodeUnavailable, RemoteError
 from herdrt.herd import HerdNode
+from herdrt.herd import protocol as P
+from herdrt.herd.backpressure import BACKLOG_HIGH
 
 SECRET = "bridge-test-secret-0123"
+SECRET_BYTES = SECRET.encode()
 TELL, ASK, ERROR, HEARTBEAT, REPLY, BYE, TELLS = 2, 3, 4, 5, 6, 9, 15
 
 
@@ -82,8 +83,18 @@ class Herd:
 class Service:
     """A test service: one DEALER, the bridge protocol spoken by hand."""
 
-    def __init__(self, node, name="svc", names=("calc",), *, secret=SECRET.encode(), credential=..., curve=None, rcvhwm=None,
-                 routing_id=None):
+    def __init__(
+        self,
+        node,
+        name="svc",
+        names=("calc",),
+        *,
+        secret=SECRET_BYTES,
+        credential=...,
+        curve=None,
+        rcvhwm=None,
+        routing_id=None,
+    ):
         self.ctx = zmq.asyncio.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.linger = 0
@@ -140,7 +151,7 @@ class Service:
         while self.serving:
             try:
                 env = await self.recv(0.05, skip_heartbeats=False)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 env = None
             if heartbeat and time.monotonic() - last > 0.1:
                 seq += 1
@@ -214,7 +225,12 @@ def test_refusals_wrong_credential_version_and_taken_names(run):
             second = Service(a, name="second", names=["shared"])
             local = Service(a, name="local", names=["echo"])
             try:
-                assert await bad.hello() == [ERROR, None, "auth", "authentication failed: the credential does not match the herd secret"]
+                assert await bad.hello() == [
+                    ERROR,
+                    None,
+                    "auth",
+                    "authentication failed: the credential does not match the herd secret",
+                ]
                 bad.send([TELL, None, "echo", 1])  # the identity was forgotten
                 err = await bad.recv()
                 assert err[:3] == [ERROR, None, "protocol"] and "SERVICE_HELLO first" in err[3]
@@ -246,7 +262,10 @@ def test_herd_actors_tell_and_ask_a_service_on_another_node(run):
                 assert (await svc.hello())[0] == WELCOME
                 c = nodes["C"]  # two hops from the bridge
                 assert await c.lookup("calc@A").ask({"x": [1, 2.5, b"\x00"]}) == {
-                    "by": "svc", "name": "calc", "echo": {"x": [1, 2.5, b"\x00"]}}
+                    "by": "svc",
+                    "name": "calc",
+                    "echo": {"x": [1, 2.5, b"\x00"]},
+                }
                 answers = await asyncio.gather(*(c.lookup("calc@A").ask(i) for i in range(50)))
                 assert [a["echo"] for a in answers] == list(range(50))  # many asks in flight at once
                 for i in range(20):
@@ -273,7 +292,7 @@ def test_a_service_tells_and_asks_across_the_herd(run):
 
     async def main():
         async with Herd(config) as nodes:
-            rec = nodes["C"].spawn(Recorder, name="rec")
+            nodes["C"].spawn(Recorder, name="rec")
             svc = Service(nodes["A"], names=[])
             try:
                 assert (await svc.hello())[0] == WELCOME
@@ -456,9 +475,11 @@ def _write_curve(tmp_path):
     client_public, client_secret = zmq.curve_keypair()
     (tmp_path / "bridge.key").write_text(server_secret.decode() + "\n")
     (tmp_path / "bridge.key").chmod(0o600)
-    table = ('curve_secret_key_file = "bridge.key"\n'
-             f'curve_public_key = "{server_public.decode()}"\n'
-             f'allowed_client_keys = ["{client_public.decode()}"]')
+    table = (
+        'curve_secret_key_file = "bridge.key"\n'
+        f'curve_public_key = "{server_public.decode()}"\n'
+        f'allowed_client_keys = ["{client_public.decode()}"]'
+    )
     return table, server_public, (client_public, client_secret)
 
 
@@ -470,18 +491,28 @@ def test_curve_admits_allowed_keys_only(run, tmp_path):
     async def main():
         async with Herd(config) as nodes:
             a = nodes["A"]
-            allowed = Service(a, names=["calc"], credential=None, curve=(server_public, client_public, client_secret)).serve()
+            allowed = Service(
+                a, names=["calc"], credential=None, curve=(server_public, client_public, client_secret)
+            ).serve()
             try:
                 assert (await allowed.hello())[0] == WELCOME  # the key authenticates: credential nil
                 assert (await nodes["B"].lookup("calc@A").ask(5))["echo"] == 5
                 counters = a.bridge.counters
                 # Three ways to be refused; each is counted (every attempt: ZeroMQ redials).
-                for kind, make in [
-                    ("a key not allowed", lambda: Service(a, name="intruder", names=["x"],
-                                                          curve=(server_public, stranger_public, stranger_secret))),
+                for _kind, make in [
+                    (
+                        "a key not allowed",
+                        lambda: Service(
+                            a, name="intruder", names=["x"], curve=(server_public, stranger_public, stranger_secret)
+                        ),
+                    ),
                     ("no CURVE at all, but the right credential", lambda: Service(a, name="plain", names=["y"])),
-                    ("CURVE to the wrong server key", lambda: Service(a, name="lost", names=["z"],
-                                                                      curve=(stranger_public, client_public, client_secret))),
+                    (
+                        "CURVE to the wrong server key",
+                        lambda: Service(
+                            a, name="lost", names=["z"], curve=(stranger_public, client_public, client_secret)
+                        ),
+                    ),
                 ]:
                     before = counters["curve_denied"]
                     s = make()
@@ -489,7 +520,7 @@ def test_curve_admits_allowed_keys_only(run, tmp_path):
                         s.send([SERVICE_HELLO, P.PROTOCOL_VERSION, s.name, s.names, s.credential])
                         s.send([TELL, None, "echo", 1])
                         await s.nothing(0.3)
-                        await until(lambda: counters["curve_denied"] > before)
+                        await until(lambda before=before: counters["curve_denied"] > before)
                     finally:
                         await s.close()
                 assert counters["curve_denied"] == counters["handshakes_failed"] >= 3

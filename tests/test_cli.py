@@ -40,7 +40,10 @@ def _table(out):
 
 
 def _moved(out):
-    return {m.group(1).strip(): float(m.group(2)) for m in re.finditer(r"^\s+(md5 % n|ring|jump hash)\s+[\d,]+\s+([\d.]+)%", out, re.M)}
+    return {
+        m.group(1).strip(): float(m.group(2))
+        for m in re.finditer(r"^\s+(md5 % n|ring|jump hash)\s+[\d,]+\s+([\d.]+)%", out, re.M)
+    }
 
 
 def test_ring_on_bundled_words_shows_hashing_evens_out_skew():

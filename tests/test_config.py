@@ -79,24 +79,29 @@ def test_bundled_herd(monkeypatch, tmp_path):
 @pytest.mark.parametrize(
     "old, new, key, problem",
     [
-        ('port = 7001', 'port = "7001"', "nodes[0].port", "must be int"),
-        ('port = 7001', 'port = 70001', "nodes[0].port", "between 1 and 65535"),
-        ('port = 7001\n', '', "nodes[0].port", "is required"),
+        ("port = 7001", 'port = "7001"', "nodes[0].port", "must be int"),
+        ("port = 7001", "port = 70001", "nodes[0].port", "between 1 and 65535"),
+        ("port = 7001\n", "", "nodes[0].port", "is required"),
         ('name = "b"', 'name = "a"', "nodes[1].name", "duplicate node name"),
         ('name = "b"', 'name = "b b"', "nodes[1].name", "not a valid node name"),
-        ('port = 7003', 'port = 7001', "nodes[2].port", "already used by a.port"),
+        ("port = 7003", "port = 7001", "nodes[2].port", "already used by a.port"),
         ('["b", "c"]', '["b", "z"]', "herd.links[1]", "unknown node 'z'"),
         ('["b", "c"]', '["b"]', "herd.links[1]", "pair of node names"),
         ('["b", "c"]', '["c", "c"]', "herd.links[1]", "to itself"),
-        ('heartbeat_interval = 0.25', 'heartbeat_interval = -1', "herd.heartbeat_interval", "positive"),
-        ('heartbeat_interval = 0.25', 'mailbox_overflow = "explode"', "herd.mailbox_overflow", "block, reject"),
-        ('heartbeat_interval = 0.25', 'heartbeat = 1', "herd.heartbeat", "unknown key"),
+        ("heartbeat_interval = 0.25", "heartbeat_interval = -1", "herd.heartbeat_interval", "positive"),
+        ("heartbeat_interval = 0.25", 'mailbox_overflow = "explode"', "herd.mailbox_overflow", "block, reject"),
+        ("heartbeat_interval = 0.25", "heartbeat = 1", "herd.heartbeat", "unknown key"),
         ('secret = "s3cret-s3cret"', 'secret = "short"', "herd.secret", "at least 8"),
-        ('secret = "s3cret-s3cret"', '', "herd.secret", "exactly one of"),
-        ('secret = "s3cret-s3cret"', 'secret = "s3cret-s3cret"\nsecret_env = "X"', "herd.secret", "found secret, secret_env"),
+        ('secret = "s3cret-s3cret"', "", "herd.secret", "exactly one of"),
+        (
+            'secret = "s3cret-s3cret"',
+            'secret = "s3cret-s3cret"\nsecret_env = "X"',
+            "herd.secret",
+            "found secret, secret_env",
+        ),
         ('secret = "s3cret-s3cret"', 'secret_env = "HERDRT_TEST_UNSET_VAR"', "herd.secret_env", "unset or empty"),
         ('secret = "s3cret-s3cret"', 'secret_file = "/nonexistent/secret"', "herd.secret_file", "cannot read"),
-        ('app_port = 8001', 'colour = "red"', "nodes[0].colour", "unknown key"),
+        ("app_port = 8001", 'colour = "red"', "nodes[0].colour", "unknown key"),
     ],
 )
 def test_invalid_files_name_file_key_and_problem(tmp_path, old, new, key, problem):
@@ -136,8 +141,10 @@ def _curve_files(tmp_path):
     server_public, server_secret = zmq.curve_keypair()
     client_public, _ = zmq.curve_keypair()
     write_private(tmp_path / "bridge.key", server_secret.decode() + "\n")
-    table = (f'\n[herd.bridge]\nevict_after = 1.5\nmax_queued = 100\ncurve_secret_key_file = "bridge.key"\n'
-             f'curve_public_key = "{server_public.decode()}"\nallowed_client_keys = ["{client_public.decode()}"]\n')
+    table = (
+        f'\n[herd.bridge]\nevict_after = 1.5\nmax_queued = 100\ncurve_secret_key_file = "bridge.key"\n'
+        f'curve_public_key = "{server_public.decode()}"\nallowed_client_keys = ["{client_public.decode()}"]\n'
+    )
     return table, server_public, server_secret, client_public
 
 
@@ -162,15 +169,35 @@ def test_bridge_defaults_and_curve_settings(tmp_path):
     "edit, key, problem",
     [
         (lambda t: t.replace("evict_after = 1.5", "evict_after = 0"), "herd.bridge.evict_after", "positive"),
-        (lambda t: t.replace("evict_after = 1.5", 'evict_after = "soon"'), "herd.bridge.evict_after", "must be int or float"),
+        (
+            lambda t: t.replace("evict_after = 1.5", 'evict_after = "soon"'),
+            "herd.bridge.evict_after",
+            "must be int or float",
+        ),
         (lambda t: t.replace("max_queued = 100", "max_queued = -1"), "herd.bridge.max_queued", "positive"),
         (lambda t: t.replace("max_queued = 100", "colour = 1"), "herd.bridge.colour", "unknown key"),
         (lambda t: t.replace('"bridge.key"', '"missing.key"'), "herd.bridge.curve_secret_key_file", "cannot read"),
-        (lambda t: t.replace("allowed_client_keys = [", "allowed_client_keys = [\"short\", "), "herd.bridge.allowed_client_keys[0]", "z85"),
-        (lambda t: t.replace("allowed_client_keys = [", "x = [").replace("x = [", "allowed_client_keys = []\nx = ["), "herd.bridge.x", "unknown key"),
+        (
+            lambda t: t.replace("allowed_client_keys = [", 'allowed_client_keys = ["short", '),
+            "herd.bridge.allowed_client_keys[0]",
+            "z85",
+        ),
+        (
+            lambda t: t.replace("allowed_client_keys = [", "x = [").replace("x = [", "allowed_client_keys = []\nx = ["),
+            "herd.bridge.x",
+            "unknown key",
+        ),
         (lambda t: t.split("allowed_client_keys")[0], "herd.bridge.allowed_client_keys", "is required"),
-        (lambda t: t.split("allowed_client_keys")[0] + "allowed_client_keys = []\n", "herd.bridge.allowed_client_keys", "is empty"),
-        (lambda t: t.replace("curve_secret_key_file", "#"), "herd.bridge.curve_public_key", "needs curve_secret_key_file"),
+        (
+            lambda t: t.split("allowed_client_keys")[0] + "allowed_client_keys = []\n",
+            "herd.bridge.allowed_client_keys",
+            "is empty",
+        ),
+        (
+            lambda t: t.replace("curve_secret_key_file", "#"),
+            "herd.bridge.curve_public_key",
+            "needs curve_secret_key_file",
+        ),
     ],
 )
 def test_invalid_bridge_tables_name_file_key_and_problem(tmp_path, edit, key, problem):
@@ -223,7 +250,7 @@ def test_secret_files_readable_by_others_are_refused_unless_allowed(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("value", ["12345", "[\"hunter2-hunter2\"]", "{ s = \"hunter2-hunter2\" }", "true"])
+@pytest.mark.parametrize("value", ["12345", '["hunter2-hunter2"]', '{ s = "hunter2-hunter2" }', "true"])
 def test_a_malformed_inline_secret_is_never_printed(value):
     with pytest.raises(ConfigError) as info:
         loads_config(GOOD.replace('secret = "s3cret-s3cret"', f"secret = {value}"))

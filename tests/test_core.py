@@ -117,6 +117,9 @@ def test_falsy_pure_values_keep_the_compiled_core(value):
     full["HERDRT_PURE"] = value
     out = subprocess.run(
         [sys.executable, "-c", "import herdrt.core; print(herdrt.core.IMPLEMENTATION)"],
-        env=full, capture_output=True, text=True, timeout=60,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.stdout.strip() == "compiled", out.stderr

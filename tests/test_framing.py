@@ -37,10 +37,10 @@ def same(a, b) -> bool:
     if isinstance(a, float):
         return struct.pack(">d", a) == struct.pack(">d", b)
     if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=False))
     if isinstance(a, dict):
         return len(a) == len(b) and all(
-            same(ka, kb) and same(va, vb) for (ka, va), (kb, vb) in zip(a.items(), b.items())
+            same(ka, kb) and same(va, vb) for (ka, va), (kb, vb) in zip(a.items(), b.items(), strict=False)
         )
     if isinstance(a, msgpack.ExtType):
         return a.code == b.code and same(a.data, b.data)
@@ -72,7 +72,7 @@ def same_run(a, b) -> bool:
 def split(data: bytes, cuts) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts})
     edges = [0, *points, len(data)]
-    return [data[i:j] for i, j in zip(edges, edges[1:])]
+    return [data[i:j] for i, j in zip(edges, edges[1:], strict=False)]
 
 
 # --- strategies -------------------------------------------------------------------------------
@@ -96,9 +96,7 @@ leaves = (
 keys = st.text(max_size=12) | st.text(alphabet="abk", max_size=2) | st.binary(max_size=8)
 values = st.recursive(
     leaves,
-    lambda kids: st.lists(kids, max_size=6)
-    | st.tuples(kids, kids)
-    | st.dictionaries(keys, kids, max_size=6),
+    lambda kids: st.lists(kids, max_size=6) | st.tuples(kids, kids) | st.dictionaries(keys, kids, max_size=6),
     max_leaves=30,
 )
 messages = st.lists(values, min_size=1, max_size=8)
@@ -150,7 +148,9 @@ def test_random_bodies_same_verdict(fast, pure, bodies, cuts):
 
 
 @SETTINGS
-@given(data=st.binary(max_size=64), cuts=st.lists(st.integers(0), max_size=6), limit=st.sampled_from([None, 1, 16, 300]))
+@given(
+    data=st.binary(max_size=64), cuts=st.lists(st.integers(0), max_size=6), limit=st.sampled_from([None, 1, 16, 300])
+)
 def test_random_streams_same_verdict(fast, pure, data, cuts, limit):
     chunks = split(data, cuts)
     assert same_run(run(fast, chunks, limit), run(pure, chunks, limit))
@@ -174,7 +174,10 @@ def test_body_decodes_as_unpackb(fast, pure, body):
 
 
 @pytest.mark.parametrize("depth", [1022, 1023, 1024, 1025])
-@pytest.mark.parametrize("open_,leaf", [(b"\x91", b"\x01"), (b"\x91", b"\x90"), (b"\x91", b"\x80"), (b"\x81\xa1k", b"\x01"), (b"\x81\xa1k", b"\x90")])
+@pytest.mark.parametrize(
+    "open_,leaf",
+    [(b"\x91", b"\x01"), (b"\x91", b"\x90"), (b"\x91", b"\x80"), (b"\x81\xa1k", b"\x01"), (b"\x81\xa1k", b"\x90")],
+)
 def test_nesting_limit_matches_msgpack(fast, pure, depth, open_, leaf):
     body = open_ * depth + leaf
     try:
@@ -311,8 +314,10 @@ def test_encode_frames_max_size_matches_pure(fast, pure, msgs, limit):
         except FrameTooLarge as exc:
             outcomes.append(str(exc))
     if over:  # the first message over the limit is named, with its size
-        assert outcomes[0] == outcomes[1] == (
-            f"message {over[0]} encodes to {len(bodies[over[0]])} bytes, over the frame limit of {limit}"
+        assert (
+            outcomes[0]
+            == outcomes[1]
+            == (f"message {over[0]} encodes to {len(bodies[over[0]])} bytes, over the frame limit of {limit}")
         )
     else:
         assert outcomes[0] == outcomes[1] == b"".join(frame(b) for b in bodies)
@@ -355,8 +360,10 @@ VECTORS = [
     ("00000005 81 c401 61 01", {b"a": 1}),
     ("00000003 d4 05 2a", msgpack.ExtType(5, b"*")),
     ("00000006 d6 ff 00000001", msgpack.Timestamp(1, 0)),
-    ("0000001a 84 a16b a474656c6c a2746f a161 a26964 cd3039 a4626f6479 91 01",
-     {"k": "tell", "to": "a", "id": 12345, "body": [1]}),
+    (
+        "0000001a 84 a16b a474656c6c a2746f a161 a26964 cd3039 a4626f6479 91 01",
+        {"k": "tell", "to": "a", "id": 12345, "body": [1]},
+    ),
 ]
 
 

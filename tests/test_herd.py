@@ -7,14 +7,11 @@ import asyncio
 import time
 
 import pytest
+
 from _herdtest import Recorder, Slow, free_ports, until
 from _rawlink import raw_handshake
-
 from herd_app import Counter, Echo
 from herdrt import Actor
-from herdrt.herd import protocol as P
-from herdrt.herd.backpressure import BACKLOG_HIGH
-from herdrt.herd.client import HerdClient
 from herdrt.config import loads_config
 from herdrt.errors import (
     ActorNotFound,
@@ -26,6 +23,9 @@ from herdrt.errors import (
     RemoteError,
 )
 from herdrt.herd import ADMIN_ACTOR, HerdNode, ring_shares
+from herdrt.herd import protocol as P
+from herdrt.herd.backpressure import BACKLOG_HIGH
+from herdrt.herd.client import HerdClient
 from herdrt.herd.links import TELLS_MAX, LinkRefused
 
 SECRET = "herd-test-secret-0123"
@@ -36,7 +36,7 @@ def herd_config(names, links=None, secret=SECRET, heartbeat=0.1):
     text = f'[herd]\nsecret = "{secret}"\nheartbeat_interval = {heartbeat}\n'
     if links is not None:
         text += "links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in links) + "]\n"
-    text += "".join(f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip(names, ports))
+    text += "".join(f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip(names, ports, strict=False))
     return loads_config(text)
 
 
@@ -190,9 +190,11 @@ class Inflate(Actor):
 
 def test_a_message_too_big_for_the_peer_fails_the_ask_at_once_and_keeps_the_link(run):
     ports = free_ports(3)
-    text = (f'[herd]\nsecret = "{SECRET}"\nheartbeat_interval = 0.1\nmax_frame_size = 4096\n'
-            'links = [["a", "b"], ["b", "c"]]\n')
-    text += "".join(f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip("abc", ports))
+    text = (
+        f'[herd]\nsecret = "{SECRET}"\nheartbeat_interval = 0.1\nmax_frame_size = 4096\n'
+        'links = [["a", "b"], ["b", "c"]]\n'
+    )
+    text += "".join(f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip("abc", ports, strict=False))
     config = loads_config(text)
 
     async def main():
@@ -389,9 +391,13 @@ def test_a_forged_membership_report_is_refuted_and_the_herd_heals(run):
             await until(lambda: a.membership.live() == b.membership.live() == {"a", "b", "c"}, timeout=3.0)
             assert await a.lookup("echo@c").ask("healed", timeout=2.0) == ["c", "healed"]
             # reports no real node sends change nothing, and are counted
-            raw.send([[P.MEMBERSHIP, "c", time.time_ns() + 3600 * 10**9, 99, []],  # an hour ahead
-                      [P.MEMBERSHIP, "c", c.incarnation, 99, ["a"]],  # a is no neighbor of c
-                      [P.MEMBERSHIP, "zed", 1, 1, []]])  # no such node
+            raw.send(
+                [
+                    [P.MEMBERSHIP, "c", time.time_ns() + 3600 * 10**9, 99, []],  # an hour ahead
+                    [P.MEMBERSHIP, "c", c.incarnation, 99, ["a"]],  # a is no neighbor of c
+                    [P.MEMBERSHIP, "zed", 1, 1, []],
+                ]
+            )  # no such node
             await until(lambda: b.counters["reports_refused"] == 3)
             assert c.counters["refutations"] == 1 and a.membership.live() == {"a", "b", "c"}
             assert await a.lookup("echo@c").ask("still", timeout=2.0) == ["c", "still"]

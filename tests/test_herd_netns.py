@@ -17,11 +17,11 @@ import sys
 import time
 
 import pytest
-from _herdtest import NodeProcesses, wait_live
 
-from herdrt.herd.client import HerdClient
+from _herdtest import NodeProcesses, wait_live
 from herdrt.config import load_config
 from herdrt.errors import NodeUnavailable
+from herdrt.herd.client import HerdClient
 
 NAMES = ["a", "b", "c"]
 PORT = 7400  # the same port on every node: the addresses differ
@@ -83,8 +83,12 @@ class Namespaces:
 
     def peers(self, name: str) -> set[str]:
         """Remote addresses of the established TCP connections inside ``name``'s namespace."""
-        out = subprocess.run(["ip", "netns", "exec", self.ns(name), "ss", "-Htn", "state", "established"],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.ns(name), "ss", "-Htn", "state", "established"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         return {line.split()[-1].rsplit(":", 1)[0] for line in out.splitlines() if line.strip()}
 
 
@@ -103,8 +107,27 @@ class NamespacedHerd(NodeProcesses):
         self.config = load_config(self.path)
 
     def start(self, name: str) -> None:
-        self.spawn(name, ["ip", "netns", "exec", self.spaces.ns(name), sys.executable, "-m", "herdrt.cli", "serve",
-                          "--config", str(self.path), "--node", name, "--app", "herd_app:setup", "--log-level", "info"])
+        self.spawn(
+            name,
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.spaces.ns(name),
+                sys.executable,
+                "-m",
+                "herdrt.cli",
+                "serve",
+                "--config",
+                str(self.path),
+                "--node",
+                name,
+                "--app",
+                "herd_app:setup",
+                "--log-level",
+                "info",
+            ],
+        )
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ import sys
 import time
 
 import pytest
-from _herdtest import NodeProcesses, free_ports, status, wait_live
 
-from herdrt.herd.client import HerdClient
+from _herdtest import NodeProcesses, free_ports, status, wait_live
 from herdrt.config import load_config
-from herdrt.herd import protocol as P
 from herdrt.core import FrameDecoder
 from herdrt.errors import NodeUnavailable
+from herdrt.herd import protocol as P
+from herdrt.herd.client import HerdClient
 
 NAMES = ["a", "b", "c", "d"]
 LINKS = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "a"), ("b", "d")]
@@ -28,7 +28,7 @@ class ProcessHerd(NodeProcesses):
         ports = free_ports(len(NAMES))
         text = '[herd]\nsecret = "process-test-secret"\nheartbeat_interval = 0.2\n'
         text += "links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in LINKS) + "]\n"
-        text += "".join(f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip(NAMES, ports))
+        text += "".join(f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip(NAMES, ports, strict=False))
         self.path = tmp_path / "herd.toml"
         self.path.write_text(text)
         self.config = load_config(self.path)
@@ -123,7 +123,7 @@ def test_bad_bytes_close_only_their_connection(herd):
                 await writer.drain()
                 # the node closes this connection (read() ends) with an ERROR frame saying why
                 answer = await asyncio.wait_for(reader.read(), 5.0)
-                (error,) = FrameDecoder().feed(answer[answer.index(b"\x00\x00"):])[-1:]
+                (error,) = FrameDecoder().feed(answer[answer.index(b"\x00\x00") :])[-1:]
                 assert error[0] == P.ERROR and error[2] == P.E_FRAME, error
                 writer.close()
             # an authenticated client that sends an oversized frame loses its own link, no more
@@ -164,12 +164,17 @@ def test_cli_status_ask_and_tell_against_the_herd(herd):
     assert out.returncode == 0, out.stderr
     for name in NAMES:
         assert f"\n{name} " in out.stdout and "4/4" in out.stdout
-    out = subprocess.run(cli + ["ask", "--config", str(herd.path), "a", "echo@c", '{"n": 1}'],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        cli + ["ask", "--config", str(herd.path), "a", "echo@c", '{"n": 1}'], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0 and out.stdout.strip() == '["c", {"n": 1}]', out.stderr
-    out = subprocess.run(cli + ["ask", "--config", str(herd.path), "a", "ghost@b"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        cli + ["ask", "--config", str(herd.path), "a", "ghost@b"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 1 and "ActorNotFound" in out.stderr
-    out = subprocess.run(cli + ["tell", "--config", str(herd.path), "b", "news@d", '"told"'], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        cli + ["tell", "--config", str(herd.path), "b", "news@d", '"told"'], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     herd.kill("d")
     out = subprocess.run(cli + ["status", "--config", str(herd.path)], capture_output=True, text=True, timeout=60)
@@ -179,11 +184,25 @@ def test_cli_status_ask_and_tell_against_the_herd(herd):
 def test_serve_supervises_node_processes_and_stops_on_ctrl_c(tmp_path):
     herd = ProcessHerd(tmp_path)  # only for its herd file; `herdrt serve` starts the nodes
     serve = subprocess.Popen(
-        [sys.executable, "-m", "herdrt.cli", "serve", "--config", str(herd.path), "--app", "herd_app:setup",
-         "--log-dir", str(tmp_path / "logs")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=herd.env, text=True,
+        [
+            sys.executable,
+            "-m",
+            "herdrt.cli",
+            "serve",
+            "--config",
+            str(herd.path),
+            "--app",
+            "herd_app:setup",
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=herd.env,
+        text=True,
     )
     try:
+
         async def pids():
             await wait_live(herd.config, "a", NAMES)
             return {n: (await status(herd.config, n))["pid"] for n in NAMES}
@@ -196,7 +215,7 @@ def test_serve_supervises_node_processes_and_stops_on_ctrl_c(tmp_path):
                 after = asyncio.run(status(herd.config, "b"))["pid"]
                 if after != before["b"]:
                     break
-            except (OSError, ConnectionError, asyncio.TimeoutError, NodeUnavailable):
+            except (TimeoutError, OSError, ConnectionError, NodeUnavailable):
                 pass
             assert time.monotonic() < deadline, "node b was not restarted"
             time.sleep(0.1)
@@ -220,10 +239,14 @@ def test_serve_supervises_node_processes_and_stops_on_ctrl_c(tmp_path):
 
 def test_nodes_stop_when_their_supervisor_is_killed(tmp_path):
     herd = ProcessHerd(tmp_path)
-    serve = subprocess.Popen([sys.executable, "-m", "herdrt.cli", "serve", "--config", str(herd.path),
-                              "--log-dir", str(tmp_path / "logs")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=herd.env)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "herdrt.cli", "serve", "--config", str(herd.path), "--log-dir", str(tmp_path / "logs")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=herd.env,
+    )
     try:
+
         async def pids():
             await wait_live(herd.config, "a", NAMES)
             return [(await status(herd.config, n))["pid"] for n in NAMES]

@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
-from _herdtest import NodeProcesses, free_ports
 
-from herdrt.herd.client import HerdClient
+from _herdtest import NodeProcesses, free_ports
 from herdrt.config import load_config
 from herdrt.core import HashRing, OnlineStats
 from herdrt.errors import ActorNotFound, AskTimeout, NodeUnavailable
+from herdrt.herd.client import HerdClient
 
 TESTS = Path(__file__).parent
 GO_DIR = TESTS.parent / "go-interop"
@@ -35,8 +35,15 @@ pytestmark = pytest.mark.skipif(GO is None, reason="the `go` binary is not insta
 def gobin(tmp_path_factory):
     out = tmp_path_factory.mktemp("gobin")
     env = {**os.environ, "GOFLAGS": os.environ.get("GOFLAGS", "-buildvcs=false")}
-    proc = subprocess.run([GO, "build", "-o", str(out) + os.sep, "./cmd/..."], cwd=GO_DIR, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [GO, "build", "-o", str(out) + os.sep, "./cmd/..."],
+        cwd=GO_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, f"go build failed:\n{proc.stdout}\n{proc.stderr}"
     return out
 
@@ -49,7 +56,7 @@ class Herd(NodeProcesses):
         ports = free_ports(len(nodes) + 1)
         self.bridge_port = ports[-1]
         text = f'[herd]\nsecret = "{SECRET}"\nheartbeat_interval = 0.2\n[herd.bridge]\nevict_after = 1.0\n{extra}'
-        for name, port in zip(nodes, ports):
+        for name, port in zip(nodes, ports, strict=False):
             text += f'[[nodes]]\nname = "{name}"\nport = {port}\n'
             if name == bridge_node:
                 text += f"bridge_port = {self.bridge_port}\n"
@@ -90,24 +97,49 @@ async def wait_answer(config, via, target, message, timeout=30.0):
     while True:
         try:
             return await ask(config, via, target, message, timeout=2.0)
-        except (OSError, ConnectionError, asyncio.TimeoutError, NodeUnavailable, ActorNotFound, AskTimeout):
+        except (TimeoutError, OSError, ConnectionError, NodeUnavailable, ActorNotFound, AskTimeout):
             if time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.1)
 
 
 def go_call(gobin, herd, *args, service="caller", extra=()):
-    proc = subprocess.run([str(gobin / "herd-call"), "-endpoint", herd.endpoint, "-service", service,
-                           "-secret-file", str(herd.secret_file), *extra, *args],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [
+            str(gobin / "herd-call"),
+            "-endpoint",
+            herd.endpoint,
+            "-service",
+            service,
+            "-secret-file",
+            str(herd.secret_file),
+            *extra,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     lines = proc.stdout.strip().splitlines()
     return proc.returncode, (json.loads(lines[-1]) if lines else None), proc.stderr
 
 
 def test_python_and_go_ask_each_other(herd, gobin):
-    herd.go("echo", gobin / "herd-echo", "-service", "echo-go", "-names", "echo-go", "-secret-file", str(herd.secret_file))
-    value = {"i": 7, "neg": -3, "f": 2.5, "s": "é", "b": b"\x00\xff", "n": None, "t": True, "l": [1, [2, "x"]],
-             "big": 2**64 - 1}
+    herd.go(
+        "echo", gobin / "herd-echo", "-service", "echo-go", "-names", "echo-go", "-secret-file", str(herd.secret_file)
+    )
+    value = {
+        "i": 7,
+        "neg": -3,
+        "f": 2.5,
+        "s": "é",
+        "b": b"\x00\xff",
+        "n": None,
+        "t": True,
+        "l": [1, [2, "x"]],
+        "big": 2**64 - 1,
+    }
 
     async def main():
         # Python (a client of node B) asks the Go service on A: routed B -> A -> bridge -> Go
@@ -136,7 +168,9 @@ def test_python_and_go_ask_each_other(herd, gobin):
 
 
 def test_stats_service_matches_online_stats(herd, gobin):
-    herd.go("stats", gobin / "herd-stats", "-service", "stats-go", "-names", "stats", "-secret-file", str(herd.secret_file))
+    herd.go(
+        "stats", gobin / "herd-stats", "-service", "stats-go", "-names", "stats", "-secret-file", str(herd.secret_file)
+    )
     xs = [0.5, 3.0, -2.25, 1e6, 7, 42.125, -1e-3]
 
     async def main():
@@ -163,8 +197,13 @@ def test_stats_service_matches_online_stats(herd, gobin):
 
 def test_go_and_python_place_keys_alike(gobin):
     nodes = ["A", "B", "Clark", "Jaquez", "nöde-5"]
-    proc = subprocess.run([str(gobin / "herd-place"), "-nodes", ",".join(nodes), "-n", "10000", "-format", "counter:k%d"],
-                          capture_output=True, text=True, timeout=60, check=True)
+    proc = subprocess.run(
+        [str(gobin / "herd-place"), "-nodes", ",".join(nodes), "-n", "10000", "-format", "counter:k%d"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     got = json.loads(proc.stdout)
     ring = HashRing(nodes)
     want = [ring.lookup(f"counter:k{i}") for i in range(10000)]
@@ -212,18 +251,46 @@ def test_curve_refuses_a_wrong_key(tmp_path, gobin):
     herd = Herd(tmp_path, ["A"], "A", extra=extra)
     herd.node("A")
     try:
-        herd.go("echo", gobin / "herd-echo", "-service", "echo-go", "-names", "echo-go",
-                "-curve-server-key", server_pub, "-curve-public-key", client_pub, "-curve-secret-key", client_sec)
+        herd.go(
+            "echo",
+            gobin / "herd-echo",
+            "-service",
+            "echo-go",
+            "-names",
+            "echo-go",
+            "-curve-server-key",
+            server_pub,
+            "-curve-public-key",
+            client_pub,
+            "-curve-secret-key",
+            client_sec,
+        )
         assert asyncio.run(wait_answer(herd.config, "A", "echo-go@A", "sealed")) == "sealed"
         # Three ways to be refused, each counted by the node (curve_denied counted 1 of 3 before).
         refusals = {
-            "a key not allowed": ("-curve-server-key", server_pub, "-curve-public-key", wrong_pub, "-curve-secret-key", wrong_sec),
+            "a key not allowed": (
+                "-curve-server-key",
+                server_pub,
+                "-curve-public-key",
+                wrong_pub,
+                "-curve-secret-key",
+                wrong_sec,
+            ),
             "no CURVE at all": (),
-            "the wrong server key": ("-curve-server-key", wrong_pub, "-curve-public-key", client_pub, "-curve-secret-key", client_sec),
+            "the wrong server key": (
+                "-curve-server-key",
+                wrong_pub,
+                "-curve-public-key",
+                client_pub,
+                "-curve-secret-key",
+                client_sec,
+            ),
         }
         for label, curve in refusals.items():
             before = asyncio.run(ask(herd.config, "A", "$node", "status"))["bridge"]["counters"]["curve_denied"]
-            code, out, err = go_call(gobin, herd, "ask", "echo-go", '"x"', service="intruder", extra=(*curve, "-timeout", "2s"))
+            code, out, err = go_call(
+                gobin, herd, "ask", "echo-go", '"x"', service="intruder", extra=(*curve, "-timeout", "2s")
+            )
             assert code == 2, (label, out, err)
             assert out["refused"] in ("curve", "unavailable"), label
             after = asyncio.run(ask(herd.config, "A", "$node", "status"))["bridge"]["counters"]["curve_denied"]

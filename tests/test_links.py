@@ -15,9 +15,10 @@ import msgpack
 import pytest
 
 import herdrt
-from herdrt.herd import protocol as P
+from _rawlink import raw_handshake
 from herdrt.config import HerdConfig, NodeConfig
 from herdrt.core import FrameDecoder, encode_frame, encode_frames
+from herdrt.herd import protocol as P
 from herdrt.herd.handshake import LinkSession, RecordError, transcript
 from herdrt.herd.links import (
     TELLS_MAX,
@@ -29,8 +30,6 @@ from herdrt.herd.links import (
     LinkSettings,
     connect,
 )
-
-from _rawlink import raw_handshake
 
 SECRET = b"correct horse battery"
 #: PROTOCOL.md (Links, Examples): Clark's AUTH to Bona for the nonces and secret shown there.
@@ -100,9 +99,8 @@ def free_port() -> int:
 def herd(*names: str, links=None) -> HerdConfig:
     nodes = {n: NodeConfig(n, "127.0.0.1", free_port()) for n in names}
     if links is None:
-        links = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-    return HerdConfig(nodes=nodes, links=frozenset(frozenset(p) for p in links), secret=SECRET,
-                      heartbeat_interval=0.05)
+        links = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    return HerdConfig(nodes=nodes, links=frozenset(frozenset(p) for p in links), secret=SECRET, heartbeat_interval=0.05)
 
 
 def manager(config, name, inbox, **kw) -> LinkManager:
@@ -131,13 +129,13 @@ async def raw_eof(reader, timeout: float = 3.0) -> bool:
     return True
 
 
-
-
 # --- protocol ------------------------------------------------------------------------------------
 
 
 def test_kinds_and_codes_are_the_documented_numbers():
-    assert (P.HELLO, P.AUTH, P.TELL, P.ASK, P.ERROR, P.HEARTBEAT, P.REPLY, P.MEMBERSHIP, P.FLOOD, P.BYE) == tuple(range(10))
+    assert (P.HELLO, P.AUTH, P.TELL, P.ASK, P.ERROR, P.HEARTBEAT, P.REPLY, P.MEMBERSHIP, P.FLOOD, P.BYE) == tuple(
+        range(10)
+    )
     assert P.LINK_KINDS == {0, 1, 4, 5, 9}
     assert {"version", "unknown_node", "auth", "frame", "overflow"} <= P.ERROR_CODES
 
@@ -145,7 +143,9 @@ def test_kinds_and_codes_are_the_documented_numbers():
 def test_hello_frame_bytes_match_the_spec_example():
     frame = encode_frame(P.hello("Clark", bytes(range(16))))
     # PROTOCOL.md (Links, Examples) shows exactly these bytes
-    assert frame.hex(" ") == "00 00 00 1b 94 00 03 a5 43 6c 61 72 6b c4 10 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
+    assert (
+        frame.hex(" ") == "00 00 00 1b 94 00 03 a5 43 6c 61 72 6b c4 10 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
+    )
 
 
 def test_auth_frame_bytes_match_the_spec_example():
@@ -170,7 +170,8 @@ def test_auth_mac_is_bound_to_roles_names_nonces_version_and_secret():
         transcript(3, "A", nb, "B", nb),  # another nonce
         transcript(3, "A", na, "B", na),
         transcript(4, "A", na, "B", nb),  # another version
-        transcript(3, "AB", na, "C", nb), transcript(3, "A", na, "BC", nb),  # names re-split
+        transcript(3, "AB", na, "C", nb),
+        transcript(3, "A", na, "BC", nb),  # names re-split
     ]
     for script in others:
         assert not acceptor.verify(LinkSession(SECRET, script, dialer=True).own_mac)
@@ -187,10 +188,12 @@ def test_records_refuse_forgery_replay_reordering_and_oversize():
     opener = peer.opener()
     assert opener.feed(r0 + r1[:7]) == b"first" and opener.buffered == 7
     assert opener.feed(r1[7:]) == b"second"
-    assert b"".join(opener.feed(big[i:i + 1000]) for i in range(0, len(big), 1000)) == bytes(range(256)) * 300
-    for bad in (r0,  # replayed
-                bytes([*r1[:10], r1[10] ^ 1, *r1[11:]]),  # a flipped bit
-                (1 << 20).to_bytes(4, "big")):  # a length over the record limit
+    assert b"".join(opener.feed(big[i : i + 1000]) for i in range(0, len(big), 1000)) == bytes(range(256)) * 300
+    for bad in (
+        r0,  # replayed
+        bytes([*r1[:10], r1[10] ^ 1, *r1[11:]]),  # a flipped bit
+        (1 << 20).to_bytes(4, "big"),
+    ):  # a length over the record limit
         with pytest.raises(RecordError):
             peer.opener().feed(r1) if bad is r0 else opener.feed(bad)
     with pytest.raises(RecordError):  # out of order
@@ -448,8 +451,9 @@ def test_silent_connection_is_dropped_after_the_handshake_timeout(run):
 def test_bad_frames_close_only_their_own_connection(run):
     async def body():
         inbox, client_in = Inbox(), Inbox()
-        srv = await LinkServer(settings("B"), inbox.on_envelopes, on_link_up=inbox.on_up,
-                               on_link_down=inbox.on_down).start()
+        srv = await LinkServer(
+            settings("B"), inbox.on_envelopes, on_link_up=inbox.on_up, on_link_down=inbox.on_down
+        ).start()
         good = await connect(*srv.address, settings("A"), client_in.on_envelopes)
         good.send([P.TELL, "before"])
         await inbox.until(lambda: len(inbox.envs) == 1)
@@ -527,7 +531,9 @@ def test_malformed_envelope_after_handshake_closes_the_link(run):
 def test_heartbeats_arrive_and_update_the_stats(run):
     async def body():
         inbox = Inbox()
-        srv = await LinkServer(settings("B", heartbeat_interval=0.03), inbox.on_envelopes, on_link_up=inbox.on_up).start()
+        srv = await LinkServer(
+            settings("B", heartbeat_interval=0.03), inbox.on_envelopes, on_link_up=inbox.on_up
+        ).start()
         link = await connect(*srv.address, settings("A", heartbeat_interval=0.03), inbox.on_envelopes)
         await inbox.until(lambda: inbox.ups)
         await asyncio.sleep(0.4)
@@ -589,7 +595,9 @@ def test_slow_reader_makes_the_sender_overflow_with_bounded_memory(run):
 def test_send_on_a_closed_link_raises(run):
     async def body():
         inbox = Inbox()
-        srv = await LinkServer(settings("B"), inbox.on_envelopes, on_link_down=inbox.on_down, on_link_up=inbox.on_up).start()
+        srv = await LinkServer(
+            settings("B"), inbox.on_envelopes, on_link_down=inbox.on_down, on_link_up=inbox.on_up
+        ).start()
         link = await connect(*srv.address, settings("A"), inbox.on_envelopes)
         await inbox.until(lambda: inbox.ups)
         link.close("done here")
@@ -678,7 +686,7 @@ def test_clean_shutdown_says_bye_and_leaves_no_tasks(run):
         config = herd("A", "B", "C")
         inboxes = {n: Inbox() for n in "ABC"}
         mgrs = {n: await manager(config, n, inboxes[n]).start() for n in "ABC"}
-        for n, m in mgrs.items():
+        for m in mgrs.values():
             for peer in m.neighbors:
                 await m.wait_up(peer, 5)
         await mgrs["C"].close()
@@ -729,7 +737,9 @@ def test_link_between_two_processes(run):
 
         async def body():
             inbox = Inbox()
-            link = await connect("127.0.0.1", port, settings("A", known_nodes=frozenset({"A", "B"})), inbox.on_envelopes, peer="B")
+            link = await connect(
+                "127.0.0.1", port, settings("A", known_nodes=frozenset({"A", "B"})), inbox.on_envelopes, peer="B"
+            )
             for i in range(5000):
                 link.send([P.TELL, "ping", i])
             await inbox.until(lambda: len(inbox.envs) == 5000)
@@ -750,6 +760,7 @@ def test_link_between_two_processes(run):
 def test_a_flooding_peer_cannot_keep_the_loop_from_timers_and_other_links(run):
     """libuv reads a busy socket up to 32 times (8 MB) per loop turn; after each full read the
     link yields, so timers (heartbeats, failure detection) and other links run in between."""
+
     async def body():
         ticks = [0]
         seen = []  # the tick count at each delivery

@@ -10,8 +10,14 @@ from herdrt.herd.membership import LinkState, PhiAccrualDetector, ReportPacer, R
 from herdrt.ratelog import RateLog
 
 # The bundled herd's neighbor graph.
-BUNDLED = [("Clark", "Jaquez"), ("Clark", "Bona"), ("Campbell", "Bailey"), ("Campbell", "Bona"),
-           ("Campbell", "Jaquez"), ("Bona", "Bailey")]
+BUNDLED = [
+    ("Clark", "Jaquez"),
+    ("Clark", "Bona"),
+    ("Campbell", "Bailey"),
+    ("Campbell", "Bona"),
+    ("Campbell", "Jaquez"),
+    ("Bona", "Bailey"),
+]
 
 
 def _graph(edges):
@@ -156,22 +162,25 @@ def test_a_real_report_is_admitted():
     assert _check([7, "Clark", NOW + 59 * 10**9, 1, []])[1] == NOW + 59 * 10**9  # within the skew
 
 
-@pytest.mark.parametrize("env, problem", [
-    ([7, "Mallory", NOW, 1, []], "not a node of this herd"),
-    ([7, ["Clark"], NOW, 1, []], "not a node of this herd"),
-    ([7, "Clark", NOW + 61 * 10**9, 1, []], "61.0 s ahead"),
-    ([7, "Clark", 2**63, 1, []], "positive int64"),
-    ([7, "Clark", 0, 1, []], "positive int64"),
-    ([7, "Clark", NOW, 0, []], "positive int64"),
-    ([7, "Clark", NOW, True, []], "positive int64"),
-    ([7, "Clark", NOW, 1.0, []], "positive int64"),
-    ([7, "Clark", NOW, 1, ["Bailey"]], "not a neighbor of Clark"),
-    ([7, "Clark", NOW, 1, ["Jaquez", "Bona"]], "sorted and distinct"),
-    ([7, "Clark", NOW, 1, ["Bona", "Bona"]], "sorted and distinct"),
-    ([7, "Clark", NOW, 1, ["Bona", "Jaquez", "Jaquez"]], "at most 2"),
-    ([7, "Clark", NOW, 1, "Bona"], "must be a list"),
-    ([7, "Clark", NOW, 1], "[7, origin, incarnation, seq, live_neighbors]"),
-])
+@pytest.mark.parametrize(
+    "env, problem",
+    [
+        ([7, "Mallory", NOW, 1, []], "not a node of this herd"),
+        ([7, ["Clark"], NOW, 1, []], "not a node of this herd"),
+        ([7, "Clark", NOW + 61 * 10**9, 1, []], "61.0 s ahead"),
+        ([7, "Clark", 2**63, 1, []], "positive int64"),
+        ([7, "Clark", 0, 1, []], "positive int64"),
+        ([7, "Clark", NOW, 0, []], "positive int64"),
+        ([7, "Clark", NOW, True, []], "positive int64"),
+        ([7, "Clark", NOW, 1.0, []], "positive int64"),
+        ([7, "Clark", NOW, 1, ["Bailey"]], "not a neighbor of Clark"),
+        ([7, "Clark", NOW, 1, ["Jaquez", "Bona"]], "sorted and distinct"),
+        ([7, "Clark", NOW, 1, ["Bona", "Bona"]], "sorted and distinct"),
+        ([7, "Clark", NOW, 1, ["Bona", "Jaquez", "Jaquez"]], "at most 2"),
+        ([7, "Clark", NOW, 1, "Bona"], "must be a list"),
+        ([7, "Clark", NOW, 1], "[7, origin, incarnation, seq, live_neighbors]"),
+    ],
+)
 def test_reports_no_real_node_sends_are_refused(env, problem):
     with pytest.raises(ReportRefused) as info:
         _check(env)
@@ -206,8 +215,9 @@ def test_the_pacer_admits_a_burst_then_keeps_only_the_newest_until_its_turn():
     clock = [0.0]
     timers = _Timers()
     applied = []
-    pacer = ReportPacer(10.0, 3, timers.call_later, lambda origin: applied.append(pacer.take(origin)),
-                        clock=lambda: clock[0])
+    pacer = ReportPacer(
+        10.0, 3, timers.call_later, lambda origin: applied.append(pacer.take(origin)), clock=lambda: clock[0]
+    )
     assert [pacer.admit("A", i) for i in range(3)] == [True, True, True]  # the burst
     assert not pacer.admit("A", 3) and not pacer.admit("A", 4)  # paced: 4 replaces 3
     assert pacer.admit("B", "b")  # another origin has its own budget

@@ -16,8 +16,8 @@ import re
 import time
 
 import pytest
-from _proxyherd import NAMES, UCLA, ProxyHerd, client_id, iamat, known_at, posix, talk, wait_known
 
+from _proxyherd import NAMES, UCLA, ProxyHerd, client_id, iamat, known_at, posix, talk, wait_known
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +40,11 @@ def split_whatsat(reply: bytes) -> tuple[str, dict]:
 def test_iamat_reply_is_byte_exact_with_a_measured_skew(herd):
     cases = [
         # (location, client time) as sent; both must come back unchanged.
-        (UCLA, None),                                         # now, 9 digits
-        ("-33.8688+151.2093", "1621464827.959498503"),       # the past: a big positive skew
-        ("+90-180", "+1621464827.000000001"),                 # explicit sign, edge coordinates
-        ("+0.000000000-0.0", "0001621464827.5"),              # leading zeros, one decimal
-        ("+34.068930-118.445127", None),                      # 3 s ahead (below): a negative skew
+        (UCLA, None),  # now, 9 digits
+        ("-33.8688+151.2093", "1621464827.959498503"),  # the past: a big positive skew
+        ("+90-180", "+1621464827.000000001"),  # explicit sign, edge coordinates
+        ("+0.000000000-0.0", "0001621464827.5"),  # leading zeros, one decimal
+        ("+34.068930-118.445127", None),  # 3 s ahead (below): a negative skew
     ]
     for i, (location, when) in enumerate(cases):
         client = client_id("skew")
@@ -133,7 +133,7 @@ INVALID = [
     b" \t ",
     b"HELLO there",
     b"iamat lower.case +1+1 1",
-    b"  IAMAT  spaced.out  +1+1",                                # too few fields (spacing kept in the echo)
+    b"  IAMAT  spaced.out  +1+1",  # too few fields (spacing kept in the echo)
     b"IAMAT too.many +1+1 1 2",
     b"IAMAT nosign 34.068930-118.445127 1",
     b"IAMAT glued +34.068930118.445127 1",
@@ -150,10 +150,10 @@ INVALID = [
     b"WHATSAT zero.bound 10 0",
     b"WHATSAT big.bound 10 21",
     b"WHATSAT frac.bound 10 2.5",
-    b"WHATSAT nobody.example 10 5",                             # a client no server knows
-    b"IAMAT bad\xff\xfeutf8 +1+1 1",                             # not UTF-8: echoed as received
-    b"IAMAT nbsp.client\xc2\xa0+1+1 1",                          # U+00A0 is not a separator
-    b"IAMAT \xd9\xa1client +1+1 \xd9\xa1",                      # Arabic-Indic digits are not digits
+    b"WHATSAT nobody.example 10 5",  # a client no server knows
+    b"IAMAT bad\xff\xfeutf8 +1+1 1",  # not UTF-8: echoed as received
+    b"IAMAT nbsp.client\xc2\xa0+1+1 1",  # U+00A0 is not a separator
+    b"IAMAT \xd9\xa1client +1+1 \xd9\xa1",  # Arabic-Indic digits are not digits
 ]
 
 
@@ -185,7 +185,7 @@ def test_pipelined_commands_are_answered_in_order_and_a_last_line_needs_no_newli
     at, body = split_whatsat((whatsat_a + "\n\n").encode())
     assert at == at_a and len(body["results"]) == 2
     assert rest.startswith("? nonsense\n")
-    rest = rest[len("? nonsense\n"):]
+    rest = rest[len("? nonsense\n") :]
     at_b, rest = rest.split("\n", 1)
     assert at_b.startswith("AT Jaquez ") and at_b.endswith(f" {b} -33.8688+151.2093 {posix(now + 1)}")
     whatsat_b, last = rest.split("\n\n", 1)
@@ -214,7 +214,9 @@ def test_each_server_logs_its_traffic_to_its_own_file(herd):
         assert all(e.split(" ")[1] == server for e in entries)
         if server == "Clark":
             assert any(re.search(rf" Clark IN 127\.0\.0\.1:[0-9]+ IAMAT {re.escape(client)} ", e) for e in entries)
-            assert any(re.search(rf" Clark STORED from client 127\.0\.0\.1:[0-9]+: {re.escape(at_line)}$", e) for e in entries)
+            assert any(
+                re.search(rf" Clark STORED from client 127\.0\.0\.1:[0-9]+: {re.escape(at_line)}$", e) for e in entries
+            )
             assert any(re.search(rf" Clark OUT 127\.0\.0\.1:[0-9]+ {re.escape(at_line)}\\n$", e) for e in entries)
             assert any(re.search(r" Clark IN 127\.0\.0\.1:[0-9]+ bad\\tline$", e) for e in entries)
             assert any(e.endswith(" ? bad\\tline\\n") for e in entries)
@@ -232,8 +234,7 @@ def test_a_killed_server_is_routed_around_then_catches_up_when_restarted(herd):
         wait_known(herd, server, before, at_before)
     herd.kill("Bona")
     try:
-        herd.wait_ready(names=["Clark", "Bailey", "Campbell", "Jaquez"],
-                        live=["Clark", "Bailey", "Campbell", "Jaquez"])
+        herd.wait_ready(names=["Clark", "Bailey", "Campbell", "Jaquez"], live=["Clark", "Bailey", "Campbell", "Jaquez"])
         # Without Bona, Clark reaches Bailey only by Clark-Jaquez-Campbell-Bailey: three hops.
         from_clark = client_id("around")
         at_clark = iamat(herd, "Clark", from_clark)

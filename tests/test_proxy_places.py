@@ -57,14 +57,27 @@ def test_haversine_agrees_with_the_law_of_cosines(lat1, lon1, lat2, lon2):
 
 
 def _city(i, lat, lon, pop=1000, name=None):
-    return {"geonameid": i, "name": name or f"c{i}", "latitude": lat, "longitude": lon, "countrycode": "XX",
-            "admin1code": "01", "population": pop, "timezone": "UTC"}
+    return {
+        "geonameid": i,
+        "name": name or f"c{i}",
+        "latitude": lat,
+        "longitude": lon,
+        "countrycode": "XX",
+        "admin1code": "01",
+        "population": pop,
+        "timezone": "UTC",
+    }
 
 
 def test_gazetteer_nearest_first_within_radius():
-    g = GazetteerPlaces(cities=[
-        _city(1, 34.10, -118.40), _city(2, 34.00, -118.40), _city(3, 34.05, -118.40), _city(4, 35.0, -118.4),
-    ])
+    g = GazetteerPlaces(
+        cities=[
+            _city(1, 34.10, -118.40),
+            _city(2, 34.00, -118.40),
+            _city(3, 34.05, -118.40),
+            _city(4, 35.0, -118.4),
+        ]
+    )
     answer = g.search(34.0, -118.4, 12_000)
     assert answer["status"] == "OK"
     assert [r["name"] for r in answer["results"]] == ["c2", "c3", "c1"]  # c4 is ~111 km away
@@ -82,8 +95,15 @@ def test_gazetteer_zero_results():
 
 
 def test_gazetteer_across_the_antimeridian_and_the_pole():
-    g = GazetteerPlaces(cities=[_city(1, 0.0, 179.95), _city(2, 0.0, -179.95), _city(3, 89.9, 0.0),
-                                _city(4, 89.9, 180.0), _city(5, 89.0, 90.0)])
+    g = GazetteerPlaces(
+        cities=[
+            _city(1, 0.0, 179.95),
+            _city(2, 0.0, -179.95),
+            _city(3, 89.9, 0.0),
+            _city(4, 89.9, 180.0),
+            _city(5, 89.0, 90.0),
+        ]
+    )
     assert [r["name"] for r in g.search(0.0, -179.99, 20_000)["results"]] == ["c2", "c1"]
     # Near the pole, the circle reaches every longitude: c4 is across the pole from c3.
     assert [r["name"] for r in g.search(89.95, 0.0, 50_000)["results"]] == ["c3", "c4"]
@@ -104,8 +124,9 @@ def test_gazetteer_index_finds_exactly_what_brute_force_finds(points, center, ra
         cities.append(_city(i, lat, lon))
     g = GazetteerPlaces(cities=cities)
     got = {r["place_id"] for r in g.search(lat0, lon0, radius)["results"]}
-    want = {f"geonames:{c['geonameid']}" for c in cities
-            if haversine_m(lat0, lon0, c["latitude"], c["longitude"]) <= radius}
+    want = {
+        f"geonames:{c['geonameid']}" for c in cities if haversine_m(lat0, lon0, c["latitude"], c["longitude"]) <= radius
+    }
     assert got == want
 
 
@@ -162,8 +183,13 @@ def test_gazetteer_broken_dataset_is_an_error_answer_not_a_crash():
 GOOGLE_SAMPLE = {
     "html_attributions": [],
     "results": [
-        {"geometry": {"location": {"lat": 34.0689, "lng": -118.4452}}, "name": "UCLA",
-         "place_id": "ChIJZQ9c8IW8woARN0gTXFiTqSU", "vicinity": "Los Angeles", "types": ["university"]},
+        {
+            "geometry": {"location": {"lat": 34.0689, "lng": -118.4452}},
+            "name": "UCLA",
+            "place_id": "ChIJZQ9c8IW8woARN0gTXFiTqSU",
+            "vicinity": "Los Angeles",
+            "types": ["university"],
+        },
     ],
     "status": "OK",
 }
@@ -201,8 +227,14 @@ class FakeGoogle:
 
     async def denied(self, request):
         key = request.query["key"]
-        return web.json_response({"html_attributions": [], "results": [], "status": "REQUEST_DENIED",
-                                  "error_message": f"The provided API key is invalid: {key}"})
+        return web.json_response(
+            {
+                "html_attributions": [],
+                "results": [],
+                "status": "REQUEST_DENIED",
+                "error_message": f"The provided API key is invalid: {key}",
+            }
+        )
 
     async def error500(self, request):
         return web.Response(status=500, text="oops")
@@ -260,13 +292,16 @@ def test_google_status_passed_through_with_key_redacted():
     assert KEY not in answer["error_message"] and "<key>" in answer["error_message"]
 
 
-@pytest.mark.parametrize("path, expect", [
-    ("/error500", "HTTP 500"),
-    ("/notjson", "not JSON"),
-    ("/wrongshape", "not a Nearby Search response"),
-    ("/slow", "did not answer within"),
-    ("/missing", "HTTP 404"),
-])
+@pytest.mark.parametrize(
+    "path, expect",
+    [
+        ("/error500", "HTTP 500"),
+        ("/notjson", "not JSON"),
+        ("/wrongshape", "not a Nearby Search response"),
+        ("/slow", "did not answer within"),
+        ("/missing", "HTTP 404"),
+    ],
+)
 def test_google_failures_are_unknown_error(path, expect):
     async def body(server):
         g = GooglePlaces(KEY, base_url=server.url(path), timeout=0.3)
@@ -373,7 +408,7 @@ def test_cache_does_not_keep_errors_and_survives_a_raising_provider():
     for inner in (Counting(status="UNKNOWN_ERROR"), Counting(fail=True)):
         cache = CachedPlaces(inner, clock=Clock())
 
-        async def main():
+        async def main(cache=cache):
             return [await cache.nearby(1, 1, 100) for _ in range(2)]
 
         answers = run(main())
@@ -427,5 +462,17 @@ def test_make_places_picks_a_provider(monkeypatch):
 
 
 def test_places_error_shape():
-    assert places_error("x") == {"html_attributions": [], "results": [], "status": "UNKNOWN_ERROR",
-                                 "error_message": "x"}
+    assert places_error("x") == {
+        "html_attributions": [],
+        "results": [],
+        "status": "UNKNOWN_ERROR",
+        "error_message": "x",
+    }
+
+
+def test_a_missing_proxy_extra_says_what_to_install():
+    from herdrt.apps.proxy.places import require
+
+    require("json", "anything")  # present: nothing happens
+    with pytest.raises(ImportError, match=r"needs no_such_module_for_herdrt: pip install 'herdrt\[proxy\]'"):
+        require("no_such_module_for_herdrt", "the offline gazetteer")

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from herdrt.apps.proxy.protocol import (
+    CommandError,
     IAmAt,
-    ProtocolError,
     WhatsAt,
     format_skew,
     invalid_reply,
@@ -29,27 +29,48 @@ KIWI = "IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503"
 # --- time ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, ns", [
-    ("1621464827.959498503", 1621464827959498503),
-    ("1621464827.9", 1621464827900000000),
-    ("1621464827", 1621464827000000000),
-    ("0.000000001", 1),
-    ("+5.5", 5500000000),
-    ("-1.25", -1250000000),
-    ("007.010", 7010000000),
-    ("0" * 5000 + "1.5", 1500000000),  # leading zeros are not digits that count
-])
+@pytest.mark.parametrize(
+    "text, ns",
+    [
+        ("1621464827.959498503", 1621464827959498503),
+        ("1621464827.9", 1621464827900000000),
+        ("1621464827", 1621464827000000000),
+        ("0.000000001", 1),
+        ("+5.5", 5500000000),
+        ("-1.25", -1250000000),
+        ("007.010", 7010000000),
+        ("0" * 5000 + "1.5", 1500000000),  # leading zeros are not digits that count
+    ],
+)
 def test_parse_time_is_exact_integer_nanoseconds(text, ns):
     assert parse_time(text) == ns
 
 
-@pytest.mark.parametrize("text", [
-    "", "1.", ".5", "1e9", "1.5e3", "nan", "inf", "+-1", "1.0000000001", "1,5", " 1", "0x10",
-    "١٦٢١", "1_000", "--1",
-    "1" * 13, "1" * 4301, "1." + "0" * 4301,  # numbers have a length limit (4,300+ digits: int() raises)
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "1.",
+        ".5",
+        "1e9",
+        "1.5e3",
+        "nan",
+        "inf",
+        "+-1",
+        "1.0000000001",
+        "1,5",
+        " 1",
+        "0x10",
+        "١٦٢١",
+        "1_000",
+        "--1",
+        "1" * 13,
+        "1" * 4301,
+        "1." + "0" * 4301,  # numbers have a length limit (4,300+ digits: int() raises)
+    ],
+)
 def test_parse_time_refuses(text):
-    with pytest.raises(ProtocolError):
+    with pytest.raises(CommandError):
         parse_time(text)
 
 
@@ -58,16 +79,21 @@ def test_parse_time_refuses(text):
 def test_time_text_roundtrip(seconds, nanos):
     ns = seconds * 10**9 + nanos
     assert parse_time(format_skew(ns)) == ns
-    assert parse_time(f"{seconds}.{nanos:09d}") == (seconds * 10**9 + nanos if seconds >= 0 else seconds * 10**9 - nanos)
+    assert parse_time(f"{seconds}.{nanos:09d}") == (
+        seconds * 10**9 + nanos if seconds >= 0 else seconds * 10**9 - nanos
+    )
 
 
-@pytest.mark.parametrize("ns, text", [
-    (263873386, "+0.263873386"),
-    (0, "+0.000000000"),
-    (-1, "-0.000000001"),
-    (-3_000_000_001, "-3.000000001"),
-    (86400 * 10**9, "+86400.000000000"),
-])
+@pytest.mark.parametrize(
+    "ns, text",
+    [
+        (263873386, "+0.263873386"),
+        (0, "+0.000000000"),
+        (-1, "-0.000000001"),
+        (-3_000_000_001, "-3.000000001"),
+        (86400 * 10**9, "+86400.000000000"),
+    ],
+)
 def test_format_skew(ns, text):
     assert format_skew(ns) == text
 
@@ -75,29 +101,50 @@ def test_format_skew(ns, text):
 # --- location -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("+34.068930-118.445127", (34.06893, -118.445127)),
-    ("+90+180", (90.0, 180.0)),
-    ("-90-180", (-90.0, -180.0)),
-    ("-0.0+0.0", (0.0, 0.0)),
-    ("+1+2", (1.0, 2.0)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("+34.068930-118.445127", (34.06893, -118.445127)),
+        ("+90+180", (90.0, 180.0)),
+        ("-90-180", (-90.0, -180.0)),
+        ("-0.0+0.0", (0.0, 0.0)),
+        ("+1+2", (1.0, 2.0)),
+    ],
+)
 def test_parse_location(text, expected):
     assert parse_location(text) == expected
 
 
-@pytest.mark.parametrize("text", [
-    "34.068930-118.445127",     # latitude sign missing
-    "+34.068930118.445127",     # longitude sign missing
-    "+34.068930",               # no longitude
-    "+90.0000000000000001+0",   # rounds to 90.0 as a float, but is over 90
-    "+91+0", "-90.5+0", "+0+180.000001", "+0-181",
-    "+34.-118.4", "+.5+1", "++34-118", "+34-118-1", "+34,1-118", "+34.0-118.4x",
-    "+1e1+2", "+nan+0", "+inf-inf", "", "+", "+-",
-    "+1000+1", "+1." + "0" * 31 + "+1", "+" + "1" * 4301 + "+1",  # too many digits
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "34.068930-118.445127",  # latitude sign missing
+        "+34.068930118.445127",  # longitude sign missing
+        "+34.068930",  # no longitude
+        "+90.0000000000000001+0",  # rounds to 90.0 as a float, but is over 90
+        "+91+0",
+        "-90.5+0",
+        "+0+180.000001",
+        "+0-181",
+        "+34.-118.4",
+        "+.5+1",
+        "++34-118",
+        "+34-118-1",
+        "+34,1-118",
+        "+34.0-118.4x",
+        "+1e1+2",
+        "+nan+0",
+        "+inf-inf",
+        "",
+        "+",
+        "+-",
+        "+1000+1",
+        "+1." + "0" * 31 + "+1",
+        "+" + "1" * 4301 + "+1",  # too many digits
+    ],
+)
 def test_parse_location_refuses(text):
-    with pytest.raises(ProtocolError):
+    with pytest.raises(CommandError):
         parse_location(text)
 
 
@@ -106,8 +153,9 @@ def test_parse_location_refuses(text):
 
 def test_parse_iamat():
     cmd = parse_command(KIWI)
-    assert cmd == IAmAt("kiwi.cs.ucla.edu", "+34.068930-118.445127", "1621464827.959498503",
-                        1621464827959498503, 34.06893, -118.445127)
+    assert cmd == IAmAt(
+        "kiwi.cs.ucla.edu", "+34.068930-118.445127", "1621464827.959498503", 1621464827959498503, 34.06893, -118.445127
+    )
 
 
 def test_fields_split_on_any_ascii_whitespace_only():
@@ -117,28 +165,59 @@ def test_fields_split_on_any_ascii_whitespace_only():
     assert parse_command("\tWHATSAT   kiwi  10\t5  ") == WhatsAt("kiwi", 10.0, 5)
 
 
-@pytest.mark.parametrize("line, expected", [
-    ("WHATSAT c 50 20", WhatsAt("c", 50.0, 20)),
-    ("WHATSAT c 0.001 1", WhatsAt("c", 0.001, 1)),
-    ("WHATSAT c 50.000 007", WhatsAt("c", 50.0, 7)),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("WHATSAT c 50 20", WhatsAt("c", 50.0, 20)),
+        ("WHATSAT c 0.001 1", WhatsAt("c", 0.001, 1)),
+        ("WHATSAT c 50.000 007", WhatsAt("c", 50.0, 7)),
+    ],
+)
 def test_parse_whatsat(line, expected):
     assert parse_command(line) == expected
 
 
-@pytest.mark.parametrize("line", [
-    "", "   ", "\t",
-    "IAMAT", "IAMAT a +1+2", "IAMAT a +1+2 3 4", "IAMAT a 1+2 3", "IAMAT a +1+2 x",
-    "IAMAT a +91+2 3", "IAMAT a +1+181 3", "IAMAT a +1+2 1.5e9",
-    "WHATSAT", "WHATSAT c 10", "WHATSAT c 10 5 x",
-    "WHATSAT c 10 " + "1" * 4301, "WHATSAT c " + "1" * 4301 + " 5",
-    "WHATSAT c 0 5", "WHATSAT c 0.0 5", "WHATSAT c 50.0001 5", "WHATSAT c 51 5", "WHATSAT c -1 5",
-    "WHATSAT c +10 5", "WHATSAT c 1e1 5", "WHATSAT c nan 5", "WHATSAT c 10 0", "WHATSAT c 10 21",
-    "WHATSAT c 10 1.5", "WHATSAT c 10 +5", "WHATSAT c 10 -5", "WHATSAT c 10 x",
-    "iamat a +1+2 3", "AT a b c d e", "HELLO", "IAMATX a +1+2 3",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "   ",
+        "\t",
+        "IAMAT",
+        "IAMAT a +1+2",
+        "IAMAT a +1+2 3 4",
+        "IAMAT a 1+2 3",
+        "IAMAT a +1+2 x",
+        "IAMAT a +91+2 3",
+        "IAMAT a +1+181 3",
+        "IAMAT a +1+2 1.5e9",
+        "WHATSAT",
+        "WHATSAT c 10",
+        "WHATSAT c 10 5 x",
+        "WHATSAT c 10 " + "1" * 4301,
+        "WHATSAT c " + "1" * 4301 + " 5",
+        "WHATSAT c 0 5",
+        "WHATSAT c 0.0 5",
+        "WHATSAT c 50.0001 5",
+        "WHATSAT c 51 5",
+        "WHATSAT c -1 5",
+        "WHATSAT c +10 5",
+        "WHATSAT c 1e1 5",
+        "WHATSAT c nan 5",
+        "WHATSAT c 10 0",
+        "WHATSAT c 10 21",
+        "WHATSAT c 10 1.5",
+        "WHATSAT c 10 +5",
+        "WHATSAT c 10 -5",
+        "WHATSAT c 10 x",
+        "iamat a +1+2 3",
+        "AT a b c d e",
+        "HELLO",
+        "IAMATX a +1+2 3",
+    ],
+)
 def test_parse_command_refuses(line):
-    with pytest.raises(ProtocolError):
+    with pytest.raises(CommandError):
         parse_command(line)
 
 
@@ -151,8 +230,12 @@ def test_invalid_reply_echoes_bytes_exactly():
 
 
 def _places(n: int, **extra) -> dict:
-    return {"html_attributions": [], "status": "OK", **extra,
-            "results": [{"name": f"place {i}\n\nwith blank line", "place_id": str(i)} for i in range(n)]}
+    return {
+        "html_attributions": [],
+        "status": "OK",
+        **extra,
+        "results": [{"name": f"place {i}\n\nwith blank line", "place_id": str(i)} for i in range(n)],
+    }
 
 
 def test_whatsat_reply_shape_and_bound():
@@ -160,7 +243,7 @@ def test_whatsat_reply_shape_and_bound():
     reply = whatsat_reply("AT S +0.1 c +1+2 3", response, 3)
     assert reply.startswith("AT S +0.1 c +1+2 3\n{")
     assert reply.endswith("}\n\n")
-    body = reply[len("AT S +0.1 c +1+2 3\n"):-2]
+    body = reply[len("AT S +0.1 c +1+2 3\n") : -2]
     assert "\n\n" not in body  # only the terminator is a blank line, even with newlines in names
     decoded = json.loads(body)
     assert [r["place_id"] for r in decoded["results"]] == ["0", "1", "2"]
@@ -184,8 +267,14 @@ def _record(time: str, server: str = "Clark", client: str = "kiwi") -> AtRecord:
 def test_record_wire_roundtrip_through_msgpack():
     record = _record("1621464827.959498503")
     wire = record.to_wire()
-    assert wire == {"v": 1, "server": "Clark", "skew": "+0.263873386", "client": "kiwi",
-                    "location": "+34.068930-118.445127", "time": "1621464827.959498503"}
+    assert wire == {
+        "v": 1,
+        "server": "Clark",
+        "skew": "+0.263873386",
+        "client": "kiwi",
+        "location": "+34.068930-118.445127",
+        "time": "1621464827.959498503",
+    }
     packed = msgpack.packb(wire, use_bin_type=True)
     back = AtRecord.from_wire(msgpack.unpackb(packed, raw=False, strict_map_key=True))
     assert back == record
@@ -198,18 +287,21 @@ def test_record_from_wire_ignores_unknown_keys():
     assert AtRecord.from_wire(wire).time_ns == 5 * 10**9
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda w: ["not", "a", "dict"],
-    lambda w: {**w, "v": 2},
-    lambda w: {k: v for k, v in w.items() if k != "v"},
-    lambda w: {k: v for k, v in w.items() if k != "time"},
-    lambda w: {**w, "time": 12},
-    lambda w: {**w, "time": "soon"},
-    lambda w: {**w, "location": "+100+0"},
-    lambda w: {**w, "client": "two words"},
-    lambda w: {**w, "server": ""},
-    lambda w: {**w, "skew": b"+0.1"},
-])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda w: ["not", "a", "dict"],
+        lambda w: {**w, "v": 2},
+        lambda w: {k: v for k, v in w.items() if k != "v"},
+        lambda w: {k: v for k, v in w.items() if k != "time"},
+        lambda w: {**w, "time": 12},
+        lambda w: {**w, "time": "soon"},
+        lambda w: {**w, "location": "+100+0"},
+        lambda w: {**w, "client": "two words"},
+        lambda w: {**w, "server": ""},
+        lambda w: {**w, "skew": b"+0.1"},
+    ],
+)
 def test_record_from_wire_refuses_malformed(mutate):
     with pytest.raises(ValueError):
         AtRecord.from_wire(mutate(_record("5").to_wire()))

@@ -37,9 +37,16 @@ class FakePlaces:
             raise RuntimeError("places provider bug")
         return {
             "html_attributions": [],
-            "results": [{"geometry": {"location": {"lat": lat, "lng": lon}}, "name": f"place {i}",
-                         "place_id": f"id-{radius_m:g}-{i}", "vicinity": "here", "types": ["point_of_interest"]}
-                        for i in range(self.n)],
+            "results": [
+                {
+                    "geometry": {"location": {"lat": lat, "lng": lon}},
+                    "name": f"place {i}",
+                    "place_id": f"id-{radius_m:g}-{i}",
+                    "vicinity": "here",
+                    "types": ["point_of_interest"],
+                }
+                for i in range(self.n)
+            ],
             "status": "OK",
         }
 
@@ -59,8 +66,15 @@ class Clock:
 
 def make_app(tmp_path, name="Clark", places=None, clock=None, **kw):
     floods = []
-    app = ProxyApp(name, port=0, log_dir=tmp_path, places=places or FakePlaces(),
-                   flood=floods.append, clock=clock or Clock(CLIENT_NS + 263_873_386), **kw)
+    app = ProxyApp(
+        name,
+        port=0,
+        log_dir=tmp_path,
+        places=places or FakePlaces(),
+        flood=floods.append,
+        clock=clock or Clock(CLIENT_NS + 263_873_386),
+        **kw,
+    )
     return app, floods
 
 
@@ -95,8 +109,16 @@ def test_iamat_reply_is_byte_exact_and_flooded(run, tmp_path):
 
     reply, floods, app = run(main)
     assert reply == b"AT Clark +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503\n"
-    assert floods == [{"v": 1, "server": "Clark", "skew": "+0.263873386", "client": "kiwi.cs.ucla.edu",
-                       "location": "+34.068930-118.445127", "time": "1621464827.959498503"}]
+    assert floods == [
+        {
+            "v": 1,
+            "server": "Clark",
+            "skew": "+0.263873386",
+            "client": "kiwi.cs.ucla.edu",
+            "location": "+34.068930-118.445127",
+            "time": "1621464827.959498503",
+        }
+    ]
     assert app.records() == floods
 
 
@@ -104,7 +126,9 @@ def test_iamat_negative_skew_and_field_echo(run, tmp_path):
     async def main():
         app, floods = make_app(tmp_path, clock=Clock(CLIENT_NS - 1_500_000_000))
         async with app:
-            return await exchange(app.port, b"  IAMAT\tkiwi.cs.ucla.edu \t+34.068930-118.445127   1621464827.959498503\t \r\n")
+            return await exchange(
+                app.port, b"  IAMAT\tkiwi.cs.ucla.edu \t+34.068930-118.445127   1621464827.959498503\t \r\n"
+            )
 
     # Fields echoed byte for byte (trailing zeros, nanosecond digits), whatever the separators.
     assert run(main) == b"AT Clark -1.500000000 kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503\n"
@@ -114,8 +138,10 @@ def test_stale_iamat_is_answered_but_neither_stored_nor_flooded(run, tmp_path):
     async def main():
         app, floods = make_app(tmp_path, clock=Clock(2_000_000_000_000_000_000))
         async with app:
-            reply = await exchange(app.port, b"IAMAT c +1+2 100.000000002\nIAMAT c +3+4 100.000000001\n"
-                                             b"IAMAT c +5+6 100.000000002\nWHATSAT c 1 1\n")
+            reply = await exchange(
+                app.port,
+                b"IAMAT c +1+2 100.000000002\nIAMAT c +3+4 100.000000001\nIAMAT c +5+6 100.000000002\nWHATSAT c 1 1\n",
+            )
         return reply, floods
 
     reply, floods = run(main)
@@ -206,9 +232,9 @@ INVALID = [
     b"WHATSAT kiwi.cs.ucla.edu 10 21",
     b"WHATSAT kiwi.cs.ucla.edu 10 2.5",
     b"WHATSAT kiwi.cs.ucla.edu ten 5",
-    b"WHATSAT nobody.example 10 5",   # unknown client
-    b"IAMAT k\xff\xfe +1+2 3",          # not UTF-8: echoed as received
-    b"IAMAT k\xc2\xa0x +1+2",           # a non-ASCII space is not a separator
+    b"WHATSAT nobody.example 10 5",  # unknown client
+    b"IAMAT k\xff\xfe +1+2 3",  # not UTF-8: echoed as received
+    b"IAMAT k\xc2\xa0x +1+2",  # a non-ASCII space is not a separator
 ]
 
 
@@ -245,8 +271,7 @@ def test_crlf_lines(run, tmp_path):
         async with app:
             return await exchange(app.port, KIWI + b"\r\nnope\r\n")
 
-    assert run(main) == (b"AT Clark +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503\n"
-                         b"? nope\n")
+    assert run(main) == (b"AT Clark +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503\n? nope\n")
 
 
 def test_an_overlong_line_is_answered_cut_short_and_the_connection_goes_on(run, tmp_path):
@@ -273,14 +298,20 @@ def test_numbers_too_long_for_int_and_far_future_times_get_a_question_mark(run, 
         async with app:
             spoof = b"IAMAT kiwi.cs.ucla.edu -1-1 99999999999.999999999"
             soon = f"IAMAT kiwi.cs.ucla.edu +1+1 {(now + 4 * 10**9) // 10**9}.000000001".encode()  # 4 s ahead: fine
-            reply = await exchange(app.port, b"\n".join([
-                spoof,
-                b"IAMAT kiwi.cs.ucla.edu -1-1 " + b"9" * 4000,
-                b"WHATSAT kiwi.cs.ucla.edu 10 " + b"1" * 4400,
-                b"WHATSAT kiwi.cs.ucla.edu " + b"1" * 4400 + b" 5",
-                KIWI,  # the real client is stored, not pinned out by the spoof
-                soon,
-            ]) + b"\n")
+            reply = await exchange(
+                app.port,
+                b"\n".join(
+                    [
+                        spoof,
+                        b"IAMAT kiwi.cs.ucla.edu -1-1 " + b"9" * 4000,
+                        b"WHATSAT kiwi.cs.ucla.edu 10 " + b"1" * 4400,
+                        b"WHATSAT kiwi.cs.ucla.edu " + b"1" * 4400 + b" 5",
+                        KIWI,  # the real client is stored, not pinned out by the spoof
+                        soon,
+                    ]
+                )
+                + b"\n",
+            )
             return reply, dict(app.counters), app.store.get("kiwi.cs.ucla.edu"), floods
 
     reply, counters, stored, floods = run(main)
@@ -451,10 +482,16 @@ def test_receive_update_refuses_malformed_records(run, tmp_path):
     async def main():
         app, floods = make_app(tmp_path)
         async with app:
-            results = [app.receive_update(bad) for bad in
-                       (None, [1, 2], {"v": 1}, {"v": 9, "server": "X", "skew": "+0.1", "client": "c",
-                                                  "location": "+1+2", "time": "3"},
-                        {"v": 1, "server": "X", "skew": "+0.1", "client": "c", "location": "north", "time": "3"})]
+            results = [
+                app.receive_update(bad)
+                for bad in (
+                    None,
+                    [1, 2],
+                    {"v": 1},
+                    {"v": 9, "server": "X", "skew": "+0.1", "client": "c", "location": "+1+2", "time": "3"},
+                    {"v": 1, "server": "X", "skew": "+0.1", "client": "c", "location": "north", "time": "3"},
+                )
+            ]
         return results, floods, app
 
     results, floods, app = run(main)
@@ -497,8 +534,11 @@ def test_bundled_five_server_herd_floods_to_everyone(run, tmp_path):
         "[herd]\nsecret = 'a secret long enough'\n"
         "links = [['Clark','Jaquez'],['Clark','Bona'],['Campbell','Bailey'],['Campbell','Bona'],"
         "['Campbell','Jaquez'],['Bona','Bailey']]\n"
-        + "".join(f"[[nodes]]\nname = '{n}'\nport = {11000 + i}\n"
-                  for i, n in enumerate(["Bailey", "Bona", "Campbell", "Clark", "Jaquez"])))
+        + "".join(
+            f"[[nodes]]\nname = '{n}'\nport = {11000 + i}\n"
+            for i, n in enumerate(["Bailey", "Bona", "Campbell", "Clark", "Jaquez"])
+        )
+    )
 
     async def main():
         apps = {name: make_app(tmp_path, name)[0] for name in config.nodes}
@@ -510,6 +550,7 @@ def test_bundled_five_server_herd_floods_to_everyone(run, tmp_path):
                     sent.append((name, neighbor))
                     # Delivered later, as a real link would, not re-entrantly.
                     asyncio.get_running_loop().call_soon(apps[neighbor].receive_update, record)
+
             return flood
 
         for name, app in apps.items():

@@ -23,7 +23,7 @@ def test_compiled_and_pure_seal_alike_and_open_each_other_split_anywhere(fast, p
     for opener in (fast.RecordOpener(KEY), pure.RecordOpener(KEY)):
         got, pos = [], 0
         for cut in cuts:
-            got.append(opener.feed(stream[pos:pos + cut]))
+            got.append(opener.feed(stream[pos : pos + cut]))
             pos += cut
         got.append(opener.feed(stream[pos:]))
         assert b"".join(got) == b"".join(writes) and opener.buffered == 0 and opener.seq == len(writes)
@@ -49,8 +49,12 @@ def test_bad_records_are_refused_alike_and_good_ones_before_them_kept(fast, pure
         with pytest.raises(RecordError) as info:
             impl.RecordOpener(KEY).feed(r0 + r1 + bytes(flipped))
         assert info.value.plain == b"record 0record 1"  # what came before the forgery still counts
-        for bad, why in [(r1, "out of order"), (r0 + r0, "replayed"), ((1 << 20).to_bytes(4, "big"), "too long"),
-                         ((3).to_bytes(4, "big") + b"abc", "shorter than a tag")]:
+        for bad, _why in [
+            (r1, "out of order"),
+            (r0 + r0, "replayed"),
+            ((1 << 20).to_bytes(4, "big"), "too long"),
+            ((3).to_bytes(4, "big") + b"abc", "shorter than a tag"),
+        ]:
             with pytest.raises(RecordError):
                 impl.RecordOpener(KEY).feed(bad)
         with pytest.raises(RecordError):  # another key (the other direction's)

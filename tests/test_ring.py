@@ -40,7 +40,7 @@ def _key_hash(key) -> int:
 
 
 def _key(obj: dict):
-    (kind, value), = obj.items()
+    ((kind, value),) = obj.items()
     return value if kind == "str" else bytes.fromhex(value)
 
 
@@ -77,8 +77,12 @@ def test_md5_block_boundaries(fast, length):
 
 
 @FAST
-@given(st.one_of(st.binary(max_size=300), st.sampled_from([55, 56, 63, 64, 119, 120]).flatmap(
-    lambda n: st.binary(min_size=n, max_size=n))))
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.sampled_from([55, 56, 63, 64, 119, 120]).flatmap(lambda n: st.binary(min_size=n, max_size=n)),
+    )
+)
 def test_md5_matches_hashlib(fast, data):
     assert fast._md5_digest(data) == hashlib.md5(data).digest()
     assert fast._md5_digest(bytearray(data)) == hashlib.md5(data).digest()

@@ -18,14 +18,14 @@ import msgpack
 import psutil
 import pytest
 import zmq
+
 from _herdtest import free_ports
 from _proxyherd import NAMES, ProxyHerd, client_id, iamat, posix, talk, wait_known
 from _rawlink import RawLink, raw_handshake
-
-from herdrt.herd import protocol as P
 from herdrt.bridge import SERVICE_HELLO, WELCOME, service_credential
-from herdrt.herd.client import HerdClient
 from herdrt.herd import ADMIN_ACTOR
+from herdrt.herd import protocol as P
+from herdrt.herd.client import HerdClient
 from herdrt.herd.links import LinkOverflow
 
 #: In the herd file as a neighbor of Bona, never started: the tests authenticate as it (it holds
@@ -132,7 +132,10 @@ class Honest:
         assert not self.failures, self.failures[:5]
         assert len(self.floods) >= 6, (len(self.asks), len(self.floods))
         slowest = max(max(self.asks), max(self.floods))
-        assert slowest < HONEST_BOUND, f"slowest honest round trip {slowest:.3f}s (asks {sorted(self.asks)[-3:]}, floods {sorted(self.floods)[-3:]})"
+        assert slowest < HONEST_BOUND, (
+            f"slowest honest round trip {slowest:.3f}s "
+            f"(asks {sorted(self.asks)[-3:]}, floods {sorted(self.floods)[-3:]})"
+        )
 
 
 # --- the herd's links ------------------------------------------------------------------------------
@@ -260,7 +263,9 @@ def test_spoofed_far_future_times_and_huge_numbers_get_a_question_mark(herd):
         assert talk(herd.port("Clark"), b"x\n" * 500_000) == b"? x\n" * 500_000  # 1 MB of garbage
         with open(log, "rb") as f:
             f.seek(size)
-            garbage = [e for e in f.read().splitlines() if e.endswith((b" x", b" ? x\\n", b"invalid lines, not logged"))]
+            garbage = [
+                e for e in f.read().splitlines() if e.endswith((b" x", b" ? x\\n", b"invalid lines, not logged"))
+            ]
     honest.check()
     logged = sum(len(e) + 1 for e in garbage)
     assert 10 <= len(garbage) <= 25 and logged < 5_000, f"1 MB of garbage: {len(garbage)} entries, {logged} bytes"
@@ -314,7 +319,7 @@ def test_slowloris_many_connections_and_long_lines_hold_no_server_hostage(herd):
         for reader, _ in extra:
             try:
                 closed += await asyncio.wait_for(reader.read(), 0.5) == b""
-            except (asyncio.TimeoutError, ConnectionError):
+            except (TimeoutError, ConnectionError):
                 pass
         for _, w in held + extra:
             w.close()
@@ -381,8 +386,12 @@ def test_config_errors_never_show_secrets_and_readable_secret_files_are_refused(
     def serve(herd_text: str) -> subprocess.CompletedProcess:
         path = tmp_path / "herd.toml"
         path.write_text(herd_text)
-        return subprocess.run([sys.executable, "-m", "herdrt.cli", "serve", "--config", str(path), "--node", "A"],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "herdrt.cli", "serve", "--config", str(path), "--node", "A"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     inline = serve('[herd]\nsecret = ["hunter2-hunter2"]\n' + base)
     assert inline.returncode != 0 and "herd.secret" in inline.stderr and "hunter2" not in inline.stderr + inline.stdout
@@ -398,7 +407,9 @@ def test_config_errors_never_show_secrets_and_readable_secret_files_are_refused(
     key.write_text("this is not a z85 key but it is secret\n")
     key.chmod(0o600)
     secret.chmod(0o600)
-    curve = serve(f'[herd]\nsecret_file = "{secret}"\n[herd.bridge]\ncurve_secret_key_file = "{key}"\n'
-                  f'allowed_client_keys = ["{"A" * 40}"]\n' + base)
+    curve = serve(
+        f'[herd]\nsecret_file = "{secret}"\n[herd.bridge]\ncurve_secret_key_file = "{key}"\n'
+        f'allowed_client_keys = ["{"A" * 40}"]\n' + base
+    )
     assert curve.returncode != 0 and "curve_secret_key_file" in curve.stderr
     assert "it is secret" not in curve.stderr + curve.stdout

@@ -26,9 +26,7 @@ NAN, INF = math.nan, math.inf
 QS = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0)
 MOMENTS = ("count", "skipped", "mean", "variance", "sample_variance", "stddev", "min", "max", "sum")
 
-fast_settings = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+fast_settings = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _same(a: float, b: float) -> bool:
@@ -244,7 +242,7 @@ def _split_streams(draw, elements):
     xs = draw(st.lists(elements, max_size=80))
     k = draw(st.integers(1, 6))
     cuts = sorted(draw(st.lists(st.integers(0, len(xs)), min_size=k - 1, max_size=k - 1)))
-    parts = [xs[i:j] for i, j in zip([0, *cuts], [*cuts, len(xs)])]
+    parts = [xs[i:j] for i, j in zip([0, *cuts], [*cuts, len(xs)], strict=False)]
     seed = draw(st.integers(0, 2**32 - 1))
     return xs, parts, seed
 

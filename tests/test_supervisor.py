@@ -10,8 +10,11 @@ from herdrt.processes import ProcessSupervisor
 
 SLEEPER = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
 CRASHER = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(0.2); raise SystemExit(3)"]
-STUBBORN = [sys.executable, "-c",
-            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"]
+STUBBORN = [
+    sys.executable,
+    "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)",
+]
 
 
 def _alive(pid):
@@ -33,7 +36,7 @@ def test_children_start_output_is_prefixed_and_stop_cleanly():
     lines = []
 
     async def main():
-        sup = ProcessSupervisor({"a": SLEEPER, "b": SLEEPER}, output=lambda n, l: lines.append((n, l)))
+        sup = ProcessSupervisor({"a": SLEEPER, "b": SLEEPER}, output=lambda n, text: lines.append((n, text)))
         await sup.start()
         await _until(lambda: {("a", "up"), ("b", "up")} <= set(lines))
         pids = [s["pid"] for s in sup.status().values()]
@@ -47,7 +50,7 @@ def test_children_start_output_is_prefixed_and_stop_cleanly():
 
 def test_crashed_child_is_restarted_with_backoff():
     async def main():
-        sup = ProcessSupervisor({"c": CRASHER}, min_backoff=0.05, max_backoff=0.4, output=lambda n, l: None)
+        sup = ProcessSupervisor({"c": CRASHER}, min_backoff=0.05, max_backoff=0.4, output=lambda n, text: None)
         await sup.start()
         await _until(lambda: sup.status()["c"]["restarts"] >= 3)
         state = sup.children["c"]
@@ -61,7 +64,7 @@ def test_crashed_child_is_restarted_with_backoff():
 
 def test_killed_child_comes_back_and_sigkill_after_grace():
     async def main():
-        sup = ProcessSupervisor({"k": SLEEPER, "s": STUBBORN}, min_backoff=0.05, grace=0.5, output=lambda n, l: None)
+        sup = ProcessSupervisor({"k": SLEEPER, "s": STUBBORN}, min_backoff=0.05, grace=0.5, output=lambda n, text: None)
         await sup.start()
         first = sup.status()["k"]["pid"]
         os.kill(first, signal.SIGKILL)

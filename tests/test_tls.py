@@ -7,13 +7,13 @@ import asyncio
 import ssl
 
 import pytest
-from _herdtest import NodeProcesses, free_ports, wait_live
 from click.testing import CliRunner
 
-from herdrt.herd import protocol as P
+from _herdtest import NodeProcesses, free_ports, wait_live
 from herdrt.cli import main as cli_main
-from herdrt.herd.client import HerdClient
 from herdrt.config import ConfigError, load_config, loads_config
+from herdrt.herd import protocol as P
+from herdrt.herd.client import HerdClient
 from herdrt.herd.links import LinkRefused, LinkServer, LinkSettings, connect
 from herdrt.herd.tls import certificate_names, make_certificates
 
@@ -21,11 +21,13 @@ SECRET = "tls-test-secret-0123"
 
 
 def herd_text(pki, names, ports, *, links=None, extra=""):
-    text = (f'[herd]\nsecret = "{SECRET}"\nheartbeat_interval = 0.2\n'
-            + (("links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in links) + "]\n") if links else "")
-            + f'[herd.tls]\nca_file = "{pki}/ca.pem"\ncert_file = "{pki}/{{node}}.pem"\nkey_file = "{pki}/{{node}}.key"\n'
-            + extra)
-    return text + "".join(f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip(names, ports))
+    text = (
+        f'[herd]\nsecret = "{SECRET}"\nheartbeat_interval = 0.2\n'
+        + (("links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in links) + "]\n") if links else "")
+        + f'[herd.tls]\nca_file = "{pki}/ca.pem"\ncert_file = "{pki}/{{node}}.pem"\nkey_file = "{pki}/{{node}}.key"\n'
+        + extra
+    )
+    return text + "".join(f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip(names, ports, strict=False))
 
 
 class Inbox:

@@ -55,7 +55,13 @@ def _read_words(words_file: Path | None) -> tuple[list[str], str]:
 @main.command()
 @click.argument("words_file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-n", "--servers", default=5, show_default=True, type=click.IntRange(1, 1000), help="How many servers.")
-@click.option("--vnodes", default=160, show_default=True, type=click.IntRange(4, 4096), help="Ring points per server (a multiple of 4).")
+@click.option(
+    "--vnodes",
+    default=160,
+    show_default=True,
+    type=click.IntRange(4, 4096),
+    help="Ring points per server (a multiple of 4).",
+)
 def ring(words_file: Path | None, servers: int, vnodes: int):
     """Spread words over servers three ways and show which stays even.
 
@@ -65,7 +71,9 @@ def ring(words_file: Path | None, servers: int, vnodes: int):
     under MD5 modulo N, the ring and jump consistent hash.
     """
     if vnodes % 4:
-        raise click.BadParameter(f"{vnodes} is not a multiple of 4 (each MD5 digest gives 4 points)", param_hint="--vnodes")
+        raise click.BadParameter(
+            f"{vnodes} is not a multiple of 4 (each MD5 digest gives 4 points)", param_hint="--vnodes"
+        )
     words, source = _read_words(words_file)
     if not words:
         raise click.UsageError(f"{source} holds no words; give a text file with whitespace-separated words")
@@ -95,7 +103,7 @@ def ring(words_file: Path | None, servers: int, vnodes: int):
     new_name = f"server-{servers}"
     hring.add(new_name)
     moved_mod = sum(md5_shard(w, servers) != md5_shard(w, grown) for w in words)
-    moved_ring = sum(old != hring.lookup(w) for w, old in zip(words, schemes[f"ring ({vnodes} vnodes)"]))
+    moved_ring = sum(old != hring.lookup(w) for w, old in zip(words, schemes[f"ring ({vnodes} vnodes)"], strict=False))
     moved_jump = sum(jump_hash(k, servers) != jump_hash(k, grown) for k in map(_jump_key, words))
     click.echo(f"\nwords that move when {new_name} joins (ideal: 1/{grown} = {1 / grown:.1%}):")
     for label, moved in (("md5 % n", moved_mod), ("ring", moved_ring), ("jump hash", moved_jump)):
@@ -105,7 +113,10 @@ def ring(words_file: Path | None, servers: int, vnodes: int):
 # --- herdrt serve / status / tell / ask ------------------------------------------------------------
 
 _config_option = click.option(
-    "-c", "--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
     help="Herd file (TOML). Default: the bundled five-node herd (see `herdrt serve --print-config`).",
 )
 
@@ -131,16 +142,34 @@ def _setup_logging(level: str) -> None:
 @main.command()
 @_config_option
 @click.option("-n", "--node", "node_name", help="Run only this node of the herd, in this process.")
-@click.option("--app", "apps", multiple=True, metavar="MODULE:FUNCTION",
-              help="Call FUNCTION(node) on every node at start-up (spawn actors, register kinds). Repeatable.")
+@click.option(
+    "--app",
+    "apps",
+    multiple=True,
+    metavar="MODULE:FUNCTION",
+    help="Call FUNCTION(node) on every node at start-up (spawn actors, register kinds). Repeatable.",
+)
 @click.option("--print-config", is_flag=True, help="Print the bundled herd file and exit.")
-@click.option("--log-dir", type=click.Path(file_okay=False), default="logs", show_default=True,
-              help="Where applications write per-node traffic logs (the location proxy: DIR/<node>.log).")
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False),
+    default="logs",
+    show_default=True,
+    help="Where applications write per-node traffic logs (the location proxy: DIR/<node>.log).",
+)
 @click.option("--asyncio", "use_asyncio", is_flag=True, help="Run on stdlib asyncio instead of uvloop.")
-@click.option("--bridge-port", type=click.IntRange(1, 65535), metavar="PORT",
-              help="With --node: run that node's ZMQ bridge on PORT (overrides bridge_port in the herd file).")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option(
+    "--bridge-port",
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    help="With --node: run that node's ZMQ bridge on PORT (overrides bridge_port in the herd file).",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
 def serve(config_path, node_name, apps, print_config, log_dir, use_asyncio, bridge_port, log_level):
     """Run a herd.
 
@@ -165,8 +194,9 @@ def serve(config_path, node_name, apps, print_config, log_dir, use_asyncio, brid
         run_herd(config, config_path, list(apps), echo=click.echo)
         return
     if node_name not in config.nodes:
-        raise click.BadParameter(f"{node_name!r} is not a node of {config.source} (nodes: {', '.join(config.nodes)})",
-                                 param_hint="--node")
+        raise click.BadParameter(
+            f"{node_name!r} is not a node of {config.source} (nodes: {', '.join(config.nodes)})", param_hint="--node"
+        )
     if bridge_port is not None:
         from dataclasses import replace
 
@@ -217,13 +247,20 @@ def status(config_path, timeout, as_json):
     config = _config(config_path)
     answers = asyncio.run(_query_all(config, timeout))
     if as_json:
-        click.echo(json.dumps({n: (a if isinstance(a, dict) else {"error": str(a)}) for n, a in answers.items()},
-                              indent=2, default=str))
+        click.echo(
+            json.dumps(
+                {n: (a if isinstance(a, dict) else {"error": str(a)}) for n, a in answers.items()},
+                indent=2,
+                default=str,
+            )
+        )
         return
     up = {n: a for n, a in answers.items() if isinstance(a, dict)}
     click.echo(f"herd of {len(config.nodes)} nodes from {config.source}: {len(up)} answering\n")
     shares = next(iter(up.values()))["ring_share"] if up else {}
-    click.echo(f"{'node':<12}{'state':<8}{'links':<32}{'sees':<7}{'actors':>7}{'ring':>8}{'messages':>10}{'handler':>12}")
+    click.echo(
+        f"{'node':<12}{'state':<8}{'links':<32}{'sees':<7}{'actors':>7}{'ring':>8}{'messages':>10}{'handler':>12}"
+    )
     handler, wait = OnlineStats(), OnlineStats()
     messages = 0
     for name in config.nodes:
@@ -236,10 +273,14 @@ def status(config_path, timeout, as_json):
         handler.merge(OnlineStats.from_dict(total["handler_time"]))
         wait.merge(OnlineStats.from_dict(total["mailbox_wait"]))
         links = ", ".join(sorted(a["links"])) or "-"
-        click.echo(f"{name:<12}{'up':<8}{links:<32}{str(len(a['live'])) + '/' + str(len(a['nodes'])):<7}{a['actors']:>7}"
-                   f"{shares.get(name, 0):>8.1%}{total['messages']:>10,}{_ms(total['handler_time']):>12}")
-    click.echo(f"\nherd-wide: {messages:,} messages; handler time mean {_ms(handler.to_dict())}, "
-               f"max {handler.max * 1e3 if handler.count else 0:.3f} ms; mailbox wait mean {_ms(wait.to_dict())}")
+        click.echo(
+            f"{name:<12}{'up':<8}{links:<32}{str(len(a['live'])) + '/' + str(len(a['nodes'])):<7}{a['actors']:>7}"
+            f"{shares.get(name, 0):>8.1%}{total['messages']:>10,}{_ms(total['handler_time']):>12}"
+        )
+    click.echo(
+        f"\nherd-wide: {messages:,} messages; handler time mean {_ms(handler.to_dict())}, "
+        f"max {handler.max * 1e3 if handler.count else 0:.3f} ms; mailbox wait mean {_ms(wait.to_dict())}"
+    )
     if len(up) < len(config.nodes):
         sys.exit(1)
 
@@ -250,8 +291,9 @@ def _message(text):
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON ({exc}); quote it for the shell, e.g. '{{\"n\": 1}}' or '\"text\"'",
-                                 param_hint="MESSAGE") from None
+        raise click.BadParameter(
+            f"not valid JSON ({exc}); quote it for the shell, e.g. '{{\"n\": 1}}' or '\"text\"'", param_hint="MESSAGE"
+        ) from None
 
 
 async def _client_call(config, node, fn, timeout):
@@ -269,8 +311,9 @@ def _send(config_path, node, target, message, kind, timeout, asking):
 
     config = _config(config_path)
     if node not in config.nodes:
-        raise click.BadParameter(f"{node!r} is not a node of {config.source} (nodes: {', '.join(config.nodes)})",
-                                 param_hint="NODE")
+        raise click.BadParameter(
+            f"{node!r} is not a node of {config.source} (nodes: {', '.join(config.nodes)})", param_hint="NODE"
+        )
     payload = _message(message)
 
     async def call(client):
@@ -282,7 +325,7 @@ def _send(config_path, node, target, message, kind, timeout, asking):
 
     try:
         reply = asyncio.run(_client_call(config, node, call, timeout))
-    except (HerdError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, HerdError, OSError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     if asking:
         click.echo(json.dumps(reply, default=lambda b: b.hex() if isinstance(b, bytes) else str(b)))
@@ -323,8 +366,11 @@ def ask(node, target, message, kind, timeout, config_path):
 
 
 @main.command()
-@click.option("--secret-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the secret key to this new file (mode 0600) instead of printing it.")
+@click.option(
+    "--secret-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the secret key to this new file (mode 0600) instead of printing it.",
+)
 def keys(secret_file):
     """Make a CURVE key pair (z85) for the ZMQ bridge.
 
@@ -378,8 +424,10 @@ def certs(directory, nodes, days):
     paths = make_certificates(directory, nodes, days=days)
     for name, (cert, key) in paths.items():
         click.echo(f"{name:<12} {cert}  {key}")
-    click.echo(f'# [herd.tls]\n# ca_file = "{paths["ca"][0]}"\n# cert_file = "{directory}/{{node}}.pem"\n'
-               f'# key_file = "{directory}/{{node}}.key"')
+    click.echo(
+        f'# [herd.tls]\n# ca_file = "{paths["ca"][0]}"\n# cert_file = "{directory}/{{node}}.pem"\n'
+        f'# key_file = "{directory}/{{node}}.key"'
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

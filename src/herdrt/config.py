@@ -54,7 +54,18 @@ from pathlib import Path
 
 from .errors import HerdError
 
-__all__ = ["ConfigError", "NodeConfig", "BridgeConfig", "TlsConfig", "HerdConfig", "read_secret_file", "load_config", "loads_config", "parse_config", "bundled_config_text"]
+__all__ = [
+    "ConfigError",
+    "NodeConfig",
+    "BridgeConfig",
+    "TlsConfig",
+    "HerdConfig",
+    "read_secret_file",
+    "load_config",
+    "loads_config",
+    "parse_config",
+    "bundled_config_text",
+]
 
 OVERFLOW_POLICIES = ("block", "reject", "drop_oldest", "drop_newest")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -190,8 +201,12 @@ def read_secret_file(path: Path, source: str, key: str, allow_readable: bool = F
     except (OSError, UnicodeDecodeError) as exc:
         _fail(source, key, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
     if mode & (stat.S_IRWXG | stat.S_IRWXO) and not allow_readable:
-        _fail(source, key, f"{path} can be read by other users (mode {stat.S_IMODE(mode):04o}); "
-              f"run `chmod 600 {path}` (or set herd.allow_readable_secret_files = true)")
+        _fail(
+            source,
+            key,
+            f"{path} can be read by other users (mode {stat.S_IMODE(mode):04o}); "
+            f"run `chmod 600 {path}` (or set herd.allow_readable_secret_files = true)",
+        )
     return text
 
 
@@ -212,8 +227,11 @@ def _positive(herd: dict, key: str, kind, default, source: str):
 def _secret(herd: dict, source: str, base: Path | None, allow_readable: bool) -> bytes:
     given = [k for k in ("secret", "secret_file", "secret_env") if k in herd]
     if len(given) != 1:
-        _fail(source, "herd.secret", "give exactly one of secret, secret_file, secret_env"
-              + (f" (found {', '.join(given)})" if given else ""))
+        _fail(
+            source,
+            "herd.secret",
+            "give exactly one of secret, secret_file, secret_env" + (f" (found {', '.join(given)})" if given else ""),
+        )
     key = given[0]
     value = _get(herd, key, str, source, "herd.", secret=key == "secret")
     if key == "secret":
@@ -260,7 +278,11 @@ def _bridge(herd: dict, source: str, base: Path | None, allow_readable: bool) ->
     if path_value is None:
         for key in ("curve_public_key", "allowed_client_keys"):
             if key in table:
-                _fail(source, f"herd.bridge.{key}", "needs curve_secret_key_file (CURVE is off without the server's secret key)")
+                _fail(
+                    source,
+                    f"herd.bridge.{key}",
+                    "needs curve_secret_key_file (CURVE is off without the server's secret key)",
+                )
     else:
         path = Path(path_value).expanduser()
         if not path.is_absolute() and base is not None:
@@ -268,8 +290,12 @@ def _bridge(herd: dict, source: str, base: Path | None, allow_readable: bool) ->
         text = read_secret_file(path, source, "herd.bridge.curve_secret_key_file", allow_readable)
         # Either the bare z85 secret key, or a `secret_key = "..."` line (as `herdrt keys` prints).
         found = re.search(r'secret[_-]key\s*=\s*"([^"]*)"', text)
-        secret = _z85_key(found.group(1) if found else text.strip(), source,
-                          f"herd.bridge.curve_secret_key_file ({path})", secret=True)
+        secret = _z85_key(
+            found.group(1) if found else text.strip(),
+            source,
+            f"herd.bridge.curve_secret_key_file ({path})",
+            secret=True,
+        )
         import zmq  # only a herd with CURVE needs pyzmq to load its file
 
         try:
@@ -283,7 +309,11 @@ def _bridge(herd: dict, source: str, base: Path | None, allow_readable: bool) ->
                 _fail(source, "herd.bridge.curve_public_key", "does not match the secret key in curve_secret_key_file")
         keys = _get(table, "allowed_client_keys", list, source, "herd.bridge.", required=True)
         if not keys:
-            _fail(source, "herd.bridge.allowed_client_keys", "is empty: no service could connect; list their z85 public keys")
+            _fail(
+                source,
+                "herd.bridge.allowed_client_keys",
+                "is empty: no service could connect; list their z85 public keys",
+            )
         allowed = tuple(_z85_key(k, source, f"herd.bridge.allowed_client_keys[{i}]") for i, k in enumerate(keys))
     return BridgeConfig(float(evict_after), max_queued, secret, public, allowed)
 
@@ -323,9 +353,22 @@ def parse_config(data: dict, source: str = "<herd config>", base: Path | None = 
         if key not in known_top:
             _fail(source, key, f"unknown key (expected {', '.join(sorted(known_top))})")
     herd = _get(data, "herd", dict, source, "", default={})
-    known_herd = {"secret", "secret_file", "secret_env", "allow_readable_secret_files", "links", "heartbeat_interval",
-                  "failure_threshold", "max_frame_size", "max_clock_skew", "mailbox_size", "mailbox_overflow", "apps",
-                  "bridge", "tls"}
+    known_herd = {
+        "secret",
+        "secret_file",
+        "secret_env",
+        "allow_readable_secret_files",
+        "links",
+        "heartbeat_interval",
+        "failure_threshold",
+        "max_frame_size",
+        "max_clock_skew",
+        "mailbox_size",
+        "mailbox_overflow",
+        "apps",
+        "bridge",
+        "tls",
+    }
     for key in herd:
         if key not in known_herd:
             _fail(source, f"herd.{key}", f"unknown key (expected one of {', '.join(sorted(known_herd))})")
@@ -367,13 +410,13 @@ def parse_config(data: dict, source: str = "<herd config>", base: Path | None = 
     raw_links = _get(herd, "links", list, source, "herd.")
     if raw_links is None:
         names = list(nodes)
-        links = frozenset(frozenset((a, b)) for i, a in enumerate(names) for b in names[i + 1:])
+        links = frozenset(frozenset((a, b)) for i, a in enumerate(names) for b in names[i + 1 :])
     else:
         found = set()
         for i, pair in enumerate(raw_links):
             key = f"herd.links[{i}]"
             if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
-                _fail(source, key, f"must be a pair of node names like [\"A\", \"B\"], not {pair!r}")
+                _fail(source, key, f'must be a pair of node names like ["A", "B"], not {pair!r}')
             for p in pair:
                 if p not in nodes:
                     _fail(source, key, f"names unknown node {p!r} (nodes: {', '.join(nodes)})")
@@ -385,7 +428,7 @@ def parse_config(data: dict, source: str = "<herd config>", base: Path | None = 
     apps = _get(herd, "apps", list, source, "herd.", [])
     for i, spec in enumerate(apps):
         if not (isinstance(spec, str) and re.match(r"^[\w.]+:\w+$", spec)):
-            _fail(source, f"herd.apps[{i}]", f"must be \"MODULE:FUNCTION\", not {spec!r}")
+            _fail(source, f"herd.apps[{i}]", f'must be "MODULE:FUNCTION", not {spec!r}')
     overflow = _get(herd, "mailbox_overflow", str, source, "herd.", "reject")
     if overflow not in OVERFLOW_POLICIES:
         _fail(source, "herd.mailbox_overflow", f"must be one of {', '.join(OVERFLOW_POLICIES)}, not {overflow!r}")

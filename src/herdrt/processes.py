@@ -106,7 +106,9 @@ class ProcessSupervisor:
                 child.backoff = self.min_backoff
             else:
                 child.backoff = min(self.max_backoff, max(self.min_backoff, child.backoff * 2))
-            log.warning("%s exited with %s after %.1fs; restarting in %.1fs", child.name, _describe(code), up, child.backoff)
+            log.warning(
+                "%s exited with %s after %.1fs; restarting in %.1fs", child.name, _describe(code), up, child.backoff
+            )
             self._output(child.name, f"exited with {_describe(code)}; restarting in {child.backoff:.1f}s")
             await asyncio.sleep(child.backoff)
             if self._stopping:
@@ -124,7 +126,7 @@ class ProcessSupervisor:
         for child in running:
             try:
                 await asyncio.wait_for(child.process.wait(), max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("%s did not stop within %.1fs; killing it", child.name, self.grace)
                 _signal(child.process, signal.SIGKILL)
                 await child.process.wait()

@@ -27,8 +27,13 @@ class RateLog:
     keys are remembered (oldest forgotten first), so keys taken from the wire cannot grow memory.
     """
 
-    def __init__(self, logger: logging.Logger, interval: float = 5.0, max_keys: int = 1024,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 5.0,
+        max_keys: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.logger = logger
         self.interval = interval
         self.max_keys = max_keys
@@ -63,8 +68,10 @@ class RateLog:
     def flush(self) -> None:
         """Log the held-back count of every key whose interval is over (call it now and then)."""
         now = self._clock()
-        for key, entry in list(self._keys.items()):
+        for entry in list(self._keys.values()):
             last, held, level, msg, args = entry
             if held and now - last >= self.interval:
-                self.logger.log(level, "%d more like this in the last %.0f s; the last: " + msg, held, now - last, *args)
+                self.logger.log(
+                    level, "%d more like this in the last %.0f s; the last: " + msg, held, now - last, *args
+                )
                 entry[0], entry[1] = now, 0

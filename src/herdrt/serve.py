@@ -10,8 +10,9 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .config import ConfigError, HerdConfig, bundled_config_text, load_config, loads_config
 from .herd.node import HerdNode
@@ -47,7 +48,9 @@ def load_herd_config(path: str | os.PathLike | None, *, create_secret: bool = Fa
         return loads_config(bundled_config_text(), BUNDLED_SOURCE)
     except ConfigError as exc:
         if "secret_file" in str(exc):
-            raise ConfigError(f"{exc}\n  (the bundled herd's secret is made by `herdrt serve`; start it first)") from None
+            raise ConfigError(
+                f"{exc}\n  (the bundled herd's secret is made by `herdrt serve`; start it first)"
+            ) from None
         raise
 
 
@@ -93,7 +96,9 @@ def _stop_if_orphaned(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> N
     loop.call_later(1.0, check)
 
 
-async def serve_node(config: HerdConfig, name: str, apps: list[Callable] = (), *, ready: Callable[[HerdNode, Any], None] | None = None) -> None:
+async def serve_node(
+    config: HerdConfig, name: str, apps: list[Callable] = (), *, ready: Callable[[HerdNode, Any], None] | None = None
+) -> None:
     """Run node ``name`` of ``config`` until SIGINT or SIGTERM, then shut it down cleanly."""
     loop = asyncio.get_running_loop()
     stop = _stop_on_signals(loop)
@@ -154,22 +159,26 @@ async def _supervise(children: dict[str, list[str]]) -> None:
         print("herd stopped", file=sys.stderr, flush=True)
 
 
-def run_herd(config: HerdConfig, config_path: str | None, apps: list[str], *, echo: Callable[[str], None] = print) -> None:
+def run_herd(
+    config: HerdConfig, config_path: str | None, apps: list[str], *, echo: Callable[[str], None] = print
+) -> None:
     """Blocking: every node of ``config`` as its own supervised process (restarted if it dies)."""
     children = {name: node_command(name, config_path, apps) for name in config.nodes}
     echo(f"starting {len(children)} nodes from {config.source}; Ctrl-C stops them all\n")
     echo(f"{'node':<12}{'herd links':<22}{'app port':<10}{'bridge':<8}neighbors")
     for name, node in config.nodes.items():
-        echo(f"{name:<12}{node.host + ':' + str(node.port):<22}{node.app_port or '-':<10}{node.bridge_port or '-':<8}"
-             f"{', '.join(config.neighbors(name))}")
+        echo(
+            f"{name:<12}{node.host + ':' + str(node.port):<22}{node.app_port or '-':<10}{node.bridge_port or '-':<8}"
+            f"{', '.join(config.neighbors(name))}"
+        )
     cfg = f" --config {config_path}" if config_path else ""
     first = next(iter(config.nodes))
-    echo(f"\ntalk to it from another terminal:\n"
-         f"  herdrt status{cfg}\n"
-         f"  herdrt ask{cfg} {first} '$node' '\"ping\"'")
+    echo(f"\ntalk to it from another terminal:\n  herdrt status{cfg}\n  herdrt ask{cfg} {first} '$node' '\"ping\"'")
     app_node = next((n for n in config.nodes.values() if n.app_port), None)
     if app_node is not None and config.apps:
-        echo(f"  printf 'IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 %s\\n' \"$(date +%s.%N)\" "
-             f"| nc -q1 {app_node.host} {app_node.app_port}   # apps: {', '.join(config.apps)}")
+        echo(
+            f"  printf 'IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 %s\\n' \"$(date +%s.%N)\" "
+            f"| nc -q1 {app_node.host} {app_node.app_port}   # apps: {', '.join(config.apps)}"
+        )
     echo("")
     asyncio.run(_supervise(children))

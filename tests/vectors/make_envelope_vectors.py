@@ -20,8 +20,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "src"))
 
-from herdrt.herd import protocol as P  # noqa: E402
 from herdrt.core import encode_frame  # noqa: E402
+from herdrt.herd import protocol as P  # noqa: E402
 from herdrt.herd.handshake import LinkSession, transcript  # noqa: E402
 
 FORMAT = "herdrt-envelope-vectors/2"
@@ -88,7 +88,11 @@ def untag(t):
     if name == "int":
         return int(v)
     if name == "float":
-        return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}.get(v, v) if isinstance(v, str) else float(v)
+        return (
+            {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}.get(v, v)
+            if isinstance(v, str)
+            else float(v)
+        )
     if name == "str":
         return v
     if name == "bin":
@@ -134,26 +138,34 @@ def _session_cases():
         for sender, plain in RECORDS:
             sealer = sealers[sender]
             seq = sealer.seq
-            records.append({"sender": sender, "seq": seq, "plain_hex": plain.hex(), "record_hex": sealer.seal(plain).hex()})
+            records.append(
+                {"sender": sender, "seq": seq, "plain_hex": plain.hex(), "record_hex": sealer.seal(plain).hex()}
+            )
         big = bytes(i % 251 for i in range(BIG_RECORD))
         sealer = sealers["dialer"]
         seq = sealer.seq
-        cases.append({
-            "secret_hex": secret.hex(),
-            "version": version,
-            "dialer": dialer,
-            "dialer_nonce_hex": dnonce.hex(),
-            "acceptor": acceptor,
-            "acceptor_nonce_hex": anonce.hex(),
-            "transcript_hex": script.hex(),
-            "dialer_mac_hex": d.own_mac.hex(),
-            "acceptor_mac_hex": a.own_mac.hex(),
-            "dialer_key_hex": d.send_key.hex(),
-            "acceptor_key_hex": a.send_key.hex(),
-            "records": records,
-            "big_record": {"sender": "dialer", "seq": seq, "plain_len": BIG_RECORD,
-                           "sealed_sha256": hashlib.sha256(sealer.seal(big)).hexdigest()},
-        })
+        cases.append(
+            {
+                "secret_hex": secret.hex(),
+                "version": version,
+                "dialer": dialer,
+                "dialer_nonce_hex": dnonce.hex(),
+                "acceptor": acceptor,
+                "acceptor_nonce_hex": anonce.hex(),
+                "transcript_hex": script.hex(),
+                "dialer_mac_hex": d.own_mac.hex(),
+                "acceptor_mac_hex": a.own_mac.hex(),
+                "dialer_key_hex": d.send_key.hex(),
+                "acceptor_key_hex": a.send_key.hex(),
+                "records": records,
+                "big_record": {
+                    "sender": "dialer",
+                    "seq": seq,
+                    "plain_len": BIG_RECORD,
+                    "sealed_sha256": hashlib.sha256(sealer.seal(big)).hexdigest(),
+                },
+            }
+        )
     return cases
 
 
@@ -180,7 +192,28 @@ def _valid():
         ("node-tell", [P.TELL, "echo@Bona", b"\x01\x02", None]),
         ("node-tells", [P.TELLS, "Bona", "sink", [1, "two", None, [3.5, {"k": b"v"}]]]),
         ("node-ask", [P.ASK, 17, "svc", {"a": 1, "b": [1.5, True, False]}, 2.5]),
-        ("node-unknown-kind-ints", [42, -1, -32, -33, -128, -129, -32769, -(2**31) - 1, -(2**63), 127, 128, 255, 256, 65535, 65536, 2**32, 2**64 - 1]),
+        (
+            "node-unknown-kind-ints",
+            [
+                42,
+                -1,
+                -32,
+                -33,
+                -128,
+                -129,
+                -32769,
+                -(2**31) - 1,
+                -(2**63),
+                127,
+                128,
+                255,
+                256,
+                65535,
+                65536,
+                2**32,
+                2**64 - 1,
+            ],
+        ),
         ("node-kind-uint8", [200, "x" * 31, "y" * 32, b"", b"z" * 256, [], {}]),
         ("map-not-envelope", {"k": "tell", "n": 1}),
         ("nested", [7, [[[[]]]], {"m": {"bin-key": b"v"}}, "é" * 40]),

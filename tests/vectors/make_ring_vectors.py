@@ -117,9 +117,7 @@ def build() -> dict:
     jump_keys = [0, 1, 2, 255, 1 << 32, (1 << 63) - 1, 1 << 63, (1 << 64) - 1, *(rng.getrandbits(64) for _ in range(6))]
     jump_ns = [1, 2, 3, 10, 1000, 65536, (1 << 31) - 1, (1 << 32) - 1]
     jump_hash = [
-        {"key": str(key), "n": str(n), "bucket": str(_pure.jump_hash(key, n))}
-        for key in jump_keys
-        for n in jump_ns
+        {"key": str(key), "n": str(n), "bucket": str(_pure.jump_hash(key, n))} for key in jump_keys for n in jump_ns
     ]
     return {
         "format": FORMAT,
@@ -129,7 +127,9 @@ def build() -> dict:
         ),
         "conventions": {
             "key": "an object with one field: 'str' (hash its UTF-8 bytes) or 'hex' (the raw bytes, hex-encoded)",
-            "integers": "md5_shard n/shard and jump_hash key/n/bucket are decimal strings; points are JSON numbers (u32)",
+            "integers": (
+                "md5_shard n/shard and jump_hash key/n/bucket are decimal strings; points are JSON numbers (u32)"
+            ),
             "weights": "every node's integer weight, given explicitly (1 unless stated)",
             "points_head": f"the first {HEAD} entries of the sorted continuum (after the tie rule) as {{point, node}}",
             "points_sha256": "SHA-256 hex of the whole continuum as UTF-8 text, one line '<point> <node>\\n' per point",

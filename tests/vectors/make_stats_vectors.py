@@ -138,8 +138,7 @@ def _sets():
         "one-to-ten": [float(i) for i in range(1, 11)],
         "uniform": [rnd.uniform(0.0, 1000.0) for _ in range(400)],
         "lognormal-latency": [rnd.lognormvariate(-6.0, 1.2) for _ in range(600)],
-        "signed-with-zeros": [rnd.gauss(0.0, 50.0) for _ in range(300)]
-        + [0.0, -0.0, 0.0, 5e-324, -1e-310, 1.0, -1.0],
+        "signed-with-zeros": [rnd.gauss(0.0, 50.0) for _ in range(300)] + [0.0, -0.0, 0.0, 5e-324, -1e-310, 1.0, -1.0],
         "non-finite": [1.0, math.nan, 2.0, math.inf, -math.inf, 3.0, math.nan],
         "near-1e9": [1e9 + rnd.gauss(0.0, 1.0) for _ in range(1000)],
         "wide-range": [rnd.choice((-1, 1)) * math.exp(rnd.uniform(-200.0, 200.0)) for _ in range(400)],

@@ -44,11 +44,11 @@ import msgpack
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from ..herd import protocol as P
-from ..runtime.actor import Actor, Deferred
-from ..herd.backpressure import Backpressure
 from ..errors import FrameTooLarge, HerdError, MailboxFull, NodeUnavailable
+from ..herd import protocol as P
+from ..herd.backpressure import Backpressure
 from ..ratelog import RateLog
+from ..runtime.actor import Actor, Deferred
 
 if TYPE_CHECKING:
     from ..herd.node import HerdNode
@@ -90,8 +90,9 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _SRCFD = int(zmq.SRCFD)
 _DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
-_HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                        | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_HANDSHAKE_FAILED = int(
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 _DRAIN_BUDGET = 4096  # tells/asks handled per loop turn before the loop gets control back
 _RETRY_DELAY = 0.005  # seconds between attempts to flush outboxes ZeroMQ pushed back on
@@ -135,9 +136,26 @@ def _names(value, what: str) -> list[str]:
 class _Service:
     """One service known to the bridge: its connection (if live), names and asks in flight."""
 
-    __slots__ = ("name", "identity", "fd", "names", "live", "last_heard", "last_beat", "beat_seq", "pending",
-                 "outbox", "overflowing", "messages_in", "messages_out", "since", "tell_name", "tell_bodies",
-                 "tell_size", "respond")
+    __slots__ = (
+        "name",
+        "identity",
+        "fd",
+        "names",
+        "live",
+        "last_heard",
+        "last_beat",
+        "beat_seq",
+        "pending",
+        "outbox",
+        "overflowing",
+        "messages_in",
+        "messages_out",
+        "since",
+        "tell_name",
+        "tell_bodies",
+        "tell_size",
+        "respond",
+    )
 
     def __init__(self, name: str):
         self.name = name
@@ -200,13 +218,36 @@ class Bridge:
         self.evict_after = self.settings.evict_after
         self.endpoint = ""
         self.counters = {
-            "messages_in": 0, "messages_out": 0, "bytes_in": 0, "bytes_out": 0,
-            "hellos": 0, "welcomed": 0, "refused": 0, "evictions": 0, "byes": 0,
-            "tells_from_services": 0, "asks_from_services": 0, "tells_to_services": 0, "asks_to_services": 0,
-            "replies_from_services": 0, "stray_replies": 0, "dropped_tells": 0, "failed_asks": 0,
-            "errors_sent": 0, "malformed": 0, "dropped_unknown": 0, "outbox_overflows": 0, "unroutable": 0,
-            "curve_denied": 0, "handler_errors": 0, "undelivered_tells": 0, "tells_batches_to_services": 0, "throttled": 0,
-            "handshakes_failed": 0, "disconnects": 0, "own_ids_refused": 0,
+            "messages_in": 0,
+            "messages_out": 0,
+            "bytes_in": 0,
+            "bytes_out": 0,
+            "hellos": 0,
+            "welcomed": 0,
+            "refused": 0,
+            "evictions": 0,
+            "byes": 0,
+            "tells_from_services": 0,
+            "asks_from_services": 0,
+            "tells_to_services": 0,
+            "asks_to_services": 0,
+            "replies_from_services": 0,
+            "stray_replies": 0,
+            "dropped_tells": 0,
+            "failed_asks": 0,
+            "errors_sent": 0,
+            "malformed": 0,
+            "dropped_unknown": 0,
+            "outbox_overflows": 0,
+            "unroutable": 0,
+            "curve_denied": 0,
+            "handler_errors": 0,
+            "undelivered_tells": 0,
+            "tells_batches_to_services": 0,
+            "throttled": 0,
+            "handshakes_failed": 0,
+            "disconnects": 0,
+            "own_ids_refused": 0,
         }
         self._services: dict[str, _Service] = {}
         self._by_identity: dict[bytes, _Service] = {}
@@ -394,19 +435,30 @@ class Bridge:
                 svc = self._by_fd.get(value)
                 if svc is not None and svc.live:
                     self.counters["disconnects"] += 1
-                    log.info("%s: service %s disconnected without BYE; its names %s are unavailable until it "
-                             "says SERVICE_HELLO again", self.node.name, svc.name, ", ".join(sorted(svc.names)) or "(none)")
+                    log.info(
+                        "%s: service %s disconnected without BYE; its names %s are unavailable until it "
+                        "says SERVICE_HELLO again",
+                        self.node.name,
+                        svc.name,
+                        ", ".join(sorted(svc.names)) or "(none)",
+                    )
                     self._disconnect(svc, "its connection closed")
             elif kind & _HANDSHAKE_FAILED:
                 c = self.counters
                 c["handshakes_failed"] += 1
                 if self.settings.curve:
                     c["curve_denied"] += 1
-                why = {int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): f"client key {self.last_denied_key!r} not allowed",
-                       int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "a protocol or cryptographic error (wrong server key?)",
-                       }.get(kind, "a peer speaking another security mechanism (no CURVE?)")
-                self.ratelog.warning(("handshake", kind), "%s: bridge refused a ZeroMQ handshake from %s: %s",
-                                     self.node.name, event.get("endpoint", b"?").decode("utf-8", "replace"), why)
+                why = {
+                    int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): f"client key {self.last_denied_key!r} not allowed",
+                    int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "a protocol or cryptographic error (wrong server key?)",
+                }.get(kind, "a peer speaking another security mechanism (no CURVE?)")
+                self.ratelog.warning(
+                    ("handshake", kind),
+                    "%s: bridge refused a ZeroMQ handshake from %s: %s",
+                    self.node.name,
+                    event.get("endpoint", b"?").decode("utf-8", "replace"),
+                    why,
+                )
 
     def _handle(self, frames: list[bytes]) -> None:
         c = self.counters
@@ -483,8 +535,11 @@ class Bridge:
         try:
             if not _assigned_id(identity):
                 c["own_ids_refused"] += 1
-                raise _Refused(P.E_PROTOCOL, "this connection chose its own ZeroMQ routing id: leave ZMQ_ROUTING_ID "
-                               "unset, the node assigns ids (so no one can claim a service's id once it left)")
+                raise _Refused(
+                    P.E_PROTOCOL,
+                    "this connection chose its own ZeroMQ routing id: leave ZMQ_ROUTING_ID "
+                    "unset, the node assigns ids (so no one can claim a service's id once it left)",
+                )
             service, names = self._check_hello(env)
         except _Refused:
             c["refused"] += 1
@@ -526,7 +581,9 @@ class Bridge:
         if version.__class__ is not int:
             raise _Refused(P.E_PROTOCOL, "SERVICE_HELLO version must be an integer")
         if version != P.PROTOCOL_VERSION:
-            raise _Refused(P.E_VERSION, f"this node speaks protocol version {P.PROTOCOL_VERSION}, the service {version}")
+            raise _Refused(
+                P.E_VERSION, f"this node speaks protocol version {P.PROTOCOL_VERSION}, the service {version}"
+            )
         if service.__class__ is not str or not 0 < len(service) <= _MAX_NAME:
             raise _Refused(P.E_PROTOCOL, f"SERVICE_HELLO service must be a string of 1-{_MAX_NAME} characters")
         names = _names(names, "SERVICE_HELLO")
@@ -621,8 +678,13 @@ class Bridge:
 
     def _evict(self, svc: _Service, reason: str) -> None:
         self.counters["evictions"] += 1
-        log.warning("%s: service %s evicted: %s; its names %s are unavailable until it says SERVICE_HELLO again",
-                    self.node.name, svc.name, reason, ", ".join(sorted(svc.names)) or "(none)")
+        log.warning(
+            "%s: service %s evicted: %s; its names %s are unavailable until it says SERVICE_HELLO again",
+            self.node.name,
+            svc.name,
+            reason,
+            ", ".join(sorted(svc.names)) or "(none)",
+        )
         identity = svc.identity
         self._disconnect(svc, f"evicted: {reason}")
         if identity is not None:
@@ -666,7 +728,7 @@ class Bridge:
             return (target if dest == me else None), f"{target}@{dest}"
         if target.__class__ is list and len(target) == 2 and all(t.__class__ is str for t in target):
             return None, target
-        raise _Refused(P.E_PROTOCOL, "target must be \"name\", \"name@node\" or [kind, key]", corr)
+        raise _Refused(P.E_PROTOCOL, 'target must be "name", "name@node" or [kind, key]', corr)
 
     def _from_service(self, svc: _Service, env: list) -> None:
         kind = env[0]
@@ -722,7 +784,9 @@ class Bridge:
             self._tell_failed(svc, path, exc, n)
             return
         if lost:
-            self._tell_failed(svc, path, MailboxFull(f"{lost} of {n} tells found the mailbox full or the actor stopped"), lost)
+            self._tell_failed(
+                svc, path, MailboxFull(f"{lost} of {n} tells found the mailbox full or the actor stopped"), lost
+            )
         self._check_backlog(local)
 
     def _check_backlog(self, name: str) -> None:
@@ -730,7 +794,11 @@ class Bridge:
         :mod:`herdrt.herd.backpressure`): ZeroMQ then pushes back on the services (their high-water
         marks), as a paused herd link pushes back on its peer."""
         mailbox = self.node.mailbox(name)
-        if mailbox is not None and not self._paused and self._backpressure.check(self, mailbox, self._pause, self._resume):
+        if (
+            mailbox is not None
+            and not self._paused
+            and self._backpressure.check(self, mailbox, self._pause, self._resume)
+        ):
             self.counters["throttled"] += 1
 
     def _pause(self) -> None:
@@ -750,8 +818,15 @@ class Bridge:
 
     def _tell_failed(self, svc: _Service, path, exc: HerdError, n: int) -> None:
         self.counters["undelivered_tells"] += n
-        self.ratelog.info(("tell failed", svc.name), "%s: %s's tell to %.80s failed (%d so far): %s",
-                          self.node.name, svc.name, path, self.counters["undelivered_tells"], exc)
+        self.ratelog.info(
+            ("tell failed", svc.name),
+            "%s: %s's tell to %.80s failed (%d so far): %s",
+            self.node.name,
+            svc.name,
+            path,
+            self.counters["undelivered_tells"],
+            exc,
+        )
 
     def _responder(self, svc: _Service):
         def respond(corr: int, ok: bool, value: Any) -> None:
@@ -815,7 +890,9 @@ class Bridge:
         size = len(body)
         overhead = 16 + len(self._me_packed) + 4 * len(name)  # array headers, kind, node, name (UTF-8)
         if size + overhead > self.max_frame_size:
-            raise FrameTooLarge(f"a tell of {size} bytes for service {svc.name} is over max_frame_size {self.max_frame_size}")
+            raise FrameTooLarge(
+                f"a tell of {size} bytes for service {svc.name} is over max_frame_size {self.max_frame_size}"
+            )
         if svc.tell_bodies and (svc.tell_name != name or svc.tell_size + size + overhead > self.max_frame_size):
             self._flush_tells(svc)
         if not svc.tell_bodies:
@@ -845,7 +922,9 @@ class Bridge:
         if not svc.live:
             c["dropped_tells"] += n
             return
-        head = self._pack_array_header(4) + (b"\x02" if n == 1 else b"\x0f") + self._me_packed + self._pack(svc.tell_name)
+        head = (
+            self._pack_array_header(4) + (b"\x02" if n == 1 else b"\x0f") + self._me_packed + self._pack(svc.tell_name)
+        )
         if n == 1:
             data = head + bodies[0]
         else:
@@ -863,7 +942,9 @@ class Bridge:
         ``max_frame_size``. Tells held for ``svc`` go first (message order is FIFO)."""
         body = self._pack(env)
         if len(body) > self.max_frame_size:
-            raise FrameTooLarge(f"a message of {len(body)} bytes for service {svc.name} is over max_frame_size {self.max_frame_size}")
+            raise FrameTooLarge(
+                f"a message of {len(body)} bytes for service {svc.name} is over max_frame_size {self.max_frame_size}"
+            )
         if svc.tell_bodies:
             self._flush_tells(svc)
         return self._send_bytes(svc, body)
@@ -889,8 +970,12 @@ class Bridge:
             self.counters["outbox_overflows"] += 1
             if not svc.overflowing:
                 svc.overflowing = True
-                log.warning("%s: bridge outbox to service %s is full (%d): refusing messages until it drains",
-                            self.node.name, svc.name, len(outbox))
+                log.warning(
+                    "%s: bridge outbox to service %s is full (%d): refusing messages until it drains",
+                    self.node.name,
+                    svc.name,
+                    len(outbox),
+                )
             return False
         outbox.append(body)
         if svc not in self._backlog:

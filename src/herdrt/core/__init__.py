@@ -16,7 +16,6 @@ import os
 import warnings
 
 from ..errors import CompiledCoreMissing, EmptyRingError, FrameError, FrameTooLarge
-
 from ._api import PUBLIC_NAMES  # the one list of the core's names (both implementations)
 
 

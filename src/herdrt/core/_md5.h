@@ -41,14 +41,6 @@ static inline uint32_t herd_load_le32(const unsigned char *p)
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
-static inline void herd_store_le32(unsigned char *p, uint32_t v)
-{
-    p[0] = (unsigned char)v;
-    p[1] = (unsigned char)(v >> 8);
-    p[2] = (unsigned char)(v >> 16);
-    p[3] = (unsigned char)(v >> 24);
-}
-
 /* Process one 64-byte block into the state (RFC 1321 section 3.4, step 4). */
 static inline void herd_md5_block(uint32_t st[4], const unsigned char *block)
 {
@@ -171,16 +163,6 @@ static inline void herd_md5(const void *data, size_t len, uint32_t out[4])
     herd_md5_block(out, tail);
     if (padded == 128)
         herd_md5_block(out, tail + 64);
-}
-
-/* The 16 digest bytes, as hashlib.md5(...).digest() gives them. */
-static inline void herd_md5_digest(const void *data, size_t len, unsigned char digest[16])
-{
-    uint32_t w[4];
-    int k;
-    herd_md5(data, len, w);
-    for (k = 0; k < 4; k++)
-        herd_store_le32(digest + 4 * k, w[k]);
 }
 
 static inline uint32_t herd_bswap32(uint32_t v)

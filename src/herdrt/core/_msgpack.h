@@ -61,9 +61,10 @@ static inline void hfr_store64(unsigned char *p, uint64_t v) {
 }
 
 /* ------------------------------------------------------------------------------------------- */
-/* Short-string cache: envelope keys ("k", "to", "id", "body" ...) repeat in every message, so  */
-/* a map key whose bytes match a cached entry reuses that str (and its cached hash) instead of  */
-/* decoding and allocating a new one. Direct-mapped, replace on miss; owned by one decoder.     */
+/* Short-string cache: the map keys of an application's messages (a record's "client", "time" */
+/* ...) repeat from message to message, so a key whose bytes match a cached entry reuses that */
+/* str (and its cached hash) instead of decoding and allocating a new one. (Envelopes are      */
+/* arrays since protocol 2; this pays off on dict bodies.) Direct-mapped, replace on miss.     */
 /* ------------------------------------------------------------------------------------------- */
 
 #define HFR_KC_SLOTS 256 /* power of two */
@@ -251,7 +252,7 @@ static PyObject *hfr_read_map(hfr_reader *r, size_t n, int depth) {
         return NULL;
     }
 #if PY_VERSION_HEX < 0x030D0000
-    PyObject *dict = n > 5 ? _PyDict_NewPresized((Py_ssize_t)n) : PyDict_New();
+    PyObject *dict = PyDict_New();
 #else
     PyObject *dict = PyDict_New();
 #endif

@@ -19,7 +19,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import EmptyRingError, FrameError, FrameTooLarge, RecordError
-
 from ._api import PUBLIC_NAMES
 
 __all__ = list(PUBLIC_NAMES)
@@ -134,9 +133,7 @@ class FrameDecoder:
         while end_of_data - pos >= 4:
             (length,) = _HEADER.unpack_from(buf, pos)
             if length > self._max:
-                self._fail(
-                    FrameTooLarge(f"frame length {length} is over the limit of {self._max} bytes"), out
-                )
+                self._fail(FrameTooLarge(f"frame length {length} is over the limit of {self._max} bytes"), out)
             end = pos + 4 + length
             if end > end_of_data:
                 break
@@ -239,7 +236,7 @@ class HashRing:
         points = []
         for node, weight in self._weights.items():
             for i in range(per_node * n * weight // total):
-                digest = hashlib.md5(f"{node}-{i}".encode("utf-8")).digest()
+                digest = hashlib.md5(f"{node}-{i}".encode()).digest()
                 for k in range(0, 16, 4):
                     points.append((int.from_bytes(digest[k : k + 4], "little"), node.encode("utf-8"), node))
         points.sort()
@@ -316,7 +313,7 @@ class HashRing:
 
     def points(self) -> list[tuple[int, str]]:
         """The whole continuum as sorted ``(point, node)`` pairs (for inspection and test vectors)."""
-        return list(zip(self._points, self._owners))
+        return list(zip(self._points, self._owners, strict=False))
 
     def __len__(self) -> int:
         return len(self._weights)
@@ -736,7 +733,7 @@ class RecordSealer:
             self.seq = seq + 1
             return header + self._encrypt(seq.to_bytes(12, "big"), data, header)
         view = memoryview(data)
-        return b"".join(self.seal(view[i:i + RECORD_MAX]) for i in range(0, n, RECORD_MAX))
+        return b"".join(self.seal(view[i : i + RECORD_MAX]) for i in range(0, n, RECORD_MAX))
 
 
 class RecordOpener:
@@ -793,11 +790,11 @@ class RecordOpener:
         view = memoryview(buf)
         try:
             while len(buf) - pos >= _REC_HEADER:
-                n = self._length(view[pos:pos + _REC_HEADER])
+                n = self._length(view[pos : pos + _REC_HEADER])
                 end = pos + _REC_HEADER + n
                 if end > len(buf):
                     break
-                out.append(self._open(view[pos:pos + _REC_HEADER], view[pos + _REC_HEADER:end]))
+                out.append(self._open(view[pos : pos + _REC_HEADER], view[pos + _REC_HEADER : end]))
                 pos = end
         except RecordError as exc:
             exc.plain = b"".join(out)

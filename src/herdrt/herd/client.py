@@ -13,9 +13,9 @@ import os
 import socket
 from typing import Any
 
-from . import protocol as P
 from ..config import HerdConfig
 from ..errors import ActorNotFound, ActorStopped, AskTimeout, MailboxFull, NodeUnavailable, RemoteError
+from . import protocol as P
 from .links import Link, LinkClosed, LinkSettings, connect
 
 __all__ = ["HerdClient", "parse_target"]
@@ -38,7 +38,9 @@ class HerdClient:
     ``async with HerdClient(config, "Bona") as c: await c.ask("echo@Clark", {"hi": 1})``.
     """
 
-    def __init__(self, config: HerdConfig, node: str, *, address: tuple[str, int] | None = None, name: str | None = None):
+    def __init__(
+        self, config: HerdConfig, node: str, *, address: tuple[str, int] | None = None, name: str | None = None
+    ):
         self.config = config
         self.node = node
         self.address = address or config.node(node).address
@@ -49,8 +51,9 @@ class HerdClient:
         self._corr = itertools.count(1)
 
     async def connect(self, timeout: float = 5.0) -> HerdClient:
-        settings = LinkSettings.from_config(self.config, self.name, known_nodes=frozenset([self.node]),
-                                            handshake_timeout=timeout)
+        settings = LinkSettings.from_config(
+            self.config, self.name, known_nodes=frozenset([self.node]), handshake_timeout=timeout
+        )
         host, port = self.address
         self._link = await asyncio.wait_for(
             connect(host, port, settings, self._on_envelopes, peer=self.node, on_link_down=self._down), timeout
@@ -119,7 +122,7 @@ class HerdClient:
         self._link.send([*env, self.name, corr], True)
         try:
             return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AskTimeout(f"no reply from {target} via {self.node} within {timeout:g}s") from None
         finally:
             self._pending.pop(corr, None)

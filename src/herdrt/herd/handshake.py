@@ -99,5 +99,3 @@ class LinkSession:
     def opener(self) -> RecordOpener:
         """Opens what the peer sends (the core's :class:`RecordOpener`)."""
         return RecordOpener(self.recv_key)
-
-

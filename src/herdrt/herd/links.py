@@ -11,10 +11,11 @@ Three layers, each usable alone:
   tells to one target into one TELLS envelope, and no frame over the peer's limit is ever
   written. A request someone waits on (``send(env, urgent=True)``: asks, replies) is written at
   once when the link is idle, and what follows it in that turn is coalesced as usual: a round
-  trip saves a loop turn, a burst still costs one write per turn beyond the first. Incoming frames are decoded by the core's
-  ``FrameDecoder`` and handed up in batches: ``on_envelopes(link, envelopes)`` gets a list of the
-  node-layer envelopes decoded from one read, in arrival order (one call per batch measured ~90 ns
-  per envelope cheaper than one call per envelope; see bench/bench_links.py). The list is the
+  trip saves a loop turn, a burst still costs one write per turn beyond the first. Incoming
+  frames are decoded by the core's ``FrameDecoder`` and handed up in batches:
+  ``on_envelopes(link, envelopes)`` gets a list of the node-layer envelopes decoded from one read,
+  in arrival order (one call per batch measured ~90 ns per envelope cheaper than one call per
+  envelope; see bench/bench_links.py). The list is the
   receiver's to keep. The callback must be quick and should not raise (if it does, the error is
   logged and counted, and the rest of that batch is lost). Link-level kinds (HEARTBEAT, BYE, ERROR
   without a correlation id) are consumed by the link and never handed up.
@@ -41,13 +42,13 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from . import protocol as P
 from ..config import HerdConfig
 from ..core import FrameDecoder, OnlineStats, encode_frames
 from ..errors import FrameError, FrameTooLarge, HerdError
+from . import protocol as P
 from .handshake import LinkSession, RecordError, transcript
 from .tls import client_context, misnamed, server_context
 
@@ -134,8 +135,10 @@ class LinkSettings:
             config.node(name)
         tls = {}
         if config.tls is not None:
-            tls = {"ssl_client": client_context(config.tls, None if client else name),
-                   "check_cert_names": config.tls.check_names}
+            tls = {
+                "ssl_client": client_context(config.tls, None if client else name),
+                "check_cert_names": config.tls.check_names,
+            }
             if not client:
                 tls["ssl_server"] = server_context(config.tls, name)
         base = cls(
@@ -597,7 +600,9 @@ class Link(asyncio.Protocol):
             elif kind in (P.HELLO, P.AUTH):
                 raise P.ProtocolError(f"{P.kind_name(kind)} after the handshake")
             else:
-                raise P.ProtocolError(f"an envelope must be an array starting with an integer kind, got {P.describe(env)}")
+                raise P.ProtocolError(
+                    f"an envelope must be an array starting with an integer kind, got {P.describe(env)}"
+                )
         except P.ProtocolError as exc:
             self._fail(exc.code, f"from {self.peer}: {exc}")
 
@@ -677,20 +682,11 @@ class Link(asyncio.Protocol):
         if not n and not self._paused and not self._reading:
             self._schedule_flush()
 
-    def send_many(self, envelopes: Iterable) -> None:
-        """Queue several envelopes; all or none (raises :class:`LinkOverflow` if they do not all fit)."""
-        envelopes = list(envelopes)
-        q = self._queue
-        if len(q) + self._extra + len(envelopes) > self._limit:
-            self._cannot_send()
-        was_empty = not q
-        q.extend(envelopes)
-        if was_empty and q and not self._paused and not self._reading:
-            self._schedule_flush()
-
     def _cannot_send(self):
         if self.state is not _UP:
-            raise LinkClosed(f"link {self._desc()} is {self.state}" + (f": {self.close_reason}" if self.close_reason else ""))
+            raise LinkClosed(
+                f"link {self._desc()} is {self.state}" + (f": {self.close_reason}" if self.close_reason else "")
+            )
         self.overflows += 1
         raise LinkOverflow(
             f"link {self._desc()}: {self.queued} messages already queued (max_queued="
@@ -892,8 +888,13 @@ class LinkServer:
         """Start listening (port 0 picks a free port; see :attr:`address`)."""
         loop = asyncio.get_running_loop()
         s = self.settings
-        self._server = await loop.create_server(self._make_link, host, port, ssl=s.ssl_server,
-                                                ssl_handshake_timeout=s.handshake_timeout if s.ssl_server else None)
+        self._server = await loop.create_server(
+            self._make_link,
+            host,
+            port,
+            ssl=s.ssl_server,
+            ssl_handshake_timeout=s.handshake_timeout if s.ssl_server else None,
+        )
         log.info("%s listening for links on %s:%s", self.settings.name, *self.address)
         return self
 
@@ -904,8 +905,12 @@ class LinkServer:
 
     def _make_link(self) -> Link:
         link = Link(
-            self.settings, self._on_envelopes, outbound=False,
-            admit=self._admit, on_up=self._on_link_up, on_down=self._link_closed,
+            self.settings,
+            self._on_envelopes,
+            outbound=False,
+            admit=self._admit,
+            on_up=self._on_link_up,
+            on_down=self._link_closed,
         )
         self.links.add(link)
         return link
@@ -952,7 +957,9 @@ async def _open(link: Link, host: str, port: int, own: bool) -> Link:
         raise
     except TimeoutError:
         link.abort("handshake timed out")
-        raise LinkRefused(P.E_TIMEOUT, f"no link to {host}:{port} within {link._settings.handshake_timeout} s", link.peer) from None
+        raise LinkRefused(
+            P.E_TIMEOUT, f"no link to {host}:{port} within {link._settings.handshake_timeout} s", link.peer
+        ) from None
     except BaseException:
         if link.transport is None:
             link.state = _CLOSED
@@ -1036,7 +1043,10 @@ class LinkManager:
     async def start(self, dial: bool = True) -> LinkManager:
         """Listen, and (unless ``dial`` is false) start keeping a link to every neighbor."""
         self._server = LinkServer(
-            self.settings, self._on_envelopes, admit=self._admit, on_link_up=self._link_up,
+            self.settings,
+            self._on_envelopes,
+            admit=self._admit,
+            on_link_up=self._link_up,
         )
         self._server._closed_hook = self._link_closed
         await self._server.start(*self._listen)
@@ -1056,10 +1066,6 @@ class LinkManager:
     def address(self) -> tuple[str, int]:
         """Where this node listens for links."""
         return self._server.address
-
-    def set_address(self, peer: str, host: str, port: int) -> None:
-        """Dial ``peer`` at another address from the next attempt on."""
-        self._addresses[peer] = (host, port)
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -1177,8 +1183,13 @@ class LinkManager:
                     continue
             host, port = self._addresses[peer]
             link = Link(
-                self.settings, self._on_envelopes, outbound=True, peer=peer,
-                admit=self._admit, on_up=self._link_up, on_down=self._link_closed,
+                self.settings,
+                self._on_envelopes,
+                outbound=True,
+                peer=peer,
+                admit=self._admit,
+                on_up=self._link_up,
+                on_down=self._link_closed,
             )
             live.add(link)
             try:
@@ -1188,14 +1199,27 @@ class LinkManager:
                 attempt += 1
                 self.dial_failures += 1
                 if exc.code != P.E_DUPLICATE:
-                    log.log(logging.WARNING if attempt == 1 else logging.DEBUG,
-                            "%s: link to %s refused (%s): %s; retrying", self.name, peer, exc.code, exc.reason)
+                    log.log(
+                        logging.WARNING if attempt == 1 else logging.DEBUG,
+                        "%s: link to %s refused (%s): %s; retrying",
+                        self.name,
+                        peer,
+                        exc.code,
+                        exc.reason,
+                    )
             except OSError as exc:
                 live.discard(link)
                 attempt += 1
                 self.dial_failures += 1
-                log.log(logging.INFO if attempt == 1 else logging.DEBUG,
-                        "%s: cannot reach %s at %s:%s (%s); retrying with backoff", self.name, peer, host, port, exc)
+                log.log(
+                    logging.INFO if attempt == 1 else logging.DEBUG,
+                    "%s: cannot reach %s at %s:%s (%s); retrying with backoff",
+                    self.name,
+                    peer,
+                    host,
+                    port,
+                    exc,
+                )
             else:
                 attempt = 0
             self._notify(peer)

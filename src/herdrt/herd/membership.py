@@ -38,8 +38,13 @@ class PhiAccrualDetector:
 
     __slots__ = ("threshold", "min_std", "acceptable_pause", "_stats", "_last")
 
-    def __init__(self, interval: float, threshold: float = 8.0, min_std: float | None = None,
-                 acceptable_pause: float | None = None):
+    def __init__(
+        self,
+        interval: float,
+        threshold: float = 8.0,
+        min_std: float | None = None,
+        acceptable_pause: float | None = None,
+    ):
         if interval <= 0:
             raise ValueError(f"heartbeat interval must be positive, not {interval}")
         self.threshold = threshold
@@ -189,8 +194,9 @@ class ReportRefused(ValueError):
 _MAX_SEQ = (1 << 63) - 1
 
 
-def check_report(env, neighbors: Mapping[str, frozenset[str]], max_skew: float,
-                 now_ns: Callable[[], int] = time.time_ns) -> tuple[str, int, int, list[str]]:
+def check_report(
+    env, neighbors: Mapping[str, frozenset[str]], max_skew: float, now_ns: Callable[[], int] = time.time_ns
+) -> tuple[str, int, int, list[str]]:
     """``(origin, incarnation, seq, live_neighbors)`` of a MEMBERSHIP envelope, if a real node
     could have sent it: ``origin`` is a node of the herd (``neighbors`` maps each node to its
     configured neighbors); ``incarnation`` (its start time in ns) is positive and not more than
@@ -207,8 +213,10 @@ def check_report(env, neighbors: Mapping[str, frozenset[str]], max_skew: float,
             raise ReportRefused(f"{name} must be a positive int64, not {value!r:.40}")
     ahead = (incarnation - now_ns()) / 1e9
     if ahead > max_skew:
-        raise ReportRefused(f"incarnation of {origin} is {ahead:.1f} s ahead of this clock "
-                            f"(max_clock_skew {max_skew:g} s): forged, or the clocks are not in sync")
+        raise ReportRefused(
+            f"incarnation of {origin} is {ahead:.1f} s ahead of this clock "
+            f"(max_clock_skew {max_skew:g} s): forged, or the clocks are not in sync"
+        )
     if live.__class__ is not list or len(live) > len(allowed):
         raise ReportRefused(f"live_neighbors must be a list of at most {len(allowed)} names")
     for i, name in enumerate(live):
@@ -229,8 +237,14 @@ class ReportPacer:
     applied, and a flood of forged reports costs at most ``rate`` graph updates a second.
     """
 
-    def __init__(self, rate: float, burst: int, call_later: Callable, apply: Callable[[str], None],
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        call_later: Callable,
+        apply: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.rate = rate
         self.burst = burst
         self._call_later = call_later

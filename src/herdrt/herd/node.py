@@ -36,9 +36,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from . import protocol as P
-from ..runtime.actor import Actor
-from .backpressure import Backpressure
 from ..config import HerdConfig
 from ..core import HashRing
 from ..errors import (
@@ -51,13 +48,16 @@ from ..errors import (
     NodeUnavailable,
     RemoteError,
 )
-from .links import Link, LinkClosed, LinkManager, LinkOverflow, LinkSettings
-from .membership import LinkState, PhiAccrualDetector, ReportPacer, ReportRefused, check_report
+from ..ratelog import RateLog
+from ..runtime.actor import Actor
 from ..runtime.asks import ReplyProxy
 from ..runtime.node import Node
-from ..runtime.strict import check_msgpack
-from ..ratelog import RateLog
 from ..runtime.ref import ActorRef
+from ..runtime.strict import check_msgpack
+from . import protocol as P
+from .backpressure import Backpressure
+from .links import Link, LinkClosed, LinkManager, LinkOverflow, LinkSettings
+from .membership import LinkState, PhiAccrualDetector, ReportPacer, ReportRefused, check_report
 
 __all__ = ["HerdNode", "ADMIN_ACTOR", "placement_key", "ring_shares"]
 
@@ -70,7 +70,9 @@ REPORT_BURST = 32
 ADMIN_ACTOR = "$node"
 
 # Errors that keep their type when they cross the herd (anything else arrives as RemoteError).
-_TYPED = {cls.__name__: cls for cls in (ActorNotFound, ActorStopped, MailboxFull, NodeUnavailable, AskTimeout, AskDeadlock)}
+_TYPED = {
+    cls.__name__: cls for cls in (ActorNotFound, ActorStopped, MailboxFull, NodeUnavailable, AskTimeout, AskDeadlock)
+}
 _SEEN_FLOODS = 65536  # broadcast ids remembered for de-duplication
 _MISSING = object()
 # Kinds addressed to one node (dest_node second): delivered there, forwarded by the others.
@@ -161,11 +163,28 @@ class HerdNode(Node):
         self._membership_hooks: list[Callable[[set, set], None]] = []
         self._status: dict[str, Callable[[], Any]] = {}  # herd_status() entries of the layers above
         self.counters = {
-            "asks_out": 0, "tells_in": 0, "asks_in": 0, "replies_in": 0,
-            "forwarded": 0, "undeliverable": 0, "lost_on_links": 0, "unknown_actor": 0,
-            "bad_envelopes": 0, "throttled": 0, "broadcasts": 0, "floods_delivered": 0, "activations": 0,
-            "handoffs_out": 0, "handoffs_in": 0, "rebalances": 0, "suspected": 0, "flood_overflows": 0,
-            "reports_refused": 0, "reports_paced": 0, "reports_redirected": 0, "refutations": 0,
+            "asks_out": 0,
+            "tells_in": 0,
+            "asks_in": 0,
+            "replies_in": 0,
+            "forwarded": 0,
+            "undeliverable": 0,
+            "lost_on_links": 0,
+            "unknown_actor": 0,
+            "bad_envelopes": 0,
+            "throttled": 0,
+            "broadcasts": 0,
+            "floods_delivered": 0,
+            "activations": 0,
+            "handoffs_out": 0,
+            "handoffs_in": 0,
+            "rebalances": 0,
+            "suspected": 0,
+            "flood_overflows": 0,
+            "reports_refused": 0,
+            "reports_paced": 0,
+            "reports_redirected": 0,
+            "refutations": 0,
         }
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -180,9 +199,14 @@ class HerdNode(Node):
         self._pacer = ReportPacer(REPORT_RATE, REPORT_BURST, loop.call_later, self._paced_report)
         settings = LinkSettings.from_config(self.config, self.name, accept_clients=True)
         self.links = LinkManager(
-            self.config, self.name, self._on_envelopes,
-            on_link_up=self._link_up, on_link_down=self._link_down,
-            settings=settings, listen=self._listen, addresses=self._addresses,
+            self.config,
+            self.name,
+            self._on_envelopes,
+            on_link_up=self._link_up,
+            on_link_down=self._link_down,
+            settings=settings,
+            listen=self._listen,
+            addresses=self._addresses,
         )
         await self.links.start()
         self._started = True
@@ -247,7 +271,9 @@ class HerdNode(Node):
             if link is None:
                 self.counters["undeliverable"] += 1
                 if dest not in self.config.nodes:
-                    raise NodeUnavailable(f"{dest!r} is not a node of this herd (nodes: {', '.join(self.config.nodes)})")
+                    raise NodeUnavailable(
+                        f"{dest!r} is not a node of this herd (nodes: {', '.join(self.config.nodes)})"
+                    )
                 raise NodeUnavailable(
                     f"node {dest} is unreachable from {self.name} (live: {', '.join(sorted(self._live))})"
                 )
@@ -367,8 +393,13 @@ class HerdNode(Node):
                         self.counters["replies_in"] += 1
                         self.resolve(env[2], bool(env[3]), env[4])
                         continue
-                    if kind == _TELLS and len(env) == 4 and env[2].__class__ is str and env[3].__class__ is list \
-                            and env[2] in self:
+                    if (
+                        kind == _TELLS
+                        and len(env) == 4
+                        and env[2].__class__ is str
+                        and env[3].__class__ is list
+                        and env[2] in self
+                    ):
                         target = env[2]
                         tells += len(env[3])
                         lost += deliver_many(target, env[3])
@@ -382,8 +413,13 @@ class HerdNode(Node):
             self.counters["tells_in"] += tells
             if lost:
                 self.counters["undeliverable"] += lost
-                self.ratelog.info(("tells dropped", link.peer), "%s: %d tells from %s dropped: mailbox full or actor stopped",
-                                  me, lost, link.peer)
+                self.ratelog.info(
+                    ("tells dropped", link.peer),
+                    "%s: %d tells from %s dropped: mailbox full or actor stopped",
+                    me,
+                    lost,
+                    link.peer,
+                )
             hold = self._backpressure.check
             for target in fed:
                 mailbox = self.mailbox(target)
@@ -399,8 +435,9 @@ class HerdNode(Node):
 
     def _bad_envelope(self, link: Link, env: Any, exc: Exception) -> None:
         self.counters["bad_envelopes"] += 1
-        self.ratelog.warning(("bad envelope", link.peer), "%s: bad envelope from %s dropped (%s): %.200r",
-                             self.name, link.peer, exc, env)
+        self.ratelog.warning(
+            ("bad envelope", link.peer), "%s: bad envelope from %s dropped (%s): %.200r", self.name, link.peer, exc, env
+        )
 
     def _envelope(self, link: Link, env: list) -> None:
         kind = env[0]
@@ -439,13 +476,24 @@ class HerdNode(Node):
                 lost = self.deliver_many(self._local_name(env[2]), list(bodies))
             except HerdError as exc:
                 self.counters["unknown_actor" if isinstance(exc, ActorNotFound) else "undeliverable"] += len(bodies)
-                self.ratelog.info(("tells dropped", link.peer), "%s: %d tell(s) to %.80r dropped: %s",
-                                  self.name, len(bodies), env[2], exc)
+                self.ratelog.info(
+                    ("tells dropped", link.peer),
+                    "%s: %d tell(s) to %.80r dropped: %s",
+                    self.name,
+                    len(bodies),
+                    env[2],
+                    exc,
+                )
                 return
             if lost:
                 self.counters["undeliverable"] += lost
-                self.ratelog.info(("tells dropped", link.peer), "%s: %d tell(s) to %.80r dropped: mailbox full or actor stopped",
-                                  self.name, lost, env[2])
+                self.ratelog.info(
+                    ("tells dropped", link.peer),
+                    "%s: %d tell(s) to %.80r dropped: mailbox full or actor stopped",
+                    self.name,
+                    lost,
+                    env[2],
+                )
         elif kind == P.ASK:
             self.counters["asks_in"] += 1
             proxy = _LinkReply(self, link, env[4], env[5])
@@ -482,12 +530,16 @@ class HerdNode(Node):
                 link.send([P.REPLY, link.peer, corr, ok, value], True)
             except (LinkClosed, LinkOverflow) as exc:  # the client left, or does not read
                 self.counters["undeliverable"] += 1
-                self.ratelog.info(("reply lost", link.peer), "%s: reply to client %s lost: %s", self.name, link.peer, exc)
+                self.ratelog.info(
+                    ("reply lost", link.peer), "%s: reply to client %s lost: %s", self.name, link.peer, exc
+                )
 
         target = env[2] if env[2].__class__ is list else f"{env[2]}@{env[1]}"
         self.perform(link.peer, target, env[3], env[5] if kind == P.ASK else None, respond)
 
-    def perform(self, who: str, target: str | list, body: Any, corr: Any, respond: Callable[[Any, bool, Any], None]) -> None:
+    def perform(
+        self, who: str, target: str | list, body: Any, corr: Any, respond: Callable[[Any, bool, Any], None]
+    ) -> None:
         """A tell (``corr`` None) or ask performed on behalf of ``who`` (a client or a bridge service).
 
         ``target`` is ``"name@node"`` or ``[kind, key]``. An ask's outcome goes to
@@ -506,7 +558,9 @@ class HerdNode(Node):
             else:
                 if isinstance(exc, ActorNotFound):
                     self.counters["unknown_actor"] += 1
-                self.ratelog.info(("tell failed", who), "%s: %s's tell to %.80s failed: %s", self.name, who, target, exc)
+                self.ratelog.info(
+                    ("tell failed", who), "%s: %s's tell to %.80s failed: %s", self.name, who, target, exc
+                )
             return
 
         def answer(fut: asyncio.Future) -> None:
@@ -572,8 +626,9 @@ class HerdNode(Node):
 
     def _neighbor_links(self):
         """(peer, link) of every established link to a node (not closing, not a client)."""
-        return [(peer, link) for peer, link in self.links.up.items()
-                if link.is_up and not peer.startswith(P.CLIENT_PREFIX)]
+        return [
+            (peer, link) for peer, link in self.links.up.items() if link.is_up and not peer.startswith(P.CLIENT_PREFIX)
+        ]
 
     def _flood(self, env: list, skip: tuple = ()) -> None:
         """Send ``env`` on every neighbor link except those to the peers in ``skip``. A link
@@ -588,8 +643,13 @@ class HerdNode(Node):
                 pass
             except LinkOverflow:
                 self.counters["flood_overflows"] += 1
-                self.ratelog.warning(("flood overflow", peer), "%s: %s not sent to %s: its link is full",
-                                     self.name, P.kind_name(env[0]), peer)
+                self.ratelog.warning(
+                    ("flood overflow", peer),
+                    "%s: %s not sent to %s: its link is full",
+                    self.name,
+                    P.kind_name(env[0]),
+                    peer,
+                )
 
     def _report(self) -> None:
         """Flood this node's live links (after any link change)."""
@@ -649,9 +709,15 @@ class HerdNode(Node):
     def _refute(self, via: str, version: tuple[int, int]) -> None:
         self.counters["refutations"] += 1
         self.incarnation = max(time.time_ns(), version[0] + 1)
-        self.ratelog.warning(("refute",), "%s: a report about this node newer than its own (incarnation %d, "
-                             "seq %d) came via %s; refuted with incarnation %d", self.name, *version, via,
-                             self.incarnation)
+        self.ratelog.warning(
+            ("refute",),
+            "%s: a report about this node newer than its own (incarnation %d, "
+            "seq %d) came via %s; refuted with incarnation %d",
+            self.name,
+            *version,
+            via,
+            self.incarnation,
+        )
         self._report()
 
     def _membership_changed(self) -> None:
@@ -692,7 +758,9 @@ class HerdNode(Node):
             if not det.is_available(now):
                 self.counters["suspected"] += 1
                 silent = now - det.last_heard
-                log.warning("%s: %s silent for %.2fs (phi %.1f): dropping the link", self.name, peer, silent, det.phi(now))
+                log.warning(
+                    "%s: %s silent for %.2fs (phi %.1f): dropping the link", self.name, peer, silent, det.phi(now)
+                )
                 link.abort(f"failure detector: silent for {silent:.2f}s")
 
     # -- broadcast -------------------------------------------------------------------------------
@@ -836,9 +904,13 @@ class HerdNode(Node):
             "live": sorted(self._live),
             "nodes": list(self.config.nodes),
             "links": {
-                peer: {k: v for k, v in s.items() if k in ("frames_in", "frames_out", "bytes_in", "bytes_out",
-                                                         "queued", "overflows", "rtt", "errors")}
-                for peer, s in links.items() if not peer.startswith(P.CLIENT_PREFIX)
+                peer: {
+                    k: v
+                    for k, v in s.items()
+                    if k in ("frames_in", "frames_out", "bytes_in", "bytes_out", "queued", "overflows", "rtt", "errors")
+                }
+                for peer, s in links.items()
+                if not peer.startswith(P.CLIENT_PREFIX)
             },
             "clients": sum(peer.startswith(P.CLIENT_PREFIX) for peer in links),
             "ring_share": ring_shares(self._ring),
@@ -851,8 +923,23 @@ class HerdNode(Node):
 
 
 #: What herd_status() itself reports (add_status may not take these names).
-_STATUS_KEYS = frozenset(("node", "pid", "incarnation", "address", "live", "nodes", "links", "clients",
-                          "ring_share", "actors", "keyed_actors", "counters", "stats"))
+_STATUS_KEYS = frozenset(
+    (
+        "node",
+        "pid",
+        "incarnation",
+        "address",
+        "live",
+        "nodes",
+        "links",
+        "clients",
+        "ring_share",
+        "actors",
+        "keyed_actors",
+        "counters",
+        "stats",
+    )
+)
 
 
 class _LinkReply(ReplyProxy):

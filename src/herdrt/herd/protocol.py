@@ -116,9 +116,7 @@ E_PROTOCOL = "protocol"  #: a well-formed frame holding the wrong envelope (e.g.
 E_TIMEOUT = "timeout"  #: the handshake did not finish in time
 E_DUPLICATE = "duplicate"  #: simultaneous dials: this link loses to the one dialled by the lower name
 
-ERROR_CODES = frozenset(
-    (E_VERSION, E_UNKNOWN_NODE, E_AUTH, E_FRAME, E_OVERFLOW, E_PROTOCOL, E_TIMEOUT, E_DUPLICATE)
-)
+ERROR_CODES = frozenset((E_VERSION, E_UNKNOWN_NODE, E_AUTH, E_FRAME, E_OVERFLOW, E_PROTOCOL, E_TIMEOUT, E_DUPLICATE))
 
 
 class ProtocolError(HerdError, ValueError):

@@ -31,8 +31,9 @@ def _context(purpose: int, tls: TlsConfig, node: str | None) -> ssl.SSLContext:
         ctx.load_verify_locations(cafile=tls.ca_path)
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"[herd.tls]: cannot load the certificate {cert} and key {key} of {who} "
-                          f"(or the CA {tls.ca_path}): {exc}") from None
+        raise ConfigError(
+            f"[herd.tls]: cannot load the certificate {cert} and key {key} of {who} (or the CA {tls.ca_path}): {exc}"
+        ) from None
     return ctx
 
 
@@ -84,15 +85,18 @@ def make_certificates(directory, nodes, *, days: int = 365) -> dict[str, tuple]:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def write(name: str, cert, key) -> tuple:
         cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
-            out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption()))
+            out.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
         return cert_path, key_path
 
     def build(name: str, key, issuer, issuer_key, ca: bool):
@@ -110,7 +114,9 @@ def make_certificates(directory, nodes, *, days: int = 365) -> dict[str, tuple]:
         if not ca:
             builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
             builder = builder.add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
         return builder.sign(issuer_key or key, hashes.SHA256())
 
     ca_key = ec.generate_private_key(ec.SECP256R1())

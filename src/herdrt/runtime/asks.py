@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AskDeadlock, AskTimeout, RemoteError
 from .cell import SUSPENDED
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from .scheduler import Scheduler
 
 __all__ = ["Asks", "ReplyProxy", "CallbackReply"]
+
 
 class ReplyProxy:
     """Stands in the pending-ask table for an asker elsewhere (another node, a client, a
@@ -144,7 +146,7 @@ class Asks:
         limit = self.timeout if timeout is None else timeout
         try:
             await asyncio.wait_for(cell.mailbox.wait_room(self.scheduler.loop), limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AskTimeout(f"the mailbox of {ref.path} stayed full for {limit:g}s") from None
         return await self.ask(ref, cell, message, timeout)
 
@@ -243,8 +245,12 @@ class Asks:
             for corr, whom in late:
                 fut = self.take(corr)
                 if not fut.done():
-                    fut.set_exception(AskTimeout(f"no reply {whom}within {lane.timeout:g}s (ask #{corr}; "
-                                                 "the target may be busy, or waiting on the asker)"))
+                    fut.set_exception(
+                        AskTimeout(
+                            f"no reply {whom}within {lane.timeout:g}s (ask #{corr}; "
+                            "the target may be busy, or waiting on the asker)"
+                        )
+                    )
         if (len(self.pending) > len(self._lane_of)) if default else lane.count > 0:
             self._arm(lane)
         else:

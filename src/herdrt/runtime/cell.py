@@ -104,7 +104,9 @@ class Context:
         Raises :class:`~herdrt.errors.ActorError` when there is no unanswered ask to defer."""
         corr = self._corr
         if not corr:
-            raise ActorError(f"{self._cell.ref.path}: defer() needs an unanswered ask (this is a tell, or it was answered)")
+            raise ActorError(
+                f"{self._cell.ref.path}: defer() needs an unanswered ask (this is a tell, or it was answered)"
+            )
         self._corr = 0
         return Deferred(self._cell.asks, corr)
 
@@ -122,8 +124,9 @@ class Cell:
         "stop_reason", "terminating", "done", "waiting_on", "__weakref__",
     )  # fmt: skip
 
-    def __init__(self, node: Node, cls: type, args: tuple, kwargs: dict, name: str, capacity: int | None,
-                 overflow: Overflow):
+    def __init__(
+        self, node: Node, cls: type, args: tuple, kwargs: dict, name: str, capacity: int | None, overflow: Overflow
+    ):
         self.node = node
         self.sched = node.scheduler
         self.asks = node.asks
@@ -234,7 +237,9 @@ class Cell:
         dropped = self.mailbox.refuse(corr)  # raises MailboxFull or ActorStopped per the policy
         if dropped:  # drop_oldest made room
             if dropped > 0:
-                self.asks.fail(dropped, MailboxFull(f"ask dropped from the full mailbox of {self.ref.path} (drop_oldest)"))
+                self.asks.fail(
+                    dropped, MailboxFull(f"ask dropped from the full mailbox of {self.ref.path} (drop_oldest)")
+                )
             self.post(message, corr)
 
     async def send(self, message: Any) -> None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Any, Callable, Coroutine
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from ..core import OnlineStats
 from ..errors import ActorError, ActorNotFound, ActorStopped, NodeUnavailable, RemoteError
@@ -256,9 +257,7 @@ class Node:
 
     # -- delivery: the seams the herd's links and the bridge use --------------------------------
 
-    def deliver(
-        self, target: str, message: Any, reply: Callable[[bool, Any], None] | None = None
-    ) -> None:
+    def deliver(self, target: str, message: Any, reply: Callable[[bool, Any], None] | None = None) -> None:
         """Deliver one inbound envelope to the local actor ``target``: the entry point for links.
 
         A tell passes ``reply=None``. For an ask, ``reply(ok, value)`` is called exactly once:

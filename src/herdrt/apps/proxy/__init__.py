@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .places import CachedPlaces, GazetteerPlaces, GooglePlaces, PlacesProvider, make_places, places_error
-from .protocol import ProtocolError, parse_command
+from .protocol import CommandError, parse_command
 from .server import Flood, ProxyLimits, ProxyServer, TrafficLog
 from .store import RECORD_VERSION, AtRecord, LocationStore
 
@@ -37,7 +38,7 @@ __all__ = [
     "CachedPlaces",
     "make_places",
     "places_error",
-    "ProtocolError",
+    "CommandError",
     "parse_command",
     "TrafficLog",
     "default_log_path",

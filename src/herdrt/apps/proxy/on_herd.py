@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-
 from dataclasses import fields
 
-from ...runtime.actor import Actor
 from ...config import ConfigError
 from ...errors import HerdError
+from ...runtime.actor import Actor
 from . import GazetteerPlaces, ProxyApp, ProxyLimits
 
 __all__ = ["setup", "PEER_ACTOR"]
@@ -51,7 +50,9 @@ def limits_from(config) -> ProxyLimits:
     values = {}
     for key, value in table.items():
         if key not in known:
-            raise ConfigError(f"{config.source}: app.proxy.{key}: unknown key (expected one of {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"{config.source}: app.proxy.{key}: unknown key (expected one of {', '.join(sorted(known))})"
+            )
         kind = int if known[key] == "int" else (int, float)
         if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
             raise ConfigError(f"{config.source}: app.proxy.{key}: must be a positive number, not {value!r}")
@@ -70,8 +71,13 @@ async def setup(node) -> ProxyApp | None:
     if me.app_port is None:
         log.info("%s: no app_port in %s; the location proxy does not run here", node.name, node.config.source)
         return None
-    app = ProxyApp(node.name, host=me.host, port=me.app_port, log_dir=os.environ.get("HERDRT_LOG_DIR", "logs"),
-                   limits=limits_from(node.config))
+    app = ProxyApp(
+        node.name,
+        host=me.host,
+        port=me.app_port,
+        log_dir=os.environ.get("HERDRT_LOG_DIR", "logs"),
+        limits=limits_from(node.config),
+    )
     peers = {name: node.lookup(f"{PEER_ACTOR}@{name}") for name in node.config.neighbors(node.name)}
 
     def tell(name: str, record: dict) -> None:

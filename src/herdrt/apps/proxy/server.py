@@ -29,14 +29,15 @@ import logging
 import logging.handlers
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ...ratelog import RateLog
 from .places import PlacesProvider, places_error
-from .protocol import IAmAt, ProtocolError, format_skew, invalid_reply, parse_command, whatsat_reply
+from .protocol import CommandError, IAmAt, format_skew, invalid_reply, parse_command, whatsat_reply
 from .store import AtRecord, LocationStore
 
 __all__ = ["ProxyServer", "ProxyLimits", "TrafficLog", "Flood"]
@@ -67,6 +68,8 @@ class ProxyLimits:
     line_timeout: float = 10.0
     #: Seconds an IAMAT's time may be ahead of this server's clock.
     max_future_skew: float = 5.0
+
+
 # Accept queue length: asyncio's default (100) makes a burst of more clients than that, arriving
 # while the loop is busy, wait for the kernel's SYN retransmit (about a second). The kernel caps it
 # at net.core.somaxconn.
@@ -114,7 +117,7 @@ class TrafficLog:
     def write(self, kind: str, detail: str) -> None:
         if self._handler is None:
             return
-        stamp = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        stamp = datetime.now(UTC).isoformat(timespec="microseconds")
         self._handler.handle(logging.makeLogRecord({"msg": f"{stamp} {self.server} {kind} {_escape(detail)}"}))
 
     def close(self) -> None:
@@ -160,9 +163,20 @@ class ProxyServer:
         self.ratelog = RateLog(log)
         #: What this server did and refused; msgpack-ready (a node's metrics read it).
         self.counters = {
-            "connections": 0, "connections_refused": 0, "timeouts": 0, "lines": 0, "iamats": 0,
-            "whatsats": 0, "invalid": 0, "long_lines": 0, "future_refused": 0, "stored": 0,
-            "ignored": 0, "floods": 0, "flood_errors": 0, "peer_refused": 0,
+            "connections": 0,
+            "connections_refused": 0,
+            "timeouts": 0,
+            "lines": 0,
+            "iamats": 0,
+            "whatsats": 0,
+            "invalid": 0,
+            "long_lines": 0,
+            "future_refused": 0,
+            "stored": 0,
+            "ignored": 0,
+            "floods": 0,
+            "flood_errors": 0,
+            "peer_refused": 0,
         }
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task] = set()
@@ -175,8 +189,9 @@ class ProxyServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen for clients on host:port (port 0: any free port; see :attr:`port`)."""
         # limit: the stream buffers about twice this before it stops reading the socket
-        self._server = await asyncio.start_server(self._serve_connection, host, port, backlog=self.backlog,
-                                                  limit=self.limits.max_line)
+        self._server = await asyncio.start_server(
+            self._serve_connection, host, port, backlog=self.backlog, limit=self.limits.max_line
+        )
 
     @property
     def port(self) -> int | None:
@@ -222,7 +237,9 @@ class ProxyServer:
         ahead = time_ns - now_ns
         if ahead > self.limits.max_future_skew * _NS:
             self.counters["future_refused"] += 1
-            raise ProtocolError(f"time {ahead / _NS:.3f} s in the future (max_future_skew {self.limits.max_future_skew:g} s)")
+            raise CommandError(
+                f"time {ahead / _NS:.3f} s in the future (max_future_skew {self.limits.max_future_skew:g} s)"
+            )
 
     def _offer(self, record: AtRecord, source: str, flood: bool = True) -> bool:
         if not self.store.offer(record):
@@ -255,7 +272,9 @@ class ProxyServer:
     def _flood_failed(self, wire: dict[str, Any], exc: BaseException) -> None:
         self.counters["flood_errors"] += 1
         self.traffic.write("FLOOD-ERROR", f"{type(exc).__name__}: {exc} for {wire.get('client')!r}")
-        self.ratelog.warning("flood failed", "%s: flooding the update of %r failed: %s", self.name, wire.get("client"), exc)
+        self.ratelog.warning(
+            "flood failed", "%s: flooding the update of %r failed: %s", self.name, wire.get("client"), exc
+        )
 
     # -- clients ---------------------------------------------------------------------------------
 
@@ -267,13 +286,21 @@ class ProxyServer:
             command = parse_command(raw.decode("utf-8"))
             if isinstance(command, IAmAt):
                 self._check_future(command.time_ns, received_ns)
-        except (ProtocolError, ValueError):  # UnicodeDecodeError is a ValueError
+        except ValueError:  # a CommandError, or not UTF-8 (UnicodeDecodeError)
             return self._invalid(raw, peer)
         self.traffic.write("IN", f"{peer} {raw.decode('utf-8')}")
         if isinstance(command, IAmAt):
             self.counters["iamats"] += 1
-            record = AtRecord(self.name, format_skew(received_ns - command.time_ns), command.client,
-                              command.location, command.time, command.time_ns, command.lat, command.lon)
+            record = AtRecord(
+                self.name,
+                format_skew(received_ns - command.time_ns),
+                command.client,
+                command.location,
+                command.time,
+                command.time_ns,
+                command.lat,
+                command.lon,
+            )
             self._offer(record, f"client {peer}")
             return self._reply((record.line + "\n").encode("utf-8"), peer)
         self.counters["whatsats"] += 1
@@ -317,8 +344,12 @@ class ProxyServer:
         limits = self.limits
         if len(self._connections) >= limits.max_connections:
             self.counters["connections_refused"] += 1
-            self.ratelog.warning("busy", "%s: %d client connections open (max_connections): closing a new one",
-                                 self.name, len(self._connections))
+            self.ratelog.warning(
+                "busy",
+                "%s: %d client connections open (max_connections): closing a new one",
+                self.name,
+                len(self._connections),
+            )
             writer.close()
             return
         task = asyncio.current_task()
@@ -374,7 +405,7 @@ class ProxyServer:
                     buf.clear()
                 elif len(buf) > limits.max_line:
                     self.counters["long_lines"] += 1
-                    await replies.put(self._invalid(bytes(buf[:limits.max_line]), peer))
+                    await replies.put(self._invalid(bytes(buf[: limits.max_line]), peer))
                     buf.clear()
                     skipping = True
         except (ConnectionError, OSError):

@@ -15,8 +15,9 @@ versions it does not know. Unknown extra keys are ignored, so a later version ma
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from .protocol import format_at, parse_location, parse_time, split_fields
 
@@ -45,7 +46,7 @@ class AtRecord:
     @classmethod
     def create(cls, server: str, skew: str, client: str, location: str, time: str) -> AtRecord:
         """Build a record from its five text fields, validating them; ``ValueError`` if invalid."""
-        for name, value in zip(_FIELDS, (server, skew, client, location, time)):
+        for name, value in zip(_FIELDS, (server, skew, client, location, time), strict=False):
             # Each field must be one non-empty protocol field, or the AT line would not re-parse.
             if not isinstance(value, str) or split_fields(value) != [value]:
                 raise ValueError(f"AT record field {name!r} is not a single field: {value!r}")
@@ -67,8 +68,14 @@ class AtRecord:
 
     def to_wire(self) -> dict[str, Any]:
         """The record as a msgpack-able dict (see the module docstring for the shape)."""
-        return {"v": RECORD_VERSION, "server": self.server, "skew": self.skew, "client": self.client,
-                "location": self.location, "time": self.time}
+        return {
+            "v": RECORD_VERSION,
+            "server": self.server,
+            "skew": self.skew,
+            "client": self.client,
+            "location": self.location,
+            "time": self.time,
+        }
 
     @property
     def line(self) -> str:
