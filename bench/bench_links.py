@@ -23,7 +23,8 @@ from _harness import child_env, record_rate, stop_child
 from _raw import RawEcho as _RawEcho  # shared with bench_herd.py
 from _raw import RawSender as _RawSender
 from herdrt.core import FrameDecoder, encode_frame
-from herdrt.herd.links import LinkServer, LinkSettings, connect
+from herdrt.herd.link import LinkSettings
+from herdrt.herd.links import LinkServer, connect
 
 SECRET = b"bench secret, not for production"
 TELL = [2, "actor-17", None, b"0123456789abcdef"]  # a small TELL-shaped envelope
@@ -185,7 +186,8 @@ _RECEIVER = textwrap.dedent(
     import asyncio, sys
     import uvloop
     from herdrt.core import FrameDecoder, encode_frame
-    from herdrt.herd.links import LinkServer, LinkSettings
+    from herdrt.herd.link import LinkSettings
+    from herdrt.herd.links import LinkServer
 
     class Raw(asyncio.Protocol):
         count = 0

@@ -1,5 +1,5 @@
 """The link protocol spoken by hand over a plain asyncio stream: for tests that play a peer (or an
-attacker) byte by byte, independently of :class:`herdrt.herd.links.Link`."""
+attacker) byte by byte, independently of :class:`herdrt.herd.link.Link`."""
 
 from __future__ import annotations
 

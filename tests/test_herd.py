@@ -26,7 +26,7 @@ from herdrt.herd import ADMIN_ACTOR, HerdNode, ring_shares
 from herdrt.herd import protocol as P
 from herdrt.herd.backpressure import BACKLOG_HIGH
 from herdrt.herd.client import HerdClient
-from herdrt.herd.links import TELLS_MAX, LinkRefused
+from herdrt.herd.link import TELLS_MAX, LinkRefused
 
 SECRET = "herd-test-secret-0123"
 

@@ -138,7 +138,7 @@ def test_bad_bytes_close_only_their_connection(herd):
 
 
 def test_wrong_secret_is_refused_on_both_sides(herd, tmp_path):
-    from herdrt.herd.links import LinkRefused
+    from herdrt.herd.link import LinkRefused
 
     bad = tmp_path / "bad.toml"
     bad.write_text(herd.path.read_text().replace("process-test-secret", "some-other-secret"))

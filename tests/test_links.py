@@ -20,16 +20,14 @@ from herdrt.config import HerdConfig, NodeConfig
 from herdrt.core import FrameDecoder, encode_frame, encode_frames
 from herdrt.herd import protocol as P
 from herdrt.herd.handshake import LinkSession, RecordError, transcript
-from herdrt.herd.links import (
+from herdrt.herd.link import (
     TELLS_MAX,
     LinkClosed,
-    LinkManager,
     LinkOverflow,
     LinkRefused,
-    LinkServer,
     LinkSettings,
-    connect,
 )
+from herdrt.herd.links import LinkManager, LinkServer, connect
 
 SECRET = b"correct horse battery"
 #: PROTOCOL.md (Links, Examples): Clark's AUTH to Bona for the nonces and secret shown there.
@@ -355,7 +353,7 @@ def test_a_tells_batch_over_the_frame_limit_is_split_and_an_oversized_message_dr
 
 
 def test_wrong_secret_is_refused_on_both_sides_and_nothing_is_delivered(run, caplog):
-    caplog.set_level(logging.WARNING, "herdrt.herd.links")
+    caplog.set_level(logging.WARNING, "herdrt.links")
 
     async def body():
         inbox = Inbox()
@@ -706,7 +704,8 @@ def test_clean_shutdown_says_bye_and_leaves_no_tasks(run):
 _PEER = textwrap.dedent(
     """
     import asyncio, sys
-    from herdrt.herd.links import LinkServer, LinkSettings
+    from herdrt.herd.link import LinkSettings
+    from herdrt.herd.links import LinkServer
     import uvloop
 
     async def main():

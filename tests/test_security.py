@@ -26,7 +26,7 @@ from herdrt.bridge import SERVICE_HELLO, WELCOME, service_credential
 from herdrt.herd import ADMIN_ACTOR
 from herdrt.herd import protocol as P
 from herdrt.herd.client import HerdClient
-from herdrt.herd.links import LinkOverflow
+from herdrt.herd.link import LinkOverflow
 
 #: In the herd file as a neighbor of Bona, never started: the tests authenticate as it (it holds
 #: the secret), which is what a compromised or buggy member could do.

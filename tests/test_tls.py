@@ -14,7 +14,8 @@ from herdrt.cli import main as cli_main
 from herdrt.config import ConfigError, load_config, loads_config
 from herdrt.herd import protocol as P
 from herdrt.herd.client import HerdClient
-from herdrt.herd.links import LinkRefused, LinkServer, LinkSettings, connect
+from herdrt.herd.link import LinkRefused, LinkSettings
+from herdrt.herd.links import LinkServer, connect
 from herdrt.herd.tls import certificate_names, make_certificates
 
 SECRET = "tls-test-secret-0123"

@@ -16,7 +16,8 @@ from typing import Any
 from ..config import HerdConfig
 from ..errors import ActorNotFound, ActorStopped, AskTimeout, MailboxFull, NodeUnavailable, RemoteError
 from . import protocol as P
-from .links import Link, LinkClosed, LinkSettings, connect
+from .link import Link, LinkClosed, LinkSettings
+from .links import connect
 
 __all__ = ["HerdClient", "parse_target"]
 

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 
 from ..core import RECORD_MAX, RECORD_TAG_SIZE, RecordOpener, RecordSealer
 from ..errors import RecordError
+from . import protocol as P
 
 __all__ = [
     "LINK_CONTEXT",
@@ -36,6 +38,8 @@ __all__ = [
     "RecordError",
     "transcript",
     "LinkSession",
+    "Handshake",
+    "Refusal",
 ]
 
 #: Domain separation: the first bytes of every transcript (version 3 of the link handshake).
@@ -99,3 +103,82 @@ class LinkSession:
     def opener(self) -> RecordOpener:
         """Opens what the peer sends (the core's :class:`RecordOpener`)."""
         return RecordOpener(self.recv_key)
+
+
+class Refusal(Exception):
+    """The handshake refuses the link: ``code`` is the ERROR code to answer with."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Handshake:
+    """One side of a link's handshake (PROTOCOL.md, *Handshake*): what it sends and what it checks.
+
+    ``hello()`` is the first envelope to send. :meth:`on_hello` checks the peer's HELLO (version,
+    name, the node dialled, the TLS certificate's name) and remembers its nonce; :meth:`auth`
+    then gives the AUTH to send; :meth:`on_auth` verifies the peer's and returns the
+    :class:`LinkSession` the link seals its records with. A check that fails raises
+    :class:`Refusal`. ``misnamed(name)`` says why a TLS peer may not be ``name`` (or None)."""
+
+    __slots__ = ("settings", "dialer", "expected", "nonce", "peer", "peer_nonce", "session", "_misnamed")
+
+    def __init__(self, settings, dialer: bool, expected: str | None, misnamed: Callable[[str], str | None]):
+        self.settings = settings
+        self.dialer = dialer
+        self.expected = expected  # the node dialled, if any
+        self.nonce = P.new_nonce()
+        self.peer: str | None = None
+        self.peer_nonce: bytes | None = None
+        self.session: LinkSession | None = None
+        self._misnamed = misnamed
+
+    @property
+    def hello_seen(self) -> bool:
+        return self.peer_nonce is not None
+
+    def hello(self) -> list:
+        s = self.settings
+        return P.hello(s.name, self.nonce, s.version)
+
+    def on_hello(self, env) -> str:
+        """Check the peer's HELLO; returns its name."""
+        version, name, nonce = P.parse_hello(env)
+        s = self.settings
+        if version != s.version:
+            raise Refusal(
+                P.E_VERSION,
+                f"protocol version mismatch: {self.expected or name} speaks version {version}, "
+                f"{s.name} speaks version {s.version}",
+            )
+        if name == s.name:
+            raise Refusal(P.E_UNKNOWN_NODE, f"node {s.name!r} cannot link to itself (self-connection)")
+        client = name.startswith(P.CLIENT_PREFIX)
+        if name not in s.known_nodes and not (s.accept_clients and client):
+            known = ", ".join(sorted(s.known_nodes))
+            raise Refusal(P.E_UNKNOWN_NODE, f"{name!r} is not a node of this herd (nodes: {known})")
+        if self.dialer and self.expected is not None and name != self.expected:
+            raise Refusal(P.E_UNKNOWN_NODE, f"dialled {self.expected!r} but {name!r} answered")
+        wrong_cert = s.check_cert_names and not client and self._misnamed(name)
+        if wrong_cert:
+            raise Refusal(P.E_UNKNOWN_NODE, wrong_cert)
+        self.peer, self.peer_nonce = name, nonce
+        return name
+
+    def auth(self) -> list:
+        """The AUTH to send, over the transcript of this connection."""
+        s = self.settings
+        if self.dialer:
+            script = transcript(s.version, s.name, self.nonce, self.peer, self.peer_nonce)
+        else:
+            script = transcript(s.version, self.peer, self.peer_nonce, s.name, self.nonce)
+        self.session = LinkSession(s.secret, script, dialer=self.dialer)
+        return P.auth(self.session.own_mac)
+
+    def on_auth(self, env) -> LinkSession:
+        """Verify the peer's AUTH; the session the link now seals its records with."""
+        if not self.session.verify(P.parse_auth(env)):
+            raise Refusal(P.E_AUTH, "authentication failed: the shared secret differs")
+        return self.session

@@ -56,7 +56,8 @@ from ..runtime.ref import ActorRef
 from ..runtime.strict import check_msgpack
 from . import protocol as P
 from .backpressure import Backpressure
-from .links import Link, LinkClosed, LinkManager, LinkOverflow, LinkSettings
+from .link import Link, LinkClosed, LinkOverflow, LinkSettings
+from .links import LinkManager
 from .membership import LinkState, PhiAccrualDetector, ReportPacer, ReportRefused, check_report
 
 __all__ = ["HerdNode", "ADMIN_ACTOR", "placement_key", "ring_shares"]
