@@ -315,7 +315,7 @@ def test_keyed_actors_are_placed_by_the_ring_and_handed_off(run):
                 owner, n = await nodes["a"].ref_for("counter", k).ask("inc")
                 assert owner == nodes["a"].owner("counter", k) != "c"
                 assert n == 3 or k in moved  # keys that stayed kept their actor
-            shares = ring_shares(nodes["a"]._ring)
+            shares = ring_shares(nodes["a"].placement.ring)
             assert set(shares) == {"a", "b"} and abs(sum(shares.values()) - 1) < 1e-9
 
     run(main)

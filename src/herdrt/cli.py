@@ -214,8 +214,8 @@ def serve(config_path, node_name, apps, print_config, log_dir, use_asyncio, brid
 
 
 async def _query_all(config, timeout):
+    from .herd import ADMIN_ACTOR
     from .herd.client import HerdClient
-    from .herd.node import ADMIN_ACTOR
 
     async def one(name):
         try:

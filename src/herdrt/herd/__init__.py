@@ -3,7 +3,9 @@ membership and failure detection, routing, broadcast, keyed-actor placement, flo
 the client that talks to a node from outside.
 """
 
+from .admin import ADMIN_ACTOR
 from .client import HerdClient
-from .node import ADMIN_ACTOR, HerdNode, placement_key, ring_shares
+from .node import HerdNode
+from .placement import placement_key, ring_shares
 
 __all__ = ["HerdNode", "HerdClient", "ADMIN_ACTOR", "placement_key", "ring_shares"]

@@ -8,18 +8,29 @@
   both of its ends report it — and answers the next hop towards every reachable node.
 * :func:`check_report` admits a MEMBERSHIP report only in the shape a real node sends, and
   :class:`ReportPacer` only at the rate it sends them (a newer report waits its turn, never lost).
+* :class:`Membership` is one node's part in it all: its own reports and incarnation, refuting
+  false reports about itself, the live set, and the failure detectors of its links.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from ..core import OnlineStats
+from . import protocol as P
+from .link import Link, LinkClosed, LinkOverflow
 
-__all__ = ["PhiAccrualDetector", "LinkState", "next_hops", "ReportRefused", "check_report", "ReportPacer"]
+if TYPE_CHECKING:
+    from .node import HerdNode
+
+__all__ = ["PhiAccrualDetector", "LinkState", "next_hops", "ReportRefused", "check_report", "ReportPacer", "Membership"]
+
+log = logging.getLogger("herdrt.herd")
 
 
 class PhiAccrualDetector:
@@ -285,3 +296,171 @@ class ReportPacer:
             timer.cancel()
         self._timers.clear()
         self._pending.clear()
+
+
+#: Membership reports a second each origin may have applied (a burst of REPORT_BURST); more wait.
+REPORT_RATE = 10.0
+REPORT_BURST = 32
+
+
+class Membership:
+    """One node's part in the herd's membership (PROTOCOL.md, *Membership and routing*): its
+    incarnation and reports, the reports of the others (:class:`LinkState`), who is live, the next
+    hop to each node, and the phi-accrual detectors of its links.
+
+    ``epoch`` grows with every change to the links or the reports (cached routes expire with it);
+    ``on_live(came, gone)`` is called when the set of live nodes changes."""
+
+    def __init__(self, node: HerdNode, on_live: Callable[[set, set], None]):
+        self.node = node
+        self.name = node.name
+        self.config = node.config
+        self.incarnation = time.time_ns()
+        self.state = LinkState(node.name)
+        self.epoch = 0
+        self._live: set[str] = {node.name}
+        self._on_live = on_live
+        self._neighbor_sets = {n: frozenset(node.config.neighbors(n)) for n in node.config.nodes}
+        self._detectors: dict[str, PhiAccrualDetector] = {}
+        self._pacer: ReportPacer | None = None
+
+    def start(self, loop) -> None:
+        self._pacer = ReportPacer(REPORT_RATE, REPORT_BURST, loop.call_later, self._paced)
+        self.report()
+
+    def close(self) -> None:
+        if self._pacer is not None:
+            self._pacer.close()
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    def live(self) -> set[str]:
+        """The nodes reachable from here, this one included."""
+        return set(self._live)
+
+    def next_hop(self, node: str) -> str | None:
+        return self.state.next_hop(node)
+
+    # -- links -------------------------------------------------------------------------------------
+
+    def link_up(self, link: Link) -> None:
+        """A link to a neighbor is up: watch it, bring the neighbor up to date, report."""
+        det = self._detectors[link.peer] = PhiAccrualDetector(
+            self.config.heartbeat_interval, self.config.failure_threshold
+        )
+        det.heartbeat(link.last_heard)
+        try:
+            for origin, seq, nbrs in self.state.reports():
+                if origin != self.name:
+                    link.send([P.MEMBERSHIP, origin, seq[0], seq[1], sorted(nbrs)])
+        except (LinkClosed, LinkOverflow):
+            pass  # gone again already (its link-down reports), or a peer that does not read
+        self.report()
+
+    def link_down(self, peer: str) -> None:
+        self._detectors.pop(peer, None)
+        if not self.node.closing:
+            self.report()
+
+    def check_failures(self, now: float) -> None:
+        """Drop the links whose peers have been silent too long (phi accrual)."""
+        node = self.node
+        for peer, link in node.neighbor_links():
+            det = self._detectors.get(peer)
+            if det is None or link.reading_paused:
+                continue  # a link we stopped reading (backpressure) is not a silent peer
+            if det.last_heard is None or link.last_heard > det.last_heard:
+                det.heartbeat(link.last_heard)
+            if not det.is_available(now):
+                node.counters["suspected"] += 1
+                silent = now - det.last_heard
+                log.warning(
+                    "%s: %s silent for %.2fs (phi %.1f): dropping the link", self.name, peer, silent, det.phi(now)
+                )
+                link.abort(f"failure detector: silent for {silent:.2f}s")
+
+    # -- reports -----------------------------------------------------------------------------------
+
+    def report(self) -> None:
+        """Flood this node's live links (after any link change)."""
+        live = [peer for peer, _ in self.node.neighbor_links()]
+        seq, nbrs = self.state.local_report(live)
+        self.node.flood([P.MEMBERSHIP, self.name, self.incarnation, seq, sorted(nbrs)])
+        self._changed()
+
+    def on_report(self, peer: str, env: list) -> None:
+        """A MEMBERSHIP that came from neighbor ``peer``."""
+        node = self.node
+        try:
+            origin, incarnation, seq, nbrs = check_report(env, self._neighbor_sets, self.config.max_clock_skew)
+        except ReportRefused as exc:
+            node.counters["reports_refused"] += 1
+            node.ratelog.warning(("report", peer), "%s: MEMBERSHIP from %s refused: %s", self.name, peer, exc)
+            return
+        version = (incarnation, seq)
+        if origin == self.name:
+            # A report about this node newer than its own: forged, or left from a life whose clock
+            # ran ahead. Refute it (SWIM/Lifeguard): outgrow it and flood the truth.
+            if version > (self.incarnation, self.state.seq_of(self.name)):
+                self._refute(peer, version)
+            return
+        if not self.state.is_newer(origin, version):
+            return  # a copy that came round another way: the common case, and cheap
+        if origin != peer:
+            direct = node.links.link(origin)
+            if direct is not None and direct.is_up:
+                # This node hears `origin` itself, which sends every report of its own straight
+                # here: a newer one from elsewhere is not its word. Pass it to the origin only,
+                # which refutes it if it is false.
+                node.counters["reports_redirected"] += 1
+                try:
+                    direct.send(env)
+                except (LinkClosed, LinkOverflow):
+                    pass
+                return
+        if self._pacer.admit(origin, (peer, env)):
+            self._take(peer, env)
+        else:
+            node.counters["reports_paced"] += 1
+
+    def _paced(self, origin: str) -> None:
+        pending = self._pacer.take(origin)
+        if pending is not None and not self.node.closing:
+            peer, env = pending
+            if self.state.is_newer(origin, (env[2], env[3])):
+                self._take(peer, env)
+
+    def _take(self, peer: str, env: list) -> None:
+        _, origin, incarnation, seq, nbrs = env
+        if self.state.apply(origin, (incarnation, seq), nbrs):
+            # Onwards to every neighbor but the sender: the origin's neighbors pass it to the
+            # origin, which refutes it if it is forged.
+            self.node.flood(env, (peer,))
+            self._changed()
+
+    def _refute(self, via: str, version: tuple[int, int]) -> None:
+        self.node.counters["refutations"] += 1
+        self.incarnation = max(time.time_ns(), version[0] + 1)
+        self.node.ratelog.warning(
+            ("refute",),
+            "%s: a report about this node newer than its own (incarnation %d, "
+            "seq %d) came via %s; refuted with incarnation %d",
+            self.name,
+            *version,
+            via,
+            self.incarnation,
+        )
+        self.report()
+
+    def _changed(self) -> None:
+        self.epoch += 1
+        live = self.state.live()
+        if live == self._live:
+            return
+        gone, came = self._live - live, live - self._live
+        self._live = live
+        for node in sorted(came):
+            log.info("%s: node %s up", self.name, node)
+        for node in sorted(gone):
+            log.warning("%s: node %s down (no live route)", self.name, node)
+        self._on_live(came, gone)

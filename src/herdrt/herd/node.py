@@ -21,6 +21,10 @@ What it adds to a plain node:
   secret may send TELL/ASK; the node they dial performs them on their behalf.
 * An admin actor, ``$node``, answers ``"status"`` and ``"ping"`` asks.
 
+The node holds the routing and the dispatch of what arrives; the other concerns are parts it owns:
+:class:`~herdrt.herd.membership.Membership` (``node.membership``), :class:`~herdrt.herd.broadcast.Broadcasts`,
+:class:`~herdrt.herd.placement.Placement` (``node.placement``), and the admin actor (:mod:`herdrt.herd.admin`).
+
 Delivery is at-most-once. Tells to a node that is unreachable raise ``NodeUnavailable`` and are
 counted in ``undeliverable``; envelopes still queued on a link that drops are counted in
 ``lost_on_links``.
@@ -31,13 +35,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from ..config import HerdConfig
-from ..core import HashRing
 from ..errors import (
     ActorNotFound,
     ActorStopped,
@@ -55,65 +56,25 @@ from ..runtime.node import Node
 from ..runtime.ref import ActorRef
 from ..runtime.strict import check_msgpack
 from . import protocol as P
+from .admin import ADMIN_ACTOR, AdminActor
 from .backpressure import Backpressure
+from .broadcast import Broadcasts
 from .link import Link, LinkClosed, LinkOverflow, LinkSettings
 from .links import LinkManager
-from .membership import LinkState, PhiAccrualDetector, ReportPacer, ReportRefused, check_report
+from .membership import Membership
+from .placement import Placement, ring_shares
 
-__all__ = ["HerdNode", "ADMIN_ACTOR", "placement_key", "ring_shares"]
+__all__ = ["HerdNode"]
 
 log = logging.getLogger("herdrt.herd")
-#: Membership reports a second each origin may have applied (a burst of REPORT_BURST); more wait.
-REPORT_RATE = 10.0
-REPORT_BURST = 32
-
-#: The admin actor every herd node runs.
-ADMIN_ACTOR = "$node"
 
 # Errors that keep their type when they cross the herd (anything else arrives as RemoteError).
 _TYPED = {
     cls.__name__: cls for cls in (ActorNotFound, ActorStopped, MailboxFull, NodeUnavailable, AskTimeout, AskDeadlock)
 }
-_SEEN_FLOODS = 65536  # broadcast ids remembered for de-duplication
-_MISSING = object()
 # Kinds addressed to one node (dest_node second): delivered there, forwarded by the others.
 _ROUTED = frozenset((P.TELL, P.TELLS, P.ASK, P.REPLY, P.HANDOFF))
 _TELLS, _REPLY = P.TELLS, P.REPLY
-
-
-def placement_key(kind: str, key: str) -> str:
-    """The ring key of keyed actor ``(kind, key)``: ``"<kind>:<key>"`` (PROTOCOL.md, Placement)."""
-    return f"{kind}:{key}"
-
-
-def _keyed_name(kind: str, key: str) -> str:
-    # A local actor name may not hold "@" (refs are "name@node"); escape it reversibly.
-    return placement_key(kind, key).replace("%", "%25").replace("@", "%40")
-
-
-def ring_shares(ring: HashRing) -> dict[str, float]:
-    """The fraction of the 32-bit hash space each node of ``ring`` owns."""
-    points = ring.points()
-    shares = {node: 0 for node in ring.nodes}
-    if not points:
-        return {}
-    prev = points[-1][0] - (1 << 32)
-    for point, node in points:
-        shares[node] += point - prev
-        prev = point
-    return {node: span / (1 << 32) for node, span in shares.items()}
-
-
-class _Admin(Actor):
-    """Answers the CLI: ``"status"`` (membership, links, ring shares, counters) and ``"ping"``."""
-
-    def receive(self, message, ctx):
-        op = message.get("op") if isinstance(message, dict) else message
-        if op == "status":
-            return self.node.herd_status()
-        if op == "ping":
-            return {"pong": self.node.name}
-        raise ValueError(f"unknown admin request {op!r}; ask 'status' or 'ping'")
 
 
 class HerdNode(Node):
@@ -138,28 +99,19 @@ class HerdNode(Node):
         node_options.setdefault("overflow", config.mailbox_overflow)
         super().__init__(name, **node_options)
         self.config = config
-        self.incarnation = time.time_ns()
         self.links: LinkManager | None = None
-        self.membership = LinkState(name)
         self._listen = listen
         self._addresses = addresses
-        self._live: set[str] = {name}
-        self._ring = HashRing([name])
-        self._kinds: dict[str, tuple[type[Actor], tuple, dict]] = {}
-        self._keyed: dict[str, tuple[str, str]] = {}  # local actor name -> (kind, key)
-        self._handoffs: dict[tuple[str, str], Any] = {}
         self._remote_asks: dict[int, str] = {}  # corr -> node asked
-        self._subscribers: dict[str, list] = {}
-        self._flood_seq = 0
-        self._seen: OrderedDict[tuple, None] = OrderedDict()
-        self._detectors: dict[str, PhiAccrualDetector] = {}
-        self._neighbor_sets = {n: frozenset(config.neighbors(n)) for n in config.nodes}
-        self._pacer: ReportPacer | None = None
         self.ratelog = RateLog(log)  # per-message events: counted in counters, logged rate-limited
-        self._fd_timer: asyncio.TimerHandle | None = None
+        self._tick_timer: asyncio.TimerHandle | None = None
         self._started = False
-        self._route_epoch = 0  # bumped whenever links or membership change: cached routes expire
         self._backpressure: Backpressure | None = None  # links held back while an actor they feed lags
+        #: Who is live, the routes, the failure detectors (:mod:`herdrt.herd.membership`).
+        self.membership = Membership(self, self._live_changed)
+        #: Keyed actors on the ring (:mod:`herdrt.herd.placement`).
+        self.placement = Placement(self)
+        self._broadcasts = Broadcasts(self)
         self._shutdown_hooks: list[Callable[[], Any]] = []
         self._membership_hooks: list[Callable[[set, set], None]] = []
         self._status: dict[str, Callable[[], Any]] = {}  # herd_status() entries of the layers above
@@ -197,7 +149,6 @@ class HerdNode(Node):
         await super().start()
         loop = self.scheduler.loop
         self._backpressure = Backpressure(loop)
-        self._pacer = ReportPacer(REPORT_RATE, REPORT_BURST, loop.call_later, self._paced_report)
         settings = LinkSettings.from_config(self.config, self.name, accept_clients=True)
         self.links = LinkManager(
             self.config,
@@ -211,9 +162,9 @@ class HerdNode(Node):
         )
         await self.links.start()
         self._started = True
-        self.spawn(_Admin, name=ADMIN_ACTOR, mailbox_size=256)
-        self._report()
-        self._fd_timer = loop.call_later(self.config.heartbeat_interval / 2, self._check_failures)
+        self.spawn(AdminActor, name=ADMIN_ACTOR, mailbox_size=256)
+        self.membership.start(loop)
+        self._tick_timer = loop.call_later(self.config.heartbeat_interval / 2, self._tick)
         return self
 
     async def __aenter__(self) -> HerdNode:
@@ -236,13 +187,12 @@ class HerdNode(Node):
 
     async def shutdown(self) -> None:
         """Run the shutdown hooks, stop every actor, then close every link (with BYE)."""
-        if self._fd_timer is not None:
-            self._fd_timer.cancel()
-            self._fd_timer = None
+        if self._tick_timer is not None:
+            self._tick_timer.cancel()
+            self._tick_timer = None
         if self._backpressure is not None:
             self._backpressure.close()
-        if self._pacer is not None:
-            self._pacer.close()
+        self.membership.close()
         hooks, self._shutdown_hooks = self._shutdown_hooks, []
         for hook in reversed(hooks):
             try:
@@ -260,6 +210,17 @@ class HerdNode(Node):
         """Where this node listens for herd links."""
         return self.links.address
 
+    @property
+    def incarnation(self) -> int:
+        """This node's incarnation (its start time in ns, raised when it refutes a report)."""
+        return self.membership.incarnation
+
+    def _tick(self) -> None:
+        loop = self.scheduler.loop
+        self._tick_timer = loop.call_later(self.config.heartbeat_interval / 2, self._tick)
+        self.ratelog.flush()
+        self.membership.check_failures(loop.time())
+
     # -- routing -------------------------------------------------------------------------------
 
     def _link_to(self, dest: str) -> Link:
@@ -275,12 +236,13 @@ class HerdNode(Node):
                     raise NodeUnavailable(
                         f"{dest!r} is not a node of this herd (nodes: {', '.join(self.config.nodes)})"
                     )
-                raise NodeUnavailable(
-                    f"node {dest} is unreachable from {self.name} (live: {', '.join(sorted(self._live))})"
-                )
+                live = ", ".join(sorted(self.membership.live()))
+                raise NodeUnavailable(f"node {dest} is unreachable from {self.name} (live: {live})")
         return link
 
-    def _send(self, dest: str, env: list, urgent: bool = False) -> None:
+    def send_to(self, dest: str, env: list, urgent: bool = False) -> None:
+        """Send a node-layer envelope to node ``dest``: over the link to it, else the next hop.
+        Raises :class:`NodeUnavailable` when no route is left."""
         link = self._link_to(dest)
         try:
             link.send(env, urgent)
@@ -293,20 +255,21 @@ class HerdNode(Node):
         envelopes routed over the herd.
 
         The hot path of every remote tell: the link is looked up once and kept until routing
-        changes (``_route_epoch``), so a tell costs one envelope and one ``Link.send``."""
+        changes (``membership.epoch``), so a tell costs one envelope and one ``Link.send``."""
         me = self.name
         remote_asks = self._remote_asks
         strict = self.strict_messages
         ask_kind = P.ASK
+        membership = self.membership
         route = [None, -1]  # the link towards node_name, and the routing epoch it was chosen in
 
         def post(message: Any, corr: int = 0) -> None:
             if strict:
                 check_msgpack(message)
             link = route[0]
-            if route[1] != self._route_epoch or link is None:
+            if route[1] != membership.epoch or link is None:
                 link = route[0] = self._link_to(node_name)
-                route[1] = self._route_epoch
+                route[1] = membership.epoch
             try:
                 if corr:
                     remote_asks[corr] = node_name
@@ -356,7 +319,7 @@ class HerdNode(Node):
                     return
                 except LinkClosed:
                     pass  # routed below, if another way is left
-            self._send(src, env, True)
+            self.send_to(src, env, True)
         except (NodeUnavailable, LinkOverflow) as exc:
             # The asker's node is gone or not reading: its ask fails there (NodeUnavailable or
             # AskTimeout); the handler that answered must not fail for it.
@@ -449,9 +412,9 @@ class HerdNode(Node):
                 self.counters["forwarded"] += 1
                 self._forward(env)
         elif kind == P.MEMBERSHIP:
-            self._on_membership(link, env)
+            self.membership.on_report(link.peer, env)
         elif kind == P.FLOOD:
-            self._on_flood(link, env)
+            self._broadcasts.on_flood(link.peer, env)
         elif kind == P.ERROR:
             _, code, message = P.parse_error(env)
             self.resolve(env[1], False, ("NodeUnavailable" if code == P.E_OVERFLOW else "RemoteError", message))
@@ -460,7 +423,7 @@ class HerdNode(Node):
 
     def _forward(self, env: list) -> None:
         try:
-            self._send(env[1], env)
+            self.send_to(env[1], env)
         except (NodeUnavailable, LinkOverflow) as exc:
             if isinstance(exc, LinkOverflow):  # the next hop does not read: dropped, counted
                 self.counters["undeliverable"] += 1
@@ -510,7 +473,7 @@ class HerdNode(Node):
         else:  # HANDOFF
             _, _, kind_name, key, state = env
             self.counters["handoffs_in"] += 1
-            self._handoffs[(kind_name, key)] = state
+            self.placement.handed_over(kind_name, key, state)
 
     def _local_name(self, target) -> str:
         """The local actor name of ``target``: an actor name, or ``[kind, key]`` (a keyed actor,
@@ -518,7 +481,7 @@ class HerdNode(Node):
         if target.__class__ is str:
             return target
         kind, key = target
-        return self._activate(kind, key)
+        return self.placement.activate(kind, key)
 
     def _from_client(self, link: Link, env: list) -> None:
         """A client's TELL/ASK: performed by this node on the client's behalf."""
@@ -583,17 +546,8 @@ class HerdNode(Node):
         if peer.startswith(P.CLIENT_PREFIX):
             log.debug("%s: client %s connected", self.name, peer)
             return
-        det = self._detectors[peer] = PhiAccrualDetector(self.config.heartbeat_interval, self.config.failure_threshold)
-        det.heartbeat(link.last_heard)
         log.info("%s: link to %s up", self.name, peer)
-        # Bring the new neighbor up to date with everything we know, then tell all about the link.
-        try:
-            for origin, seq, nbrs in self.membership.reports():
-                if origin != self.name:
-                    link.send([P.MEMBERSHIP, origin, seq[0], seq[1], sorted(nbrs)])
-        except (LinkClosed, LinkOverflow):
-            pass  # gone again already (its link-down reports), or a peer that does not read
-        self._report()
+        self.membership.link_up(link)
 
     def _dropped(self, link: Link, env: list, exc: Exception) -> None:
         """A link dropped ``env`` unsent (too big for the peer, or not msgpack): answer for it,
@@ -620,22 +574,20 @@ class HerdNode(Node):
         self._backpressure.forget(link)
         if peer.startswith(P.CLIENT_PREFIX):
             return
-        self._detectors.pop(peer, None)
         log.warning("%s: link to %s down: %s", self.name, peer, reason)
-        if not self.closing:
-            self._report()
+        self.membership.link_down(peer)
 
-    def _neighbor_links(self):
+    def neighbor_links(self) -> list[tuple[str, Link]]:
         """(peer, link) of every established link to a node (not closing, not a client)."""
         return [
             (peer, link) for peer, link in self.links.up.items() if link.is_up and not peer.startswith(P.CLIENT_PREFIX)
         ]
 
-    def _flood(self, env: list, skip: tuple = ()) -> None:
+    def flood(self, env: list, skip: tuple = ()) -> None:
         """Send ``env`` on every neighbor link except those to the peers in ``skip``. A link
         that cannot take it is passed over: it is closing (its link-down floods a report of its
         own), or its peer does not read (counted)."""
-        for peer, link in self._neighbor_links():
+        for peer, link in self.neighbor_links():
             if peer in skip:
                 continue
             try:
@@ -652,245 +604,51 @@ class HerdNode(Node):
                     peer,
                 )
 
-    def _report(self) -> None:
-        """Flood this node's live links (after any link change)."""
-        live = [peer for peer, _ in self._neighbor_links()]
-        seq, nbrs = self.membership.local_report(live)
-        self._flood([P.MEMBERSHIP, self.name, self.incarnation, seq, sorted(nbrs)])
-        self._membership_changed()
-
-    def _on_membership(self, link: Link, env: list) -> None:
-        try:
-            origin, incarnation, seq, nbrs = check_report(env, self._neighbor_sets, self.config.max_clock_skew)
-        except ReportRefused as exc:
-            self.counters["reports_refused"] += 1
-            self.ratelog.warning(("report", link.peer), "%s: MEMBERSHIP from %s refused: %s", self.name, link.peer, exc)
-            return
-        version = (incarnation, seq)
-        if origin == self.name:
-            # A report about this node newer than its own: forged, or left from a life whose clock
-            # ran ahead. Refute it (SWIM/Lifeguard): outgrow it and flood the truth.
-            if version > (self.incarnation, self.membership.seq_of(self.name)):
-                self._refute(link.peer, version)
-            return
-        if not self.membership.is_newer(origin, version):
-            return  # a copy that came round another way: the common case, and cheap
-        if origin != link.peer:
-            direct = self.links.link(origin)
-            if direct is not None and direct.is_up:
-                # This node hears `origin` itself, which sends every report of its own straight
-                # here: a newer one from elsewhere is not its word. Pass it to the origin only,
-                # which refutes it if it is false.
-                self.counters["reports_redirected"] += 1
-                try:
-                    direct.send(env)
-                except (LinkClosed, LinkOverflow):
-                    pass
-                return
-        if self._pacer.admit(origin, (link.peer, env)):
-            self._take_report(link.peer, env)
-        else:
-            self.counters["reports_paced"] += 1
-
-    def _paced_report(self, origin: str) -> None:
-        pending = self._pacer.take(origin)
-        if pending is not None and not self.closing:
-            peer, env = pending
-            if self.membership.is_newer(origin, (env[2], env[3])):
-                self._take_report(peer, env)
-
-    def _take_report(self, peer: str, env: list) -> None:
-        _, origin, incarnation, seq, nbrs = env
-        if self.membership.apply(origin, (incarnation, seq), nbrs):
-            # Onwards to every neighbor but the sender: the origin's neighbors pass it to the
-            # origin, which refutes it if it is forged.
-            self._flood(env, (peer,))
-            self._membership_changed()
-
-    def _refute(self, via: str, version: tuple[int, int]) -> None:
-        self.counters["refutations"] += 1
-        self.incarnation = max(time.time_ns(), version[0] + 1)
-        self.ratelog.warning(
-            ("refute",),
-            "%s: a report about this node newer than its own (incarnation %d, "
-            "seq %d) came via %s; refuted with incarnation %d",
-            self.name,
-            *version,
-            via,
-            self.incarnation,
-        )
-        self._report()
-
-    def _membership_changed(self) -> None:
-        self._route_epoch += 1
-        live = self.membership.live()
-        if live == self._live:
-            return
-        gone, came = self._live - live, live - self._live
-        self._live = live
-        for node in sorted(came):
-            log.info("%s: node %s up", self.name, node)
-        for node in sorted(gone):
-            log.warning("%s: node %s down (no live route)", self.name, node)
+    def _live_changed(self, came: set, gone: set) -> None:
         if gone:
             for corr, dest in list(self._remote_asks.items()):
                 if dest in gone:
                     del self._remote_asks[corr]
                     self.asks.fail(corr, NodeUnavailable(f"node {dest} went down before it replied"))
-        self._ring = HashRing(sorted(live), vnodes=self._ring.vnodes)
-        self._rebalance()
+        self.placement.rebalance(self.membership.live())
+        if self._remote_asks and len(self._remote_asks) > 2 * len(self.asks) + 1024:
+            # asks that timed out leave their route behind; sweep now and then
+            for corr in [c for c in self._remote_asks if not self.asks.waiting(c)]:
+                del self._remote_asks[corr]
         for hook in self._membership_hooks:
             try:
                 hook(came, gone)
             except Exception:
                 log.exception("%s: membership hook %r failed", self.name, hook)
 
-    def _check_failures(self) -> None:
-        loop = self.scheduler.loop
-        self._fd_timer = loop.call_later(self.config.heartbeat_interval / 2, self._check_failures)
-        self.ratelog.flush()
-        now = loop.time()
-        for peer, link in self._neighbor_links():
-            det = self._detectors.get(peer)
-            if det is None or link.reading_paused:
-                continue  # a link we stopped reading (backpressure) is not a silent peer
-            if det.last_heard is None or link.last_heard > det.last_heard:
-                det.heartbeat(link.last_heard)
-            if not det.is_available(now):
-                self.counters["suspected"] += 1
-                silent = now - det.last_heard
-                log.warning(
-                    "%s: %s silent for %.2fs (phi %.1f): dropping the link", self.name, peer, silent, det.phi(now)
-                )
-                link.abort(f"failure detector: silent for {silent:.2f}s")
-
-    # -- broadcast -------------------------------------------------------------------------------
+    # -- broadcast (herd/broadcast.py) ---------------------------------------------------------
 
     def subscribe(self, topic: str, target: ActorRef | Callable[[Any], Any]) -> None:
         """Deliver every broadcast on ``topic`` (from any node, this one included) to ``target``:
         an actor ref (told the message) or a plain callable."""
-        self._subscribers.setdefault(topic, []).append(target)
+        self._broadcasts.subscribe(topic, target)
 
     def unsubscribe(self, topic: str, target) -> None:
-        subs = self._subscribers.get(topic, [])
-        if target in subs:
-            subs.remove(target)
+        self._broadcasts.unsubscribe(topic, target)
 
     def broadcast(self, topic: str, message: Any) -> None:
         """Flood ``message`` to every reachable node's subscribers of ``topic``, once each."""
-        if self.strict_messages:
-            check_msgpack(message)
-        self._flood_seq += 1
-        env = [P.FLOOD, self.name, self.incarnation, self._flood_seq, topic, message]
-        self._seen_before((self.name, self.incarnation, self._flood_seq))
-        self.counters["broadcasts"] += 1
-        self._flood(env)
-        self._deliver_flood(topic, message)
+        self._broadcasts.broadcast(topic, message)
 
-    def _seen_before(self, key: tuple) -> bool:
-        seen = self._seen
-        if key in seen:
-            return True
-        seen[key] = None
-        if len(seen) > _SEEN_FLOODS:
-            seen.popitem(last=False)
-        return False
-
-    def _on_flood(self, link: Link, env: list) -> None:
-        _, origin, incarnation, seq, topic, message = env
-        if self._seen_before((origin, incarnation, seq)):
-            return
-        self._flood(env, (link.peer, origin))
-        self._deliver_flood(topic, message)
-
-    def _deliver_flood(self, topic: str, message: Any) -> None:
-        for target in list(self._subscribers.get(topic, ())):
-            try:
-                if isinstance(target, ActorRef):
-                    target.tell(message)
-                else:
-                    target(message)
-                self.counters["floods_delivered"] += 1
-            except Exception:
-                log.exception("%s: subscriber %r of %r failed", self.name, target, topic)
-
-    # -- keyed actors ----------------------------------------------------------------------------
+    # -- keyed actors (herd/placement.py) --------------------------------------------------------
 
     def register_kind(self, kind: str, actor_cls: type[Actor], *args: Any, **spawn_options: Any) -> None:
         """Make ``kind`` activatable here: ``actor_cls(*args)`` on the first message for a key this
         node owns. Register the same kinds on every node."""
-        if not (isinstance(actor_cls, type) and issubclass(actor_cls, Actor)):
-            raise TypeError(f"register_kind needs an Actor subclass, not {actor_cls!r}")
-        self._kinds[kind] = (actor_cls, args, spawn_options)
+        self.placement.register_kind(kind, actor_cls, args, spawn_options)
 
     def owner(self, kind: str, key: str) -> str:
         """The live node that owns keyed actor ``(kind, key)`` now."""
-        return self._ring.lookup(placement_key(kind, str(key)))
+        return self.placement.owner(kind, key)
 
     def ref_for(self, kind: str, key: str) -> ActorRef:
         """A ref to keyed actor ``(kind, key)``, wherever the ring places it at each message."""
-        if kind not in self._kinds:
-            raise ActorNotFound(f"no actor kind {kind!r} is registered on {self.name}; call register_kind first")
-        key = str(key)
-        ring_key = placement_key(kind, key)
-        remote: dict[str, Callable[..., None]] = {}  # owner -> poster, made on first use
-        me = self.name
-
-        def post(message: Any, corr: int = 0) -> None:
-            owner = self._ring.lookup(ring_key)
-            if owner == me:
-                poster = self.lookup(self._activate(kind, key)).tell
-                poster(message, corr) if corr else poster(message)
-                return
-            poster = remote.get(owner)
-            if poster is None:
-                poster = remote[owner] = self.remote_poster([kind, key], owner)
-            poster(message, corr)
-
-        return ActorRef(self, ring_key, "*", post)
-
-    def _activate(self, kind: str, key: str) -> str:
-        """The local name of keyed actor ``(kind, key)``, spawned here if it does not run yet."""
-        name = _keyed_name(kind, key)
-        if name not in self:
-            try:
-                cls, args, options = self._kinds[kind]
-            except KeyError:
-                raise ActorNotFound(f"no actor kind {kind!r} is registered on {self.name}") from None
-            self.spawn(cls, *args, name=name, **options)
-            self._keyed[name] = (kind, key)
-            self.counters["activations"] += 1
-            state = self._handoffs.pop((kind, key), _MISSING)
-            if state is not _MISSING:
-                self.take_over(name, state)
-        return name
-
-    def _rebalance(self) -> None:
-        """Stop the keyed actors this node no longer owns, handing their state to the new owner."""
-        moved = 0
-        for name, (kind, key) in list(self._keyed.items()):
-            owner = self._ring.lookup(placement_key(kind, key))
-            if owner == self.name:
-                continue
-            del self._keyed[name]
-            if name not in self:
-                continue
-            moved += 1
-            state = self.hand_off(name)
-            if state is not None:
-                try:
-                    self._send(owner, [P.HANDOFF, owner, kind, key, state])
-                    self.counters["handoffs_out"] += 1
-                except NodeUnavailable as exc:
-                    log.warning("%s: hand-off of %s to %s lost: %s", self.name, name, owner, exc)
-            self.scheduler.track(asyncio.ensure_future(self.stop(name)))
-        if moved:
-            self.counters["rebalances"] += 1
-            log.info("%s: rebalance: %d keyed actors moved to their new owners", self.name, moved)
-        if self._remote_asks and len(self._remote_asks) > 2 * len(self.asks) + 1024:
-            # asks that timed out leave their route behind; sweep now and then
-            for corr in [c for c in self._remote_asks if not self.asks.waiting(c)]:
-                del self._remote_asks[corr]
+        return self.placement.ref_for(kind, key)
 
     # -- status ----------------------------------------------------------------------------------
 
@@ -902,7 +660,7 @@ class HerdNode(Node):
             "pid": os.getpid(),
             "incarnation": self.incarnation,
             "address": list(self.address) if self.links is not None else None,
-            "live": sorted(self._live),
+            "live": sorted(self.membership.live()),
             "nodes": list(self.config.nodes),
             "links": {
                 peer: {
@@ -914,9 +672,9 @@ class HerdNode(Node):
                 if not peer.startswith(P.CLIENT_PREFIX)
             },
             "clients": sum(peer.startswith(P.CLIENT_PREFIX) for peer in links),
-            "ring_share": ring_shares(self._ring),
+            "ring_share": ring_shares(self.placement.ring),
             "actors": len(self.actors()),
-            "keyed_actors": len(self._keyed),
+            "keyed_actors": self.placement.running,
             "counters": dict(self.counters),
             "stats": self.stats()["total"],
             **{name: report() for name, report in self._status.items()},
