@@ -11,8 +11,9 @@ extensions = [
         ["src/herdrt/core/_fast.pyx"],
         include_dirs=["src/herdrt/core"],
         # Cython tracks .pxi includes itself, but not C headers.
-        depends=["src/herdrt/core/_md5.h", "src/herdrt/core/_msgpack.h"],
-        # AES-256-GCM for link records (_records.pxi): OpenSSL's libcrypto (Debian: libssl-dev).
+        depends=["src/herdrt/core/_msgpack.h"],
+        # OpenSSL's libcrypto (Debian: libssl-dev): AES-256-GCM for link records (_records.pxi), MD5
+        # for the hash ring (_ring.pxi).
         libraries=["crypto"],
         extra_compile_args=["-O3"],
     )

@@ -5,17 +5,20 @@
     python bench/bench_framing.py     # the same groups, interleaved, as msgs/s and ratios vs targets
 
 One round = the same N_MSGS messages, so ``ops`` x N_MSGS is messages per second (also in
-``extra_info``). Groups:
+``extra_info``). The messages are protocol-2+ wire envelopes, msgpack arrays with application
+bodies (``_messages.py``). Groups:
 
-* ``decode-64B`` / ``decode-1KiB``: one buffer of N_MSGS frames fed in 64 KiB chunks; each
-  chunk's messages are counted and let go (a consumer dispatching them: nothing piles up for the
-  garbage collector); the messages themselves are checked in an untimed run. Contenders: the
+* ``decode-small`` (TELL, ASK, REPLY and keyed TELL envelopes of 26-50 bytes, small dict and list
+  bodies) / ``decode-1KiB`` (an ASK with a 1 KiB reading, a TELLS of 16 dict bodies; 664-990
+  bytes): one buffer of N_MSGS frames fed in 64 KiB chunks; each chunk's messages are counted
+  and let go (a consumer dispatching them: nothing piles up for the garbage collector); the
+  messages themselves are checked in an untimed run. Contenders: the
   compiled ``FrameDecoder``; the pure one; a bare ``msgpack.Unpacker`` fed the same bodies
   concatenated without framing (``unpacker``: ``list(unpacker)`` per chunk, the same work as
   ``feed`` minus framing and limits; ``unpacker-iter``: each message let go as the iterator yields
   it); and a hand-written ``struct`` length prefix + ``msgpack.unpackb`` loop. Targets: compiled
   >= 1.0x ``unpacker``, >= 1.7x ``struct+unpackb``.
-* ``encode-batch``: the 64-byte messages into one buffer of frames: compiled ``encode_frames``
+* ``encode-batch``: the small envelopes into one buffer of frames: compiled ``encode_frames``
   (also with ``max_size``, as links call it) vs pure vs ``msgpack.Packer`` + ``struct`` by hand.
 """
 
@@ -27,6 +30,7 @@ import timeit
 import msgpack
 import pytest
 
+import _messages
 from herdrt.core import _fast, _pure
 
 N_MSGS = 20_000
@@ -34,30 +38,10 @@ CHUNK = 64 * 1024
 _HEADER = struct.Struct(">I")
 
 
-def _small(i: int) -> dict:
-    # an envelope-like tell, 64 bytes of msgpack
-    return {"k": "tell", "to": "actor-17", "from": "actor-33", "id": 100_000 + i, "body": [1, 2.5, "hello"]}
-
-
-def _large(i: int) -> dict:
-    # an ask carrying a ~1 KiB payload: numbers, short and long strings, a blob, nested maps
-    return {
-        "k": "ask",
-        "to": f"sensor-{i % 50}",
-        "from": "node-2/collector",
-        "id": i,
-        "ttl": 5.0,
-        "body": {
-            "readings": [20.0 + (i + j) % 17 * 0.25 for j in range(52)],
-            "counts": list(range(i % 7, i % 7 + 60)),
-            "tags": {"site": "north", "rack": "r12", "unit": "celsius", "ok": True},
-            "note": "calibrated against the reference probe; drift within tolerance " * 3,
-            "blob": bytes(range(160)),
-        },
-    }
-
-
-MESSAGES = {"decode-64B": [_small(i) for i in range(N_MSGS)], "decode-1KiB": [_large(i) for i in range(N_MSGS)]}
+MESSAGES = {
+    "decode-small": [_messages.small(i) for i in range(N_MSGS)],
+    "decode-1KiB": [_messages.large(i) for i in range(N_MSGS)],
+}
 
 
 def _chunks(data: bytes) -> list[bytes]:
@@ -154,7 +138,7 @@ def _cases():
             (group, "unpacker-iter", _unpacker_run(body_chunks, as_list=False), msgs),
             (group, "struct+unpackb", _struct_unpackb_run(chunks), msgs),
         ]
-    msgs = MESSAGES["decode-64B"]
+    msgs = MESSAGES["decode-small"]
     frames = _pure.encode_frames(msgs)
     cases += [
         ("encode-batch", "compiled", lambda sink=None: _fast.encode_frames(msgs), frames),

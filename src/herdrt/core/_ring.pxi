@@ -1,6 +1,11 @@
 # Hash ring, md5_shard and jump_hash: the compiled twins of the ones in _pure.py (same results,
-# same errors). MD5 comes from _md5.h (RFC 1321, allocation-free), not hashlib: a lookup hashes
-# one short key, and hashlib's per-call overhead would cost more than the hash.
+# same errors). MD5 is OpenSSL's (libcrypto, which the core links for its records anyway):
+# MD5_Init/Update/Final on a stack context. bench/bench_md5.py measured it against the hand-written
+# C MD5 this file used to carry: a tie (0.97-1.00x its time on an 8-40 byte key, 0.93-0.94x at
+# 100 bytes; lookups 0.98-1.00x). EVP with the MD5 fetched once and a reused context takes about
+# 1.8x the time per short key (1.5x per lookup), hashlib 6x. The MD5_* calls have been deprecated
+# since OpenSSL 3.0 but are still there (3.0 here; the 3.5 manual lists them); an OpenSSL built
+# without deprecated APIs would need the EVP path, and its cost, instead.
 #
 # The ring is two parallel C arrays sorted by point: ``_points`` (uint32) and ``_owners``
 # (index into the ``_names`` tuple, the nodes in insertion order). A lookup is one MD5 and one
@@ -22,9 +27,64 @@ from herdrt.errors import EmptyRingError as _EmptyRingError
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
 
-cdef extern from "_md5.h" nogil:
-    void herd_md5(const void* data, size_t size, uint32_t* out)
-    uint64_t herd_md5_mod(const uint32_t* words, uint64_t n)
+cdef extern from *:
+    """
+    /* Before any OpenSSL header: the MD5_* calls are deprecated (not removed) since OpenSSL 3.0. */
+    #define OPENSSL_SUPPRESS_DEPRECATED 1
+    #include <openssl/md5.h>
+
+    /* The MD5 digest of data[0:len] as four words, each read little-endian from the digest:
+     * word 0 is the ketama key hash, words 0..3 are the 4 ketama points of a digest.
+     * MD5_Init/Update/Final on a stack context rather than the one-shot MD5(), which also wipes
+     * the context afterwards: a few percent per short key (bench/bench_md5.py). */
+    static inline void herd_md5(const void *data, size_t len, uint32_t out[4]) {
+        MD5_CTX c;
+        MD5_Init(&c);
+        MD5_Update(&c, data, len);
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        MD5_Final((unsigned char *)out, &c); /* the digest is the four words, as they are */
+    #else
+        unsigned char d[16];
+        int k;
+        MD5_Final(d, &c);
+        for (k = 0; k < 4; k++)
+            out[k] = (uint32_t)d[4 * k] | ((uint32_t)d[4 * k + 1] << 8)
+                     | ((uint32_t)d[4 * k + 2] << 16) | ((uint32_t)d[4 * k + 3] << 24);
+    #endif
+    }
+
+    static inline uint32_t herd_bswap32(uint32_t v) {
+        return (v >> 24) | ((v >> 8) & 0xff00u) | ((v << 8) & 0xff0000u) | (v << 24);
+    }
+
+    /* The digest read as a big-endian 128-bit integer, modulo n (n >= 1). */
+    static inline uint64_t herd_md5_mod(const uint32_t w[4], uint64_t n) {
+        /* Byte 0 of the digest is the most significant: it is the low byte of word 0. */
+        uint64_t hi = ((uint64_t)herd_bswap32(w[0]) << 32) | herd_bswap32(w[1]);
+        uint64_t lo = ((uint64_t)herd_bswap32(w[2]) << 32) | herd_bswap32(w[3]);
+    #if defined(__SIZEOF_INT128__)
+        unsigned __int128 v = ((unsigned __int128)hi << 64) | lo;
+        return (uint64_t)(v % n);
+    #else
+        /* No 128-bit integers: bit by bit, r = (2r + bit) mod n, never overflowing 64 bits. */
+        uint64_t r = 0;
+        uint32_t limbs[4];
+        int i, bit;
+        limbs[0] = (uint32_t)(hi >> 32); limbs[1] = (uint32_t)hi;
+        limbs[2] = (uint32_t)(lo >> 32); limbs[3] = (uint32_t)lo;
+        for (i = 0; i < 4; i++) {
+            for (bit = 31; bit >= 0; bit--) {
+                uint64_t b = (limbs[i] >> bit) & 1u;
+                r = (r >= n - r) ? r - (n - r) : r + r;
+                if (b) r = (r >= n - 1) ? r - (n - 1) : r + 1;
+            }
+        }
+        return r;
+    #endif
+    }
+    """
+    void herd_md5(const void* data, size_t size, uint32_t* out) nogil
+    uint64_t herd_md5_mod(const uint32_t* words, uint64_t n) nogil
 
 _RING_U64 = (1 << 64) - 1
 
@@ -70,7 +130,7 @@ cdef bytes _ring_digest_bytes(const uint32_t* w):
 
 
 def _md5_digest(key):
-    """Test-only: the 16-byte MD5 digest of a key from the built-in C MD5 (hashlib is the oracle)."""
+    """Test-only: the 16-byte MD5 digest of a key as the ring computes it (hashlib is the oracle)."""
     cdef uint32_t w[4]
     _ring_md5(key, w)
     return _ring_digest_bytes(w)

@@ -1,14 +1,15 @@
 /*
- * MD5 (RFC 1321) for herdrt's hash ring, written from the RFC.
+ * MD5 (RFC 1321), written from the RFC for herdrt's hash ring. BENCHMARK CONTENDER ONLY.
  *
- * Why not hashlib or OpenSSL: the ring hashes one short key per lookup, and going through
- * hashlib (or looking up EVP_md5() per call) costs several times the hash itself. This is a
- * plain, allocation-free, header-only MD5 with a fast path for the common case of a key that
- * fits in a single 64-byte block (up to 55 bytes).
+ * The compiled core carried this as src/herdrt/core/_md5.h on the claim that a library MD5 costs
+ * several times the hash for one short key. bench/bench_md5.py measured it against OpenSSL
+ * called from Cython: MD5_Init/Update/Final ties it (EVP and hashlib are slower), so the core
+ * calls those now and this file lives on only as the benchmark's hand-written contender. It is
+ * not part of the package.
  *
- * The result is returned as the four state words A, B, C, D. The digest is those words written
- * little-endian, so word 0 *is* "the first 4 digest bytes read little-endian" (the ketama key
- * hash), and words 0..3 are the 4 ketama points of a digest. Tested against hashlib.
+ * A plain, allocation-free, header-only MD5 with a fast path for a key that fits in a single
+ * 64-byte block (up to 55 bytes). The result is the four state words A, B, C, D; the digest is
+ * those words written little-endian.
  */
 #ifndef HERDRT_MD5_H
 #define HERDRT_MD5_H
@@ -163,40 +164,6 @@ static inline void herd_md5(const void *data, size_t len, uint32_t out[4])
     herd_md5_block(out, tail);
     if (padded == 128)
         herd_md5_block(out, tail + 64);
-}
-
-static inline uint32_t herd_bswap32(uint32_t v)
-{
-    return (v >> 24) | ((v >> 8) & 0xff00u) | ((v << 8) & 0xff0000u) | (v << 24);
-}
-
-/* The digest read as a big-endian 128-bit integer, modulo n (n >= 1). */
-static inline uint64_t herd_md5_mod(const uint32_t w[4], uint64_t n)
-{
-    /* Byte 0 of the digest is the most significant: it is the low byte of word 0. */
-    uint64_t hi = ((uint64_t)herd_bswap32(w[0]) << 32) | herd_bswap32(w[1]);
-    uint64_t lo = ((uint64_t)herd_bswap32(w[2]) << 32) | herd_bswap32(w[3]);
-#if defined(__SIZEOF_INT128__)
-    unsigned __int128 v = ((unsigned __int128)hi << 64) | lo;
-    return (uint64_t)(v % n);
-#else
-    /* Portable fallback (no 128-bit integers): bit by bit, r = (2r + bit) mod n, never
-     * overflowing 64 bits. Slow, but only for compilers without __int128. */
-    uint64_t r = 0;
-    uint32_t limbs[4];
-    int i, bit;
-    limbs[0] = (uint32_t)(hi >> 32); limbs[1] = (uint32_t)hi;
-    limbs[2] = (uint32_t)(lo >> 32); limbs[3] = (uint32_t)lo;
-    for (i = 0; i < 4; i++) {
-        for (bit = 31; bit >= 0; bit--) {
-            /* r = (2r + b) mod n, without overflowing 64 bits */
-            uint64_t b = (limbs[i] >> bit) & 1u;
-            r = (r >= n - r) ? r - (n - r) : r + r;
-            if (b) r = (r >= n - 1) ? r - (n - 1) : r + 1;
-        }
-    }
-    return r;
-#endif
 }
 
 #endif /* HERDRT_MD5_H */
