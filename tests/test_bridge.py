@@ -551,7 +551,7 @@ def test_a_session_is_bound_to_its_connection_not_to_a_routing_id(run):
 
             svc = Service(a, names=["calc"]).serve()
             assert (await svc.hello())[0] == WELCOME
-            (identity,) = [i for i, s in a.bridge._by_identity.items() if s.name == "svc"]
+            identity = bytes.fromhex(a.bridge.stats()["services"]["svc"]["routing_id"])
             assert identity[0] == 0 and len(identity) == 5  # assigned by the node
             t0 = time.monotonic()
             await svc.close()  # gone without BYE
