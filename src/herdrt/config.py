@@ -133,7 +133,7 @@ class TlsConfig:
     def cert_and_key(self, node: str | None) -> tuple[Path, Path]:
         """The certificate and key of node ``node``, or of a client (``None``)."""
         if node is None:
-            if self.client_cert_file is not None:
+            if self.client_cert_file is not None and self.client_key_file is not None:  # given together
                 return self.path(self.client_cert_file, "client"), self.path(self.client_key_file, "client")
             node = "client"
         return self.path(self.cert_file, node), self.path(self.key_file, node)

@@ -10,7 +10,7 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,11 @@ def _stop_if_orphaned(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> N
 
 
 async def serve_node(
-    config: HerdConfig, name: str, apps: list[Callable] = (), *, ready: Callable[[HerdNode, Any], None] | None = None
+    config: HerdConfig,
+    name: str,
+    apps: Sequence[Callable] = (),
+    *,
+    ready: Callable[[HerdNode, Any], None] | None = None,
 ) -> None:
     """Run node ``name`` of ``config`` until SIGINT or SIGTERM, then shut it down cleanly."""
     loop = asyncio.get_running_loop()
@@ -123,7 +127,7 @@ async def serve_node(
         await node.shutdown()
 
 
-def run_node(config: HerdConfig, name: str, apps: list[Callable] = (), *, use_uvloop: bool = True) -> None:
+def run_node(config: HerdConfig, name: str, apps: Sequence[Callable] = (), *, use_uvloop: bool = True) -> None:
     """Blocking: run one node in this process (``herdrt serve --node NAME``)."""
     from .runtime.node import run
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from ..config import ConfigError
 from ..errors import HerdError, MailboxFull
 from ..herd import protocol as P
 from ..herd.backpressure import Backpressure
@@ -76,7 +77,7 @@ log = logging.getLogger("herdrt.bridge")
 
 class Bridge:
     """The ZeroMQ ROUTER of one herd node, started by :meth:`attach` (``herdrt serve`` does,
-    when the node entry has ``bridge_port``).
+    when the node entry has ``bridge_port``); made on the node's running event loop.
 
     ``stats()`` (also under ``"bridge"`` in the node's ``herd_status()``) reports the services and
     counters. ``host``/``port`` override the node config (port 0: any free port, see ``endpoint``).
@@ -88,7 +89,12 @@ class Bridge:
         self.node = node
         self.settings = config.bridge
         self.host = host or me.host
-        self.port = me.bridge_port if port is None else port
+        port = me.bridge_port if port is None else port
+        if port is None:
+            raise ConfigError(
+                f"node {node.name} has no bridge_port: set one in its [[herd.node]] entry (or pass port=)"
+            )
+        self.port = port
         self.max_frame_size = config.max_frame_size
         self.heartbeat_interval = config.heartbeat_interval
         self.evict_after = self.settings.evict_after
@@ -106,14 +112,39 @@ class Bridge:
             "throttled": 0,
         }
         self.ratelog = RateLog(log)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._router: Router | None = None
-        self._services: Services | None = None
-        self._proxies: Proxies | None = None
-        self._sessions: dict[bytes, Service] = {}
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self._timer: asyncio.TimerHandle | None = None
-        self._backpressure: Backpressure | None = None
+        loop = self._loop = asyncio.get_running_loop()
+        self._backpressure = Backpressure()
+        # The parts share two tables, kept by the registry: the live sessions by routing id (the
+        # router reads it to know which connections are known) and the owner of each served name
+        # (the proxies read it); the router reports connection events to the registry.
+        sessions: dict[bytes, Service] = {}
+        owners: dict[str, Service] = {}
+        self._sessions = sessions
+        self._router = Router(
+            node.name,
+            loop,
+            self.settings,
+            self.counters,
+            known=sessions,
+            scheduler=node.scheduler,
+            on_message=self._handle,
+            on_disconnect=lambda fd: self._services.connection_closed(fd),
+            on_unroutable=lambda svc, reason: self._services.evict(svc, reason),
+        )
+        self._proxies = Proxies(node, self._router, owners, self.counters, max_frame_size=self.max_frame_size)
+        self._services = Services(
+            node,
+            self._router,
+            self.counters,
+            sessions=sessions,
+            owners=owners,
+            spawn_proxy=self._proxies.spawn,
+            heartbeat_interval=self.heartbeat_interval,
+            evict_after=self.evict_after,
+            max_frame_size=self.max_frame_size,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -121,7 +152,8 @@ class Bridge:
     def attach(cls, node: HerdNode, **options: Any) -> Bridge:
         """Start a bridge on ``node`` (at its ``bridge_port``, unless ``port=`` says otherwise):
         closed when the node shuts down, its stats in ``node.herd_status()["bridge"]``. The herd
-        knows nothing of bridges; whoever runs the node (``herdrt serve``) attaches one."""
+        knows nothing of bridges; whoever runs the node (``herdrt serve``) attaches one.
+        Call it on the node's event loop."""
         bridge = cls(node, **options).start()
         node.on_shutdown(bridge.close)
         node.add_status("bridge", bridge.stats)
@@ -129,43 +161,13 @@ class Bridge:
 
     def start(self) -> Bridge:
         """Bind the ROUTER (and start the ZAP handler when CURVE is on); raises OSError if it cannot."""
-        loop = self._loop = asyncio.get_running_loop()
-        node, c = self.node, self.counters
-        self._backpressure = Backpressure(loop)
-        # The parts share two tables, kept by the registry: the live sessions by routing id (the
-        # router reads it to know which connections are known) and the owner of each served name
-        # (the proxies read it); the router reports connection events to the registry.
-        sessions: dict[bytes, Service] = {}
-        owners: dict[str, Service] = {}
-        router = Router(
-            node.name,
-            self.settings,
-            c,
-            known=sessions,
-            scheduler=node.scheduler,
-            on_message=self._handle,
-            on_disconnect=lambda fd: services.connection_closed(fd),
-            on_unroutable=lambda svc, reason: services.evict(svc, reason),
-        )
-        proxies = Proxies(node, router, owners, c, loop=loop, max_frame_size=self.max_frame_size)
-        services = Services(
-            node,
-            router,
-            c,
-            sessions=sessions,
-            owners=owners,
-            spawn_proxy=proxies.spawn,
-            heartbeat_interval=self.heartbeat_interval,
-            evict_after=self.evict_after,
-            max_frame_size=self.max_frame_size,
-        )
         # ZeroMQ cuts off (disconnects) a peer whose message is over twice the frame limit, so
         # nothing that large is ever allocated; smaller oversized bodies get ERROR "frame".
-        self.endpoint = router.start(self.host, self.port, 2 * self.max_frame_size + 64)
+        self.endpoint = self._router.start(self.host, self.port, 2 * self.max_frame_size + 64)
         self.port = int(self.endpoint.rsplit(":", 1)[1])
-        self._router, self._services, self._proxies, self._sessions = router, services, proxies, sessions
-        self._timer = loop.call_later(self._tick_interval(), self._tick)
-        log.info("%s: bridge listening on %s%s", node.name, self.endpoint, " (CURVE)" if self.settings.curve else "")
+        self._timer = self._loop.call_later(self._tick_interval(), self._tick)
+        curve = " (CURVE)" if self.settings.curve else ""
+        log.info("%s: bridge listening on %s%s", self.node.name, self.endpoint, curve)
         return self
 
     def _tick_interval(self) -> float:
@@ -174,7 +176,7 @@ class Bridge:
     def close(self) -> None:
         """Say BYE to every live service, fail the asks they owe, close the socket (idempotent)."""
         router = self._router
-        if router is None or not router.is_open:
+        if not router.is_open:
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -252,7 +254,7 @@ class Bridge:
         local, path = wire.parse_target(self.node.name, env[1], env[2])
         self.counters["tells_from_services"] += 1
         if local is None:
-            self.node.perform(svc.name, path, env[3], None, None)
+            self.node.perform_tell(svc.name, path, env[3])
             return
         try:
             self.node.deliver(local, env[3])
@@ -270,7 +272,7 @@ class Bridge:
         self.counters["asks_from_services"] += 1
         respond = self._proxies.responder(svc)
         if local is None:
-            self.node.perform(svc.name, path, env[3], corr, respond)
+            self.node.perform_ask(svc.name, path, env[3], corr, respond)
             return
         try:
             # The reply callback runs in the handler's own turn: the REPLY leaves at once.
@@ -287,9 +289,9 @@ class Bridge:
         n = len(bodies)
         self.counters["tells_from_services"] += n
         if local is None:
-            perform, who = self.node.perform, svc.name
+            perform, who = self.node.perform_tell, svc.name
             for body in bodies:
-                perform(who, path, body, None, None)
+                perform(who, path, body)
             return
         self._router.work += n
         try:
@@ -344,15 +346,15 @@ class Bridge:
     @property
     def queued(self) -> int:
         """Messages waiting in outboxes because ZeroMQ pushed back (a producer can wait on it)."""
-        return self._router.queued if self._router is not None else 0
+        return self._router.queued
 
     def stats(self) -> dict:
         """The bridge's view (msgpack-ready): endpoint, CURVE, services and counters."""
-        now = self._loop.time() if self._loop is not None else 0.0
+        now = self._loop.time()
         return {
             "endpoint": self.endpoint,
             "curve": self.settings.curve,
             "evict_after": self.evict_after,
-            "services": self._services.stats(now) if self._services is not None else {},
+            "services": self._services.stats(now),
             "counters": dict(self.counters),
         }

@@ -16,8 +16,6 @@ from ..runtime.actor import Actor, Deferred
 from . import wire
 
 if TYPE_CHECKING:
-    import asyncio
-
     from ..herd.node import HerdNode
     from .router import Router
     from .services import Service
@@ -65,7 +63,6 @@ class Proxies:
         owners: Mapping[str, Service],
         counters: dict[str, int],
         *,
-        loop: asyncio.AbstractEventLoop,
         max_frame_size: int,
     ):
         self.node = node
@@ -74,7 +71,6 @@ class Proxies:
         self.counters = counters
         for name in COUNTERS:
             counters.setdefault(name, 0)
-        self.loop = loop
         self.max_frame_size = max_frame_size
         packer = msgpack.Packer(use_bin_type=True)
         self._pack = packer.pack
@@ -138,7 +134,7 @@ class Proxies:
             self._tells_waiting.append(svc)
             if not self._tells_due:
                 self._tells_due = True
-                self.loop.call_soon(self.flush_all)
+                self.router.loop.call_soon(self.flush_all)
         svc.tell_bodies.append(body)
         svc.tell_size += size
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Mapping
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -37,9 +37,9 @@ ZAP_DOMAIN = "herdrt"
 
 # pyzmq's send_multipart/recv_multipart cost ~5 us a message in Python sugar; these are the
 # Cython backend's single-frame calls, with plain int flags (enum arithmetic is slow too).
-_zsend = zmq.backend.Socket.send
-_zrecv = zmq.backend.Socket.recv
-_zget = zmq.backend.Socket.get
+_zsend: Callable[..., Any] = zmq.backend.Socket.send
+_zrecv: Callable[..., Any] = zmq.backend.Socket.recv
+_zget: Callable[..., Any] = zmq.backend.Socket.get
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
@@ -92,6 +92,7 @@ class Router:
     def __init__(
         self,
         label: str,
+        loop: asyncio.AbstractEventLoop,
         settings: BridgeConfig,
         counters: dict[str, int],
         *,
@@ -102,6 +103,7 @@ class Router:
         on_unroutable: Callable[[Any, str], None],
     ):
         self.label = label  # whose router, for logs
+        self.loop = loop
         self.settings = settings
         self.counters = counters
         for name in COUNTERS:
@@ -119,7 +121,6 @@ class Router:
         self.last_denied_key: bytes | None = None  # set by the ZAP handler's thread
         self.ratelog = RateLog(log)
         self._backlog: set[Peer] = set()  # peers whose outbox is not empty
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
         self._fd = -1
@@ -134,8 +135,8 @@ class Router:
     def start(self, host: str, port: int, max_message: int) -> str:
         """Bind ``tcp://host:port`` (and start the ZAP handler when CURVE is on); the endpoint
         bound. ZeroMQ cuts off a peer whose message is over ``max_message`` bytes. Raises OSError."""
-        loop = self._loop = asyncio.get_running_loop()
-        ctx = zmq.Context()  # our own: the ZAP handler is per context, and tests run several nodes
+        loop = self.loop
+        ctx: zmq.Context = zmq.Context()  # our own: the ZAP handler is per context, and tests run several nodes
         sock = ctx.socket(zmq.ROUTER)
         s = self.settings
         try:
@@ -165,8 +166,8 @@ class Router:
         self._fd = sock.getsockopt(zmq.FD)
         # Connection events: a closed connection ends its session at once, and every refused
         # handshake (CURVE or not) is counted.
-        self._monitor = sock.get_monitor_socket(_DISCONNECTED | _HANDSHAKE_FAILED)
-        self._monitor_fd = self._monitor.getsockopt(zmq.FD)
+        monitor = self._monitor = sock.get_monitor_socket(_DISCONNECTED | _HANDSHAKE_FAILED)
+        self._monitor_fd = monitor.getsockopt(zmq.FD)
         loop.add_reader(self._monitor_fd, self._drain_monitor)
         loop.add_reader(self._fd, self.drain)
         loop.call_soon(self.drain)  # the edge may have passed already
@@ -178,40 +179,40 @@ class Router:
 
     def close(self) -> None:
         """Stop reading, drop every outbox, close the socket and the context (idempotent)."""
-        sock = self._sock
-        if sock is None:
+        sock, monitor, ctx = self._sock, self._monitor, self._ctx
+        if sock is None or monitor is None or ctx is None:
             return
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
-        loop = self._loop
+        loop = self.loop
         if not self.paused:
             loop.remove_reader(self._fd)
         loop.remove_reader(self._monitor_fd)
         self.paused = False
         self._sock = None
         sock.disable_monitor()
-        self._monitor.close(0)
+        monitor.close(0)
         self._monitor = None
         sock.close()
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
-        self._ctx.term()
+        ctx.term()
         self._ctx = None
 
     def pause(self) -> None:
         """Stop reading: ZeroMQ then pushes back on the peers (their high-water marks)."""
         if self._sock is not None and not self.paused:
             self.paused = True
-            self._loop.remove_reader(self._fd)
+            self.loop.remove_reader(self._fd)
 
     def resume(self) -> None:
         """Read again (and at once: what waited raised no new edge)."""
         if self._sock is None or not self.paused:
             return
         self.paused = False
-        self._loop.add_reader(self._fd, self.drain)
+        self.loop.add_reader(self._fd, self.drain)
         self.drain()
 
     # -- reading ---------------------------------------------------------------------------------
@@ -222,7 +223,7 @@ class Router:
         if sock is None or self.paused:
             return
         self._drain_monitor()  # a connection that closed ends its session before anything else is read
-        self.now = self._loop.time()
+        self.now = self.loop.time()
         self.work = 0
         # The actors these messages wake run when the drain ends, in this callback (as for herd
         # links), so their replies leave now rather than a loop turn later.
@@ -262,7 +263,7 @@ class Router:
             if self.paused:
                 break  # the handler paused reading: read again once it resumes
             if self.work >= DRAIN_BUDGET:
-                self._loop.call_soon(self.drain)  # the FD will not signal again for these
+                self.loop.call_soon(self.drain)  # the FD will not signal again for these
                 break
 
     def _drain_monitor(self) -> None:
@@ -280,7 +281,7 @@ class Router:
             elif kind & _HANDSHAKE_FAILED:
                 self._handshake_failed(kind, event)
 
-    def _handshake_failed(self, kind: int, event: dict) -> None:
+    def _handshake_failed(self, kind: int, event: Mapping[str, Any]) -> None:
         c = self.counters
         c["handshakes_failed"] += 1
         if self.settings.curve:
@@ -375,7 +376,7 @@ class Router:
             # Sending can swallow the FD's edge for messages that arrived meanwhile: look once
             # per loop turn, after this batch of sends.
             self._recheck = True
-            self._loop.call_soon(self._recheck_socket)
+            self.loop.call_soon(self._recheck_socket)
 
     def _recheck_socket(self) -> None:
         self._recheck = False
@@ -384,8 +385,8 @@ class Router:
             self.drain()
 
     def _arm_retry(self) -> None:
-        if self._retry is None and self._loop is not None:
-            self._retry = self._loop.call_later(_RETRY_DELAY, self._retry_flush)
+        if self._retry is None and self.loop is not None:
+            self._retry = self.loop.call_later(_RETRY_DELAY, self._retry_flush)
 
     def _retry_flush(self) -> None:
         self._retry = None

@@ -272,7 +272,7 @@ class Services:
     def shut(self, reason: str) -> None:
         """Say BYE to every live service and end its session (the bridge is closing)."""
         for svc in self.by_name.values():
-            if svc.live:
+            if svc.live and svc.identity is not None:
                 self._say(svc.identity, [P.BYE, reason])
                 self.disconnect(svc, "the bridge closed")
 

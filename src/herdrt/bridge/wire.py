@@ -134,7 +134,7 @@ def parse_target(me: str, dest, target, corr=None) -> tuple[str | None, str | li
     """``(local name or None, herd path)`` of a TELL/ASK/TELLS from a service to node ``me``.
 
     The local name is set when the target is an actor on this node (the fast path: straight
-    into its mailbox with ``Node.deliver``); otherwise the path is for ``HerdNode.perform``."""
+    into its mailbox with ``Node.deliver``); otherwise the path is for ``HerdNode.perform_tell``/``perform_ask``."""
     if dest is None:
         dest = me
     elif dest.__class__ is not str or not dest:

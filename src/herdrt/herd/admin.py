@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from ..runtime.actor import Actor
 
 __all__ = ["ADMIN_ACTOR", "AdminActor"]
@@ -14,10 +17,13 @@ class AdminActor(Actor):
     """Answers ``"status"`` (the node's :meth:`~herdrt.herd.node.HerdNode.herd_status`) and
     ``"ping"`` (``{"pong": node}``); ``{"op": ...}`` works too."""
 
+    def __init__(self, status: Callable[[], dict[str, Any]]):
+        self._status = status
+
     def receive(self, message, ctx):
         op = message.get("op") if isinstance(message, dict) else message
         if op == "status":
-            return self.node.herd_status()
+            return self._status()
         if op == "ping":
             return {"pong": self.node.name}
         raise ValueError(f"unknown admin request {op!r}; ask 'status' or 'ping'")

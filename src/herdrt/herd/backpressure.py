@@ -24,8 +24,7 @@ _POLL = 0.002  # seconds between looks at a held source's backlog
 class Backpressure:
     """The sources one reader holds back; ``check`` after handing a read's messages to a mailbox."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
+    def __init__(self) -> None:
         self._held: dict[Hashable, tuple[Mailbox, int, Callable[[], None]]] = {}  # source -> (mailbox, low, resume)
         self._timer: asyncio.TimerHandle | None = None
 
@@ -38,8 +37,8 @@ class Backpressure:
             return False
         pause()
         self._held[source] = (mailbox, high // 4, resume)
-        if self._timer is None:
-            self._timer = self._loop.call_later(_POLL, self._poll)
+        if self._timer is None:  # (check runs on the loop: a source's read handed the messages over)
+            self._timer = asyncio.get_running_loop().call_later(_POLL, self._poll)
         return True
 
     def forget(self, source: Hashable) -> None:
@@ -59,4 +58,4 @@ class Backpressure:
                 del self._held[source]
                 resume()
         if self._held:
-            self._timer = self._loop.call_later(_POLL, self._poll)
+            self._timer = asyncio.get_running_loop().call_later(_POLL, self._poll)

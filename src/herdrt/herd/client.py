@@ -92,6 +92,7 @@ class HerdClient:
         self._pending.clear()
 
     def _envelope(self, kind: int, target: str, message: Any, kind_key: str | None) -> list:
+        target_field: str | list[str]
         if kind_key is not None:
             dest, target_field = self.node, [kind_key, target]
         else:

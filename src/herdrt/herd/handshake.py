@@ -170,15 +170,21 @@ class Handshake:
     def auth(self) -> list:
         """The AUTH to send, over the transcript of this connection."""
         s = self.settings
+        peer, peer_nonce = self.peer, self.peer_nonce
+        if peer is None or peer_nonce is None:
+            raise Refusal(P.E_PROTOCOL, "AUTH before the peer's HELLO")
         if self.dialer:
-            script = transcript(s.version, s.name, self.nonce, self.peer, self.peer_nonce)
+            script = transcript(s.version, s.name, self.nonce, peer, peer_nonce)
         else:
-            script = transcript(s.version, self.peer, self.peer_nonce, s.name, self.nonce)
+            script = transcript(s.version, peer, peer_nonce, s.name, self.nonce)
         self.session = LinkSession(s.secret, script, dialer=self.dialer)
         return P.auth(self.session.own_mac)
 
     def on_auth(self, env) -> LinkSession:
         """Verify the peer's AUTH; the session the link now seals its records with."""
-        if not self.session.verify(P.parse_auth(env)):
+        session = self.session
+        if session is None:
+            raise Refusal(P.E_PROTOCOL, "AUTH before the peer's HELLO")
+        if not session.verify(P.parse_auth(env)):
             raise Refusal(P.E_AUTH, "authentication failed: the shared secret differs")
-        return self.session
+        return session

@@ -35,9 +35,10 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..config import HerdConfig
-from ..core import FrameDecoder, OnlineStats, encode_frames
+from ..core import FrameDecoder, OnlineStats, RecordOpener, encode_frames
 from ..errors import FrameError, FrameTooLarge, HerdError
 from . import protocol as P
 from .handshake import Handshake, LinkSession, RecordError, Refusal
@@ -121,7 +122,7 @@ class LinkSettings:
         client = name.startswith(P.CLIENT_PREFIX)
         if not client:
             config.node(name)
-        tls = {}
+        tls: dict[str, Any] = {}
         if config.tls is not None:
             tls = {
                 "ssl_client": client_context(config.tls, None if client else name),
@@ -139,6 +140,9 @@ class LinkSettings:
         )
         return replace(base, **overrides)
 
+
+#: What Link._tells holds while no TELLS envelope is open (never queued, so never "the last one").
+_NO_TELLS: list = []
 
 # Link states
 _CONNECTING, _HANDSHAKE, _UP, _CLOSING, _CLOSED = "connecting", "handshake", "up", "closing", "closed"
@@ -175,22 +179,25 @@ class Link(asyncio.Protocol):
         self._on_up = on_up or _noop
         self._on_down = on_down or _noop
         self.outbound = outbound
-        self.peer = peer
+        self.peer: str = peer or ""  # the peer's node name ("" until its HELLO names it)
         self.state = _CONNECTING
         self.close_reason: str | None = None
         self.was_up = False
-        self.transport: asyncio.Transport | None = None
+        # Late-bound attributes: None until connection_made (transport) or the handshake
+        # (_seal, _opener); the paths that run before those check, the rest run only after.
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._loop = asyncio.get_running_loop()
         self._hs = Handshake(settings, outbound, peer, lambda name: misnamed(self.transport, name))
         self._hs_buf = bytearray()
         self._hs_decoder = FrameDecoder(settings.handshake_max_frame)
         self._hs_timer: asyncio.TimerHandle | None = None
-        self._seal = None  # RecordSealer.seal once the handshake is done: every later write goes through it
-        self._opener = None  # the RecordOpener of the peer's records, from its AUTH on
-        self._decoder: FrameDecoder | None = None
+        # RecordSealer.seal once the handshake is done: every later write goes through it
+        self._seal: Callable[[bytes], bytes] = None  # type: ignore[assignment]
+        self._opener: RecordOpener = None  # the peer's records, from its AUTH on
+        self._decoder = FrameDecoder(settings.max_frame_size)
         self._queue: list = []
         self._extra = 0  # tells queued inside TELLS envelopes beyond each one's first
-        self._tells: list | None = None  # the TELLS envelope send_tell may still add to
+        self._tells: list = _NO_TELLS  # the TELLS envelope send_tell may still add to
         #: Called as ``on_dropped(envelope, exc)`` for an envelope dropped unsent (over the
         #: peer's frame limit, or not msgpack): the layer above may answer for it.
         self.on_dropped: Callable[[list, Exception], None] | None = None
@@ -233,7 +240,7 @@ class Link(asyncio.Protocol):
         return self.settings.name
 
     @property
-    def dialer(self) -> str | None:
+    def dialer(self) -> str:
         """The name of the node that opened this connection."""
         return self.settings.name if self.outbound else self.peer
 
@@ -249,7 +256,7 @@ class Link(asyncio.Protocol):
     @property
     def _event_level(self) -> int:
         # A client's link (the CLI, one per command) comes and goes often: its events are DEBUG.
-        return logging.DEBUG if (self.peer or "").startswith(P.CLIENT_PREFIX) else logging.INFO
+        return logging.DEBUG if self.peer.startswith(P.CLIENT_PREFIX) else logging.INFO
 
     def _desc(self) -> str:
         arrow = "->" if self.outbound else "<-"
@@ -342,7 +349,7 @@ class Link(asyncio.Protocol):
         self.lost_on_close = len(self._queue) + self._extra
         self._queue = []
         self._extra = 0
-        self._tells = None
+        self._tells = _NO_TELLS
         self._on_down(self, self.close_reason)
 
     def pause_reading(self) -> None:
@@ -442,7 +449,6 @@ class Link(asyncio.Protocol):
         self.state = _UP
         self._limit = self._max_queued
         self.was_up = True
-        self._decoder = FrameDecoder(self.settings.max_frame_size)
         log.log(self._event_level, "link %s up", self._desc())
         self._on_up(self)
         if not self._up_future.done():
@@ -674,7 +680,7 @@ class Link(asyncio.Protocol):
             return
         self._queue = []
         self._extra = 0
-        self._tells = None
+        self._tells = _NO_TELLS
         try:
             data = encode_frames(q, self.settings.max_frame_size)
             self.frames_out += len(q)
@@ -701,7 +707,8 @@ class Link(asyncio.Protocol):
             frames.append(encode_frames((env,), self.settings.max_frame_size))
             return
         except FrameTooLarge as exc:
-            code, problem, error = "oversize", f"over the peer's max_frame_size ({exc})", exc
+            code, problem = "oversize", f"over the peer's max_frame_size ({exc})"
+            error: Exception = exc
         except (TypeError, ValueError, OverflowError) as exc:
             code, problem, error = "encode", f"msgpack cannot encode it ({exc})", exc
         if env.__class__ is list and len(env) == 4 and env[0] == P.TELLS and len(env[3]) > 1:

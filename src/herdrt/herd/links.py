@@ -53,7 +53,7 @@ class LinkServer:
         self._on_link_up = on_link_up or _noop
         self._on_link_down = on_link_down or _noop
         self._admit = admit
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._closed_hook: Callable[[Link, str], None] | None = None  # LinkManager: every closing link
         self.links: set[Link] = set()
 
@@ -74,6 +74,8 @@ class LinkServer:
     @property
     def address(self) -> tuple[str, int]:
         """The (host, port) actually bound."""
+        if self._server is None:
+            raise RuntimeError("the link server is not listening (start() it first)")
         return self._server.sockets[0].getsockname()[:2]
 
     def _make_link(self) -> Link:
@@ -241,6 +243,8 @@ class LinkManager:
     @property
     def address(self) -> tuple[str, int]:
         """Where this node listens for links."""
+        if self._server is None:
+            raise RuntimeError("this node does not listen for links")
         return self._server.address
 
     # --- queries ----------------------------------------------------------------------------

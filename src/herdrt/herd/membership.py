@@ -14,12 +14,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..core import OnlineStats
 from . import protocol as P
@@ -104,7 +105,7 @@ class PhiAccrualDetector:
         return self.phi(now) < self.threshold
 
 
-def next_hops(graph: dict[str, Iterable[str]], source: str) -> dict[str, str]:
+def next_hops(graph: Mapping[str, Iterable[str]], source: str) -> dict[str, str]:
     """For each node reachable from ``source`` in ``graph`` (not ``source`` itself), the neighbor
     of ``source`` on a shortest path to it. Ties go to the neighbor whose name sorts first, so every
     run — and every node computing the same graph — picks the same route."""
@@ -135,7 +136,9 @@ class LinkState:
 
     def __init__(self, me: str):
         self.me = me
-        self._reports: dict[str, tuple[int, frozenset[str]]] = {}
+        # origin -> (version, live neighbors); a version is anything ordered (the membership's
+        # are (incarnation, seq); this node's own, a plain count)
+        self._reports: dict[str, tuple[Any, frozenset[str]]] = {}
         self._seq = 0
         self._hops: dict[str, str] = {}
 
@@ -147,7 +150,7 @@ class LinkState:
         self._recompute()
         return report
 
-    def apply(self, origin: str, seq: int, live_neighbors: Iterable[str]) -> bool:
+    def apply(self, origin: str, seq: Any, live_neighbors: Iterable[str]) -> bool:
         """Take a report from ``origin``; True if it was new (and so should be flooded onwards)."""
         if origin == self.me:
             return False  # our own report came back around the graph
@@ -189,11 +192,11 @@ class LinkState:
         """Nodes reachable from here, this node included."""
         return {self.me, *self._hops}
 
-    def reports(self) -> list[tuple[str, object, frozenset[str]]]:
+    def reports(self) -> list[tuple[str, Any, frozenset[str]]]:
         """Every report held, as ``(origin, seq, live_neighbors)`` (to bring a new neighbor up to date)."""
         return [(origin, seq, nbrs) for origin, (seq, nbrs) in self._reports.items()]
 
-    def seq_of(self, origin: str) -> int | None:
+    def seq_of(self, origin: str) -> Any:
         report = self._reports.get(origin)
         return None if report is None else report[0]
 
@@ -252,7 +255,7 @@ class ReportPacer:
         self,
         rate: float,
         burst: int,
-        call_later: Callable,
+        call_later: Callable[..., asyncio.TimerHandle],
         apply: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -262,8 +265,8 @@ class ReportPacer:
         self._apply = apply
         self._clock = clock
         self._tokens: dict[str, tuple[float, float]] = {}  # origin -> (tokens, at)
-        self._pending: dict[str, object] = {}
-        self._timers: dict[str, object] = {}
+        self._pending: dict[str, Any] = {}  # origin -> the report held back
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self.paced = 0
 
     def admit(self, origin: str, report) -> bool:
@@ -303,6 +306,10 @@ REPORT_RATE = 10.0
 REPORT_BURST = 32
 
 
+def _call_later(delay: float, callback: Callable[..., None], *args: Any) -> asyncio.TimerHandle:
+    return asyncio.get_running_loop().call_later(delay, callback, *args)
+
+
 class Membership:
     """One node's part in the herd's membership (PROTOCOL.md, *Membership and routing*): its
     incarnation and reports, the reports of the others (:class:`LinkState`), who is live, the next
@@ -322,15 +329,14 @@ class Membership:
         self._on_live = on_live
         self._neighbor_sets = {n: frozenset(node.config.neighbors(n)) for n in node.config.nodes}
         self._detectors: dict[str, PhiAccrualDetector] = {}
-        self._pacer: ReportPacer | None = None
+        self._pacer = ReportPacer(REPORT_RATE, REPORT_BURST, _call_later, self._paced)
 
-    def start(self, loop) -> None:
-        self._pacer = ReportPacer(REPORT_RATE, REPORT_BURST, loop.call_later, self._paced)
+    def start(self) -> None:
+        """Report this node's links (the node is listening and dialling)."""
         self.report()
 
     def close(self) -> None:
-        if self._pacer is not None:
-            self._pacer.close()
+        self._pacer.close()
 
     # -- queries -----------------------------------------------------------------------------------
 
@@ -369,11 +375,13 @@ class Membership:
             det = self._detectors.get(peer)
             if det is None or link.reading_paused:
                 continue  # a link we stopped reading (backpressure) is not a silent peer
-            if det.last_heard is None or link.last_heard > det.last_heard:
+            last = det.last_heard
+            if last is None or link.last_heard > last:
                 det.heartbeat(link.last_heard)
+                last = link.last_heard
             if not det.is_available(now):
                 node.counters["suspected"] += 1
-                silent = now - det.last_heard
+                silent = now - last
                 log.warning(
                     "%s: %s silent for %.2fs (phi %.1f): dropping the link", self.name, peer, silent, det.phi(now)
                 )

@@ -99,14 +99,22 @@ class HerdNode(Node):
         node_options.setdefault("overflow", config.mailbox_overflow)
         super().__init__(name, **node_options)
         self.config = config
-        self.links: LinkManager | None = None
-        self._listen = listen
-        self._addresses = addresses
+        #: The links to the neighbors and the link server (listening once the node starts).
+        self.links = LinkManager(
+            config,
+            name,
+            self._on_envelopes,
+            on_link_up=self._link_up,
+            on_link_down=self._link_down,
+            settings=LinkSettings.from_config(config, name, accept_clients=True),
+            listen=listen,
+            addresses=addresses,
+        )
         self._remote_asks: dict[int, str] = {}  # corr -> node asked
         self.ratelog = RateLog(log)  # per-message events: counted in counters, logged rate-limited
         self._tick_timer: asyncio.TimerHandle | None = None
         self._started = False
-        self._backpressure: Backpressure | None = None  # links held back while an actor they feed lags
+        self._backpressure = Backpressure()  # links held back while an actor they feed lags
         #: Who is live, the routes, the failure detectors (:mod:`herdrt.herd.membership`).
         self.membership = Membership(self, self._live_changed)
         #: Keyed actors on the ring (:mod:`herdrt.herd.placement`).
@@ -148,22 +156,10 @@ class HerdNode(Node):
             return self
         await super().start()
         loop = self.scheduler.loop
-        self._backpressure = Backpressure(loop)
-        settings = LinkSettings.from_config(self.config, self.name, accept_clients=True)
-        self.links = LinkManager(
-            self.config,
-            self.name,
-            self._on_envelopes,
-            on_link_up=self._link_up,
-            on_link_down=self._link_down,
-            settings=settings,
-            listen=self._listen,
-            addresses=self._addresses,
-        )
         await self.links.start()
         self._started = True
-        self.spawn(AdminActor, name=ADMIN_ACTOR, mailbox_size=256)
-        self.membership.start(loop)
+        self.spawn(AdminActor, self.herd_status, name=ADMIN_ACTOR, mailbox_size=256)
+        self.membership.start()
         self._tick_timer = loop.call_later(self.config.heartbeat_interval / 2, self._tick)
         return self
 
@@ -190,8 +186,7 @@ class HerdNode(Node):
         if self._tick_timer is not None:
             self._tick_timer.cancel()
             self._tick_timer = None
-        if self._backpressure is not None:
-            self._backpressure.close()
+        self._backpressure.close()
         self.membership.close()
         hooks, self._shutdown_hooks = self._shutdown_hooks, []
         for hook in reversed(hooks):
@@ -202,8 +197,7 @@ class HerdNode(Node):
             except Exception:
                 log.exception("%s: shutdown hook %r failed", self.name, hook)
         await super().shutdown()
-        if self.links is not None:
-            await self.links.close("node shutdown")
+        await self.links.close("node shutdown")
 
     @property
     def address(self) -> tuple[str, int]:
@@ -226,10 +220,10 @@ class HerdNode(Node):
     def _link_to(self, dest: str) -> Link:
         """The link a message for ``dest`` leaves by: direct, else the next hop; NodeUnavailable."""
         links = self.links
-        link = links.link(dest) if links is not None else None
+        link = links.link(dest)
         if link is None:
             hop = self.membership.next_hop(dest)
-            link = links.link(hop) if hop is not None and links is not None else None
+            link = links.link(hop) if hop is not None else None
             if link is None:
                 self.counters["undeliverable"] += 1
                 if dest not in self.config.nodes:
@@ -261,7 +255,7 @@ class HerdNode(Node):
         strict = self.strict_messages
         ask_kind = P.ASK
         membership = self.membership
-        route = [None, -1]  # the link towards node_name, and the routing epoch it was chosen in
+        route: list[Any] = [None, -1]  # the link towards node_name, and the routing epoch it was chosen in
 
         def post(message: Any, corr: int = 0) -> None:
             if strict:
@@ -348,7 +342,7 @@ class HerdNode(Node):
         me = self.name
         deliver_many = self.deliver_many
         tells = lost = 0
-        fed = []  # the actors this read fed: flow control looks at their backlogs
+        fed: list[str] = []  # the actors this read fed: flow control looks at their backlogs
         for env in envs:
             try:
                 if env.__class__ is list and len(env) > 3 and env[1] == me:
@@ -499,39 +493,41 @@ class HerdNode(Node):
                 )
 
         target = env[2] if env[2].__class__ is list else f"{env[2]}@{env[1]}"
-        self.perform(link.peer, target, env[3], env[5] if kind == P.ASK else None, respond)
+        if kind == P.TELL:
+            self.perform_tell(link.peer, target, env[3])
+        else:
+            self.perform_ask(link.peer, target, env[3], env[5], respond)
 
-    def perform(
+    def _target_ref(self, target: str | list):
+        return self.ref_for(*target) if isinstance(target, list) else self.lookup(target)
+
+    def perform_tell(self, who: str, target: str | list, body: Any) -> None:
+        """A tell performed on behalf of ``who`` (a client or a bridge service): ``target`` is
+        ``"name@node"`` or ``[kind, key]``. A tell that fails is counted and logged."""
+        try:
+            self._target_ref(target).tell(body)
+        except HerdError as exc:
+            if isinstance(exc, ActorNotFound):
+                self.counters["unknown_actor"] += 1
+            self.ratelog.info(("tell failed", who), "%s: %s's tell to %.80s failed: %s", self.name, who, target, exc)
+
+    def perform_ask(
         self, who: str, target: str | list, body: Any, corr: Any, respond: Callable[[Any, bool, Any], None]
     ) -> None:
-        """A tell (``corr`` None) or ask performed on behalf of ``who`` (a client or a bridge service).
-
-        ``target`` is ``"name@node"`` or ``[kind, key]``. An ask's outcome goes to
-        ``respond(corr, ok, value)`` exactly once (``value`` on failure: ``[type_name, message]``);
-        a failed tell is logged. Used by client links and by :mod:`herdrt.bridge`.
-        """
+        """An ask performed on behalf of ``who``: its outcome goes to ``respond(corr, ok, value)``
+        exactly once (``value`` on failure: ``[type_name, message]``)."""
         try:
-            ref = self.ref_for(*target) if target.__class__ is list else self.lookup(target)
-            if corr is None:
-                ref.tell(body)
-                return
-            fut = asyncio.ensure_future(ref.ask(body))
+            fut = asyncio.ensure_future(self._target_ref(target).ask(body))
         except HerdError as exc:
-            if corr is not None:
-                respond(corr, False, [type(exc).__name__, str(exc)])
-            else:
-                if isinstance(exc, ActorNotFound):
-                    self.counters["unknown_actor"] += 1
-                self.ratelog.info(
-                    ("tell failed", who), "%s: %s's tell to %.80s failed: %s", self.name, who, target, exc
-                )
+            respond(corr, False, [type(exc).__name__, str(exc)])
             return
 
         def answer(fut: asyncio.Future) -> None:
             if fut.cancelled():
                 respond(corr, False, ["ActorStopped", "the ask was cancelled"])
-            elif fut.exception() is not None:
-                exc = fut.exception()
+                return
+            exc = fut.exception()
+            if exc is not None:
                 respond(corr, False, [getattr(exc, "type_name", type(exc).__name__), getattr(exc, "message", str(exc))])
             else:
                 respond(corr, True, fut.result())
@@ -654,12 +650,12 @@ class HerdNode(Node):
 
     def herd_status(self) -> dict:
         """This node's view of the herd (msgpack-ready): membership, links, ring shares, stats."""
-        links = self.links.stats()["links"] if self.links is not None else {}
+        links = self.links.stats()["links"]
         return {
             "node": self.name,
             "pid": os.getpid(),
             "incarnation": self.incarnation,
-            "address": list(self.address) if self.links is not None else None,
+            "address": list(self.address) if self._started else None,
             "live": sorted(self.membership.live()),
             "nodes": list(self.config.nodes),
             "links": {

@@ -88,8 +88,8 @@ class Placement:
         def post(message: Any, corr: int = 0) -> None:
             owner = self.ring.lookup(ring_key)
             if owner == me:
-                poster = node.lookup(self.activate(kind, key)).tell
-                poster(message, corr) if corr else poster(message)
+                local: Callable[..., None] = node.lookup(self.activate(kind, key)).tell  # a poster
+                local(message, corr) if corr else local(message)
                 return
             poster = remote.get(owner)
             if poster is None:
