@@ -73,11 +73,16 @@ class Sink(Actor):
 
 
 class Pinger(Actor):
-    """Bounces ``message - 1`` to its peer until it reaches 0, then resolves the done future."""
+    """Bounces ``message - 1`` to its peer (the actor named ``peer``, looked up when it starts:
+    both are spawned by then) until it reaches 0, then resolves the done future."""
 
-    def __init__(self, done_box):
+    def __init__(self, done_box, peer):
+        self.peer_name = peer
         self.peer = None
         self.done_box = done_box
+
+    def on_start(self):
+        self.peer = self.node.lookup(self.peer_name)
 
     def receive(self, message, ctx):
         if message <= 0:
@@ -186,10 +191,8 @@ def test_ping_pong_herdrt(benchmark, herd):
     box = [None]
 
     def setup(node):
-        a = node.spawn(Pinger, box)
-        b = node.spawn(Pinger, box)
-        a._cell.actor.peer = b
-        b._cell.actor.peer = a
+        a = node.spawn(Pinger, box, "pong", name="ping")
+        node.spawn(Pinger, box, "ping", name="pong")
         return a
 
     async def work(node, a):

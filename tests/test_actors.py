@@ -16,7 +16,7 @@ import pytest
 import uvloop
 
 import herdrt
-from _herdtest import Recorder
+from _herdtest import Recorder, until
 from herdrt import (
     Actor,
     ActorError,
@@ -126,7 +126,7 @@ def test_async_handlers_await_other_actors_one_message_at_a_time(run):
 
         async def receive(self, message, ctx):
             self.log.append(("in", message))
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)  # slow work that really suspends the handler: under test
             self.log.append(("out", message))
             return message * 2
 
@@ -257,8 +257,7 @@ def test_deliver_is_the_inbound_seam_for_links(run):
             node.deliver("gate", "never", reply=lambda ok, v: outcomes.append((ok, v)))
             with pytest.raises(ActorNotFound):
                 node.deliver("nobody", "x")
-            while len(outcomes) < 3:
-                await asyncio.sleep(0.005)
+            await until(lambda: len(outcomes) == 3)  # the third: the gate's ask timing out
             assert outcomes[:2] == [(True, {"got": "x"}), (False, ("KeyError", "'k'"))]
             assert outcomes[2][0] is False and outcomes[2][1][0] == "AskTimeout"
             # every outcome can go back over a link as it is
@@ -268,17 +267,20 @@ def test_deliver_is_the_inbound_seam_for_links(run):
 
 
 class Gatherer(Actor):
-    """Defers asks and answers the whole group once three are waiting; "bad" fails the group."""
+    """Defers asks and answers the whole group once three are waiting; "bad" fails the group.
+    Every ask it defers goes into ``deferred`` too, as ``(message, Deferred)``, for the test."""
 
     supervision = "resume"  # a failed handler keeps the instance (and the asks it holds)
 
-    def __init__(self):
+    def __init__(self, deferred):
         self.waiting = []
+        self.deferred = deferred
 
     def receive(self, message, ctx):
         if message == "tell-defer":
             ctx.defer()  # a tell has no ask to defer: ActorError (a handler failure)
         self.waiting.append((message, ctx.defer()))
+        self.deferred.append(self.waiting[-1])
         if message == "bad":
             for _, d in self.waiting:
                 d.fail(KeyError(message))
@@ -294,9 +296,10 @@ class Gatherer(Actor):
 def test_deferred_asks_are_answered_later_and_the_actor_goes_on_meanwhile(run):
     async def main():
         async with strict_node(ask_timeout=0.2) as node:
-            g = node.spawn(Gatherer, name="g")
+            deferred = []
+            g = node.spawn(Gatherer, deferred, name="g")
             first = [asyncio.ensure_future(g.ask(i)) for i in range(2)]
-            await asyncio.sleep(0.02)
+            await until(lambda: len(deferred) == 2)
             assert not any(f.done() for f in first)  # handled, deferred, nobody answered yet
             assert await g.ask(2) == [0, 1, 2]
             assert [await f for f in first] == [[0, 1, 2]] * 2
@@ -304,11 +307,11 @@ def test_deferred_asks_are_answered_later_and_the_actor_goes_on_meanwhile(run):
                 await g.ask("bad")
             assert info.value.type_name == "KeyError"
             g.tell("tell-defer")
-            await asyncio.sleep(0.02)
-            assert node.stats()["actors"]["g"]["failures"] == 1  # defer() on a tell raised ActorError
             with pytest.raises(AskTimeout):
                 await g.ask("alone")  # deferred, never answered: the asker's timeout applies
-            stale = node._cells["g"].actor.waiting[0][1]
+            message, stale = deferred[-1]
+            assert message == "alone"  # handled, so the tell before it was too (FIFO)
+            assert node.stats()["actors"]["g"]["failures"] == 1  # defer() on a tell raised ActorError
             assert not stale.waiting and "done" in repr(stale)
             stale.reply("late")  # answering after the timeout is ignored
 
@@ -323,7 +326,7 @@ def test_deliver_many_posts_in_order_and_counts_what_did_not_fit(run):
             assert node.deliver_many("rec", [4, 5, 6, 7]) == 2  # 3 + 4 > 5: two found it full
             with pytest.raises(ActorNotFound):
                 node.deliver_many("nobody", [1])
-            await asyncio.sleep(0.01)
+            await until(lambda: len(node.mailbox("rec")) == 0)  # drained: room for the ask
             assert await rec.ask("get") == [1, 2, 3, 4, 5]
             assert node.deliver_many("rec", list(range(5))) == 0  # drained: room again
             await node.stop(rec)
@@ -376,7 +379,7 @@ def test_overflow_reject(run):
                 await ref.send(4)
             with pytest.raises(MailboxFull):
                 await ref.ask("get")
-            await asyncio.sleep(0)
+            await until(lambda: len(node.mailbox(ref.name)) == 0)  # drained: room for the ask
             assert await ref.ask("get") == [1, 2]
             s = node.stats()["actors"][ref.name]
             assert s["rejected"] == 3 and s["dropped"] == 0
@@ -398,7 +401,7 @@ def test_overflow_drop_newest_and_oldest(run):
                 oldest.tell(i)
             with pytest.raises(MailboxFull):
                 await dropped_ask
-            await asyncio.sleep(0)  # let both drain
+            await until(lambda: len(node.mailbox("newest")) == len(node.mailbox("oldest")) == 0)  # both drained
             assert await newest.ask("get") == [0, 1]
             assert await oldest.ask("get") == [3, 4]
             actors = node.stats()["actors"]
@@ -436,10 +439,10 @@ def test_blocked_sender_fails_when_actor_stops(run):
         async with strict_node() as node:
             ref = node.spawn(Gate, mailbox_size=1)
             ref.tell(0)  # handled, then stuck
-            await asyncio.sleep(0)
+            await until(lambda: len(node.mailbox(ref.name)) == 0)  # taken by the stuck handler
             ref.tell(1)  # fills the mailbox
             waiting = asyncio.ensure_future(ref.send(2))
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)  # a chance to finish wrongly: it must still wait for room
             assert not waiting.done()
             await node.stop(ref)
             with pytest.raises(ActorStopped):
@@ -577,24 +580,32 @@ def test_stop_policy_tells_watchers(run):
     class Brittle(Fragile):
         supervision = "stop"
 
+    class Watcher(Actor):
+        """Resolves ``notified`` with what it is told (told twice: InvalidStateError, a failure)."""
+
+        def __init__(self, notified):
+            self.notified = notified
+
+        def receive(self, message, ctx):
+            self.notified.set_result(message)
+
     async def main():
         events = []
         async with strict_node() as node:
             ref = node.spawn(Brittle, events, name="brittle")
-            watcher = node.spawn(Recorder, name="watcher")
+            notified = asyncio.get_running_loop().create_future()
+            watcher = node.spawn(Watcher, notified, name="watcher")
             node.watch(ref, watcher)
             with pytest.raises(RemoteError):
                 await ref.ask("boom")
-            seen = await watcher.ask("get")
-            while not seen:
-                await asyncio.sleep(0.001)
-                seen = await watcher.ask("get")
-            assert seen == [Terminated(ref, "stopped after failure: RuntimeError: boom")]
+            notice = await asyncio.wait_for(notified, 2.0)
+            assert notice == Terminated(ref, "stopped after failure: RuntimeError: boom")
             assert events[-1] == "stop"
             with pytest.raises(ActorStopped):
                 ref.tell("x")
             with pytest.raises(ActorNotFound):
                 node.lookup("brittle")
+            assert node.stats()["actors"]["watcher"]["failures"] == 0  # told once
 
     run(main)
 
@@ -608,13 +619,13 @@ def test_restart_limit_stops_the_actor(run):
         notices = []
         async with strict_node() as node:
             ref = node.spawn(Limited, [])
-            node.watch(ref, notices.append)
+            stopped = asyncio.get_running_loop().create_future()
+            node.watch(ref, stopped.set_result)
             for _ in range(3):
                 with pytest.raises(RemoteError):
                     await ref.ask("boom")
-            while not notices:
-                await asyncio.sleep(0.001)
-            assert notices[0].ref == ref and notices[0].reason.startswith("too many restarts")
+            notice = await asyncio.wait_for(stopped, 2.0)
+            assert notice.ref == ref and notice.reason.startswith("too many restarts")
             with pytest.raises(ActorStopped):
                 await ref.ask("x")
             totals = node.stats()["total"]
@@ -646,7 +657,7 @@ def test_restarts_outside_the_window_do_not_count(run):
 def test_async_on_start_runs_before_first_message(run):
     class Warm(Actor):
         async def on_start(self):
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)  # a hook that really suspends: under test
             self.ready = True
 
         def receive(self, message, ctx):
@@ -674,7 +685,7 @@ def test_shutdown_reverse_order_and_pending_asks_fail(run):
             await asyncio.Event().wait()  # never answers
 
         async def on_stop(self):
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a hook that suspends: the order must hold anyway
             order.append(self.tag)
 
     async def main():
@@ -684,7 +695,8 @@ def test_shutdown_reverse_order_and_pending_asks_fail(run):
             stuck = refs[0].ask("handled, then stuck")
             queued = refs[0].ask("still queued")
             refs[2].tell("x")
-            await asyncio.sleep(0.001)
+            # refs[0] is inside its first handler with one ask queued; refs[2] inside its handler
+            await until(lambda: len(node.mailbox(refs[0].name)) == 1 and len(node.mailbox(refs[2].name)) == 0)
         assert order == [2, 1, 0]
         for fut in (stuck, queued):
             with pytest.raises(ActorStopped):
@@ -731,7 +743,10 @@ def test_self_stop_and_node_stop(run):
 
 def test_timers_fire_and_are_cancelled_on_stop(run):
     class Ticker(Actor):
-        def __init__(self):
+        """Resolves ``third`` with its 60 s timer at the third tick."""
+
+        def __init__(self, third):
+            self.third = third
             self.ticks = 0
             self.once = 0
 
@@ -745,6 +760,7 @@ def test_timers_fire_and_are_cancelled_on_stop(run):
                 self.ticks += 1
                 if self.ticks == 3:
                     self.every.cancel()
+                    self.third.set_result(self.never)
             elif message == "once":
                 self.once += 1
             elif message == "get":
@@ -754,14 +770,13 @@ def test_timers_fire_and_are_cancelled_on_stop(run):
 
     async def main():
         async with strict_node() as node:
-            ref = node.spawn(Ticker)
-            while (await ref.ask("get"))[0] < 3:
-                await asyncio.sleep(0.002)
-            await asyncio.sleep(0.01)  # a cancelled timer would tick again in this time
+            third = asyncio.get_running_loop().create_future()
+            ref = node.spawn(Ticker, third)
+            never = await asyncio.wait_for(third, 2.0)
+            await asyncio.sleep(0.01)  # a cancelled timer would tick again in this time: under test
             assert await ref.ask("get") == [3, 1, False, True]
-            cell = ref._cell
             await node.stop(ref)
-            assert not cell.timers  # the 60 s timer went with the actor
+            assert not never.active  # the 60 s timer went with the actor
 
     run(main)
 
@@ -769,7 +784,7 @@ def test_timers_fire_and_are_cancelled_on_stop(run):
 def test_stop_cancels_a_suspended_handler(run):
     class Waiter(Actor):
         async def receive(self, message, ctx):
-            await asyncio.sleep(30)
+            await asyncio.sleep(30)  # a handler that waits until stopped
 
     async def main():
         # sleep(0): the stop lands after the handler suspended but before the task driving it

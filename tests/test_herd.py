@@ -245,7 +245,7 @@ def test_node_leaving_fails_asks_at_once_and_tells_are_counted(run):
         async with Herd(config) as nodes:
             a = nodes["a"]
             slow = asyncio.ensure_future(a.lookup("echo@c").ask({"sleep": 5}, timeout=10))
-            await asyncio.sleep(0.05)
+            await until(lambda: nodes["c"].stats()["actors"]["echo"]["messages"] == 1)  # c is handling it
             started = time.monotonic()
             await nodes.pop("c").shutdown()
             with pytest.raises(ActorStopped, match="echo@c"):

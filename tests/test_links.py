@@ -15,6 +15,7 @@ import msgpack
 import pytest
 
 import herdrt
+from _herdtest import until
 from _rawlink import raw_handshake
 from herdrt.config import HerdConfig, NodeConfig
 from herdrt.core import FrameDecoder, encode_frame, encode_frames
@@ -118,6 +119,13 @@ async def raw_read(reader, count: int, timeout: float = 3.0) -> tuple[list, bool
                 return out, True
             out.extend(decoder.feed(data))
     return out, False
+
+
+async def server_links_closed(srv: LinkServer, timeout: float = 3.0) -> None:
+    """Wait until every connection ``srv`` holds has closed (each leaves ``srv.links`` as it does)."""
+    async with asyncio.timeout(timeout):
+        for link in list(srv.links):
+            await link.wait_closed()
 
 
 async def raw_eof(reader, timeout: float = 3.0) -> bool:
@@ -293,7 +301,9 @@ def test_an_urgent_send_on_an_idle_link_is_written_at_once_and_the_rest_of_the_t
     async def body():
         quiet = {"heartbeat_interval": 30.0}  # no heartbeat in the counts
         async with linked(settings("A", **quiet), settings("B", **quiet)) as (link, inbox):
-            await asyncio.sleep(0.01)  # past the turn that brought the link up
+            link.send([P.TELL, "B", "echo", 0])
+            await inbox.until(lambda: inbox.envs)  # it arrived: its turn's flush ran, the link is idle
+            inbox.envs.clear()
             frames, written = link.frames_out, link.bytes_out
             link.send([P.ASK, "B", "echo", 1, "A", 1], urgent=True)
             assert (link.queued, link.frames_out) == (0, frames + 1) and link.bytes_out > written
@@ -304,8 +314,7 @@ def test_an_urgent_send_on_an_idle_link_is_written_at_once_and_the_rest_of_the_t
             assert (link.queued, link.frames_out) == (3, frames + 1)
             await inbox.until(lambda: len(inbox.envs) == 4)
             assert [env[3] for env in inbox.envs] == [1, 2, 3, 4]  # order kept
-            assert link.frames_out == frames + 4
-            await asyncio.sleep(0.01)  # a later turn: idle again
+            assert link.frames_out == frames + 4  # all four arrived: the turn's flush ran, idle again
             link.send([P.ASK, "B", "echo", 5, "A", 4], urgent=True)
             assert (link.queued, link.frames_out) == (0, frames + 5)
 
@@ -362,7 +371,7 @@ def test_wrong_secret_is_refused_on_both_sides_and_nothing_is_delivered(run, cap
             await connect(*srv.address, settings("A", secret=b"not the secret"), inbox.on_envelopes)
         assert info.value.code == "auth"
         assert "authentication failed: the shared secret differs" in str(info.value)
-        await asyncio.sleep(0.05)
+        await server_links_closed(srv)  # B's end of the refused connection
         assert inbox.envs == [] and inbox.ups == []
         assert not srv.links
         await srv.close()
@@ -439,7 +448,7 @@ def test_silent_connection_is_dropped_after_the_handshake_timeout(run):
         assert [e[0] for e in envs] == [P.HELLO, P.ERROR] and eof
         assert envs[1][2] == "timeout"
         writer.close()
-        await asyncio.sleep(0)
+        await server_links_closed(srv)
         assert not srv.links
         await srv.close()
 
@@ -534,8 +543,9 @@ def test_heartbeats_arrive_and_update_the_stats(run):
         ).start()
         link = await connect(*srv.address, settings("A", heartbeat_interval=0.03), inbox.on_envelopes)
         await inbox.until(lambda: inbox.ups)
-        await asyncio.sleep(0.4)
-        for side in (link, inbox.ups[0]):
+        sides = (link, inbox.ups[0])
+        await until(lambda: all(s.stats()["heartbeats_in"] >= 4 and s.rtt.count >= 2 for s in sides))
+        for side in sides:
             st = side.stats()
             assert st["heartbeats_in"] >= 4
             assert st["heartbeat_intervals"]["count"] == st["heartbeats_in"] - 1
@@ -569,7 +579,7 @@ def test_slow_reader_makes_the_sender_overflow_with_bounded_memory(run):
                 for _ in range(100):
                     link.send([P.TELL, sent, payload])
                     sent += 1
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # a loop turn: the link flushes, so the kernel buffers fill
         assert link.overflows == 1
         assert link.queued == 500
         assert link.transport.get_write_buffer_size() <= high + 500 * 1100
@@ -577,7 +587,7 @@ def test_slow_reader_makes_the_sender_overflow_with_bounded_memory(run):
 
         # a sender that prefers to wait: drain() returns once the reader resumes
         drained = asyncio.ensure_future(link.drain())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # a chance to return wrongly: it must wait while the reader is paused
         assert not drained.done()
         inbox.ups[0].transport.resume_reading()
         await drained
@@ -623,8 +633,7 @@ def test_manager_reconnects_after_the_peer_restarts(run):
         await a_in.until(lambda: a_in.downs)
         assert a.link("B") is None
         failures = a.dial_failures
-        await asyncio.sleep(0.3)  # A keeps trying, with backoff
-        assert a.dial_failures > failures
+        await until(lambda: a.dial_failures > failures)  # A keeps trying, with backoff
 
         b2_in = Inbox()
         b2 = await manager(config, "B", b2_in).start()
@@ -651,14 +660,14 @@ def test_simultaneous_dials_end_with_exactly_one_link(run):
             b.dial_neighbors()
             la = await a.wait_up("B", 5)
             lb = await b.wait_up("A", 5)
-            await asyncio.sleep(0.15)  # let any loser finish dying
+            await asyncio.sleep(0.15)  # the loser dies unreported (no event): a window for a wrong up/down
             assert a.link("B") is la and b.link("A") is lb
             # the same TCP connection seen from both ends
             assert la.transport.get_extra_info("sockname") == lb.transport.get_extra_info("peername")
             assert la.dialer == lb.dialer
             assert len(a_in.ups) == 1 and len(b_in.ups) == 1
             assert a_in.downs == [] and b_in.downs == []
-            assert sum(len(s) for s in a._live.values()) == 1
+            assert a.stats()["open_links"] == 1
             await a.close()
             await b.close()
 
@@ -766,7 +775,7 @@ def test_a_flooding_peer_cannot_keep_the_loop_from_timers_and_other_links(run):
 
         async def ticker():
             while True:
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # counts loop turns: under test
                 ticks[0] += 1
 
         inbox = Inbox()

@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from _herdtest import until
 from herdrt.apps.proxy import AtRecord, GazetteerPlaces, ProxyApp, ProxyLimits, TrafficLog
 from herdrt.config import loads_config
 
@@ -352,7 +353,7 @@ def test_silent_and_slow_clients_are_disconnected_and_the_connection_cap_holds(r
                 w.close()
             # three open connections; a fourth is closed at once, the three still answer
             held = [await asyncio.open_connection("127.0.0.1", app.port) for _ in range(3)]
-            await asyncio.sleep(0.05)
+            await until(lambda: app.counters["connections"] == 5)  # the server holds all three
             extra = await asyncio.open_connection("127.0.0.1", app.port)
             assert await asyncio.wait_for(extra[0].read(), 1.0) == b""
             extra[1].close()
@@ -382,11 +383,8 @@ def test_replies_keep_order_while_effects_happen_at_once(run, tmp_path):
             writer.write(b"WHATSAT kiwi.cs.ucla.edu 20 1\nIAMAT later +1+2 5\nWHATSAT kiwi.cs.ucla.edu 10 1\n")
             await writer.drain()
             # The IAMAT behind the waiting WHATSAT is stored and flooded before the lookup returns...
-            for _ in range(1000):
-                if "later" in app.store:
-                    break
-                await asyncio.sleep(0.001)
-            assert "later" in app.store and floods[-1]["client"] == "later"
+            await until(lambda: "later" in app.store, timeout=1.0)
+            assert floods[-1]["client"] == "later"
             assert places.calls[-1][2] == 10_000.0  # ...and the second lookup has already started
             places.gates[20_000.0].set()
             writer.write_eof()
@@ -435,7 +433,7 @@ def test_client_disconnecting_mid_lookup_and_shutdown_with_idle_clients(run, tmp
             r3, w3 = await asyncio.open_connection("127.0.0.1", app.port)
             w3.write(b"WHATSAT kiwi.cs.ucla.edu 5 1\n")  # waits on the gate at shutdown
             await w3.drain()
-            await asyncio.sleep(0.01)
+            await until(lambda: len(places.calls) == 2)  # both lookups wait on the gate
         # Leaving the block closed everything without waiting for the lookups.
         rest2, rest3 = await r2.read(), await r3.read()
         for w in (w2, w3):
@@ -467,7 +465,7 @@ def test_flood_failures_do_not_reach_the_client(run, tmp_path):
             a = await exchange(app.port, b"IAMAT a +1+2 3\n")
             app.flood = broken_async
             b = await exchange(app.port, b"IAMAT b +1+2 3\n")
-            await asyncio.sleep(0)
+            await until(lambda: app.counters["flood_errors"] == 2)  # the async flood's task failed too
         return a, b, calls
 
     a, b, calls = run(main)
@@ -558,8 +556,7 @@ def test_bundled_five_server_herd_floods_to_everyone(run, tmp_path):
             await app.start()
         try:
             await exchange(apps["Bailey"].port, KIWI + b"\n")
-            for _ in range(20):
-                await asyncio.sleep(0)
+            await until(lambda: all("kiwi.cs.ucla.edu" in app.store for app in apps.values()))
             replies = {n: await exchange(app.port, b"WHATSAT kiwi.cs.ucla.edu 1 1\n") for n, app in apps.items()}
         finally:
             for app in apps.values():

@@ -64,13 +64,16 @@ def test_crashed_child_is_restarted_with_backoff():
 
 def test_killed_child_comes_back_and_sigkill_after_grace():
     async def main():
-        sup = ProcessSupervisor({"k": SLEEPER, "s": STUBBORN}, min_backoff=0.05, grace=0.5, output=lambda n, text: None)
+        lines = []
+        sup = ProcessSupervisor(
+            {"k": SLEEPER, "s": STUBBORN}, min_backoff=0.05, grace=0.5, output=lambda n, text: lines.append((n, text))
+        )
         await sup.start()
         first = sup.status()["k"]["pid"]
         os.kill(first, signal.SIGKILL)
         await _until(lambda: sup.status()["k"]["pid"] not in (None, first))
         assert sup.children["k"].last_exit == -signal.SIGKILL
-        await asyncio.sleep(0.3)  # let the stubborn child install its handler
+        await _until(lambda: ("s", "up") in lines)  # it prints "up" once its handler is installed
         stubborn = sup.status()["s"]["pid"]
         started = time.monotonic()
         await sup.stop()

@@ -281,6 +281,9 @@ class LinkManager:
         return {
             "node": self.name,
             "links": {peer: link.stats() for peer, link in sorted(self._up.items())},
+            # connections whose peer has named itself: the up links, plus any duplicate of a
+            # simultaneous dial not yet closed
+            "open_links": sum(len(links) for links in self._live.values()),
             "dial_failures": self.dial_failures,
             "duplicates": self.duplicates,
         }
