@@ -4,6 +4,9 @@ Both implementations of the core (compiled ``_fast`` and the pure twin ``_pure``
 classes, so ``except herdrt.errors.FrameError`` works whichever one is active.
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 __all__ = [
     "HerdError",
     "FrameError",
@@ -29,6 +32,9 @@ class HerdError(Exception):
 class FrameError(HerdError, ValueError):
     """A frame could not be decoded: its body is not valid msgpack, leaves trailing bytes, or the
     stream ended inside a frame. The decoder that raised it refuses further input."""
+
+    #: What the same input held before the bad frame, decoded (it still counts).
+    messages: Sequence[Any] = ()
 
 
 class FrameTooLarge(FrameError):

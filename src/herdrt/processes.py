@@ -71,11 +71,11 @@ class ProcessSupervisor:
     async def start(self) -> None:
         """Start every child (returns once all are spawned)."""
         for child in self.children.values():
-            await self._spawn(child)
-            child.task = asyncio.create_task(self._watch(child), name=f"supervise-{child.name}")
+            process = await self._spawn(child)
+            child.task = asyncio.create_task(self._watch(child, process), name=f"supervise-{child.name}")
 
-    async def _spawn(self, child: ChildState) -> None:
-        child.process = await asyncio.create_subprocess_exec(
+    async def _spawn(self, child: ChildState) -> asyncio.subprocess.Process:
+        process = child.process = await asyncio.create_subprocess_exec(
             *child.argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -85,19 +85,22 @@ class ProcessSupervisor:
         )
         child.starts += 1
         child.started_at = time.monotonic()
+        return process
 
-    async def _pump(self, child: ChildState) -> None:
-        stream = child.process.stdout
+    async def _pump(self, child: ChildState, process: asyncio.subprocess.Process) -> None:
+        stream = process.stdout
+        assert stream is not None  # spawned with stdout=PIPE
         while True:
             line = await stream.readline()
             if not line:
                 return
             self._output(child.name, line.decode("utf-8", "replace").rstrip())
 
-    async def _watch(self, child: ChildState) -> None:
+    async def _watch(self, child: ChildState, process: asyncio.subprocess.Process) -> None:
+        """Copy the output of ``child`` (running as ``process``) and restart it whenever it exits."""
         while True:
-            await self._pump(child)
-            code = await child.process.wait()
+            await self._pump(child, process)
+            code = await process.wait()
             child.last_exit = code
             if self._stopping:
                 return
@@ -113,24 +116,24 @@ class ProcessSupervisor:
             await asyncio.sleep(child.backoff)
             if self._stopping:
                 return
-            await self._spawn(child)
+            process = await self._spawn(child)
             child.restarts += 1
 
     async def stop(self) -> None:
         """Stop every child: SIGTERM, then SIGKILL after ``grace`` seconds. Idempotent."""
         self._stopping = True
-        running = [c for c in self.children.values() if c.process and c.process.returncode is None]
-        for child in running:
-            _signal(child.process, signal.SIGTERM)
+        running = [(c, p) for c in self.children.values() if (p := c.process) and p.returncode is None]
+        for _, process in running:
+            _signal(process, signal.SIGTERM)
         deadline = time.monotonic() + self.grace
-        for child in running:
+        for child, process in running:
             try:
-                await asyncio.wait_for(child.process.wait(), max(0.0, deadline - time.monotonic()))
+                await asyncio.wait_for(process.wait(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 log.warning("%s did not stop within %.1fs; killing it", child.name, self.grace)
-                _signal(child.process, signal.SIGKILL)
-                await child.process.wait()
-            child.last_exit = child.process.returncode
+                _signal(process, signal.SIGKILL)
+                await process.wait()
+            child.last_exit = process.returncode
         tasks = [c.task for c in self.children.values() if c.task]
         for task in tasks:
             task.cancel()

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ..errors import CompiledCoreMissing, EmptyRingError, FrameError, FrameTooLarge
 from ._api import PUBLIC_NAMES  # the one list of the core's names (both implementations)
@@ -24,13 +26,14 @@ def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _load():
+def _load() -> tuple[ModuleType, str]:
     if env_flag("HERDRT_PURE"):
         from . import _pure
 
         return _pure, "pure"
     try:
-        from . import _fast
+        # (absolute, so that mypy's ignore_missing_imports for this Cython module applies)
+        import herdrt.core._fast as _fast
     except ImportError as exc:
         if env_flag("HERDRT_REQUIRE_COMPILED"):
             raise CompiledCoreMissing(
@@ -51,18 +54,37 @@ def _load():
 
 _impl, IMPLEMENTATION = _load()
 
-encode_frame = _impl.encode_frame
-encode_frames = _impl.encode_frames
-FrameDecoder = _impl.FrameDecoder
-HashRing = _impl.HashRing
-md5_shard = _impl.md5_shard
-jump_hash = _impl.jump_hash
-OnlineStats = _impl.OnlineStats
-QuantileSketch = _impl.QuantileSketch
-DEFAULT_MAX_FRAME_SIZE = _impl.DEFAULT_MAX_FRAME_SIZE
-RECORD_MAX = _impl.RECORD_MAX
-RECORD_TAG_SIZE = _impl.RECORD_TAG_SIZE
-RecordSealer = _impl.RecordSealer
-RecordOpener = _impl.RecordOpener
+if TYPE_CHECKING:
+    # The type checker sees the pure twin's API: the compiled core has the same names and
+    # signatures (tests/test_core.py holds the two to them) and ships no stub of its own.
+    from ._pure import (
+        DEFAULT_MAX_FRAME_SIZE,
+        RECORD_MAX,
+        RECORD_TAG_SIZE,
+        FrameDecoder,
+        HashRing,
+        OnlineStats,
+        QuantileSketch,
+        RecordOpener,
+        RecordSealer,
+        encode_frame,
+        encode_frames,
+        jump_hash,
+        md5_shard,
+    )
+else:
+    encode_frame = _impl.encode_frame
+    encode_frames = _impl.encode_frames
+    FrameDecoder = _impl.FrameDecoder
+    HashRing = _impl.HashRing
+    md5_shard = _impl.md5_shard
+    jump_hash = _impl.jump_hash
+    OnlineStats = _impl.OnlineStats
+    QuantileSketch = _impl.QuantileSketch
+    DEFAULT_MAX_FRAME_SIZE = _impl.DEFAULT_MAX_FRAME_SIZE
+    RECORD_MAX = _impl.RECORD_MAX
+    RECORD_TAG_SIZE = _impl.RECORD_TAG_SIZE
+    RecordSealer = _impl.RecordSealer
+    RecordOpener = _impl.RecordOpener
 
 __all__ = [*PUBLIC_NAMES, "IMPLEMENTATION", "env_flag", "FrameError", "FrameTooLarge", "EmptyRingError"]

@@ -13,6 +13,7 @@ import operator
 import struct
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
+from typing import Any, NoReturn
 
 import msgpack
 from cryptography.exceptions import InvalidTag
@@ -100,7 +101,7 @@ class FrameDecoder:
             raise ValueError(f"max_frame_size must be between 1 and {_MAX_LENGTH}, not {max_frame_size}")
         self._max = max_frame_size
         self._buf = bytearray()
-        self._failed = None
+        self._failed: str | None = None  # why the decoder refuses input (None: it does not)
 
     @property
     def max_frame_size(self) -> int:
@@ -112,22 +113,22 @@ class FrameDecoder:
         """Bytes held back: the start of a frame not yet complete."""
         return len(self._buf)
 
-    def _refuse(self):
+    def _refuse(self) -> NoReturn:
         raise FrameError(f"decoder refuses input after an earlier error: {self._failed}")
 
-    def _fail(self, exc: FrameError, messages: list):
+    def _fail(self, exc: FrameError, messages: list[Any]) -> NoReturn:
         self._failed = str(exc)
         self._buf.clear()
         exc.messages = messages
         raise exc
 
-    def feed(self, data) -> list:
+    def feed(self, data) -> list[Any]:
         """Add bytes from the stream; return the messages they complete, in order."""
         if self._failed is not None:
             self._refuse()
         buf = self._buf
         buf += data
-        out = []
+        out: list[Any] = []
         pos = 0
         end_of_data = len(buf)
         while end_of_data - pos >= 4:
@@ -240,8 +241,8 @@ class HashRing:
                 for k in range(0, 16, 4):
                     points.append((int.from_bytes(digest[k : k + 4], "little"), node.encode("utf-8"), node))
         points.sort()
-        self._points = []
-        self._owners = []
+        self._points: list[int] = []
+        self._owners: list[str] = []
         for point, _, node in points:
             if self._points and self._points[-1] == point:
                 continue  # tie: the first name in byte order keeps the point
@@ -724,7 +725,7 @@ class RecordSealer:
         self._encrypt = AESGCM(key).encrypt
         self.seq = 0
 
-    def seal(self, data: bytes) -> bytes:
+    def seal(self, data: bytes | bytearray | memoryview) -> bytes:
         """``data`` (any length, even empty) as one record, or several of up to RECORD_MAX bytes."""
         n = len(data)
         if n <= RECORD_MAX:

@@ -193,7 +193,7 @@ class Link(asyncio.Protocol):
         self._hs_timer: asyncio.TimerHandle | None = None
         # RecordSealer.seal once the handshake is done: every later write goes through it
         self._seal: Callable[[bytes], bytes] = None  # type: ignore[assignment]
-        self._opener: RecordOpener = None  # the peer's records, from its AUTH on
+        self._opener: RecordOpener = None  # type: ignore[assignment]  # the peer's records, from its AUTH on
         self._decoder = FrameDecoder(settings.max_frame_size)
         self._queue: list = []
         self._extra = 0  # tells queued inside TELLS envelopes beyond each one's first
@@ -294,11 +294,11 @@ class Link(asyncio.Protocol):
                 try:  # what the good records before it carried still counts
                     self._deliver(self._decoder.feed(exc.plain))
                 except FrameError as frame_exc:
-                    self._deliver(getattr(frame_exc, "messages", []))
+                    self._deliver(list(frame_exc.messages))
                 self._fail(P.E_AUTH, f"record from {self.peer} refused: {exc}")
                 return
             except FrameError as exc:
-                self._deliver(getattr(exc, "messages", []))
+                self._deliver(list(exc.messages))
                 self._fail(P.E_FRAME, f"bad frame from {self.peer}: {exc}")
                 return
             if envs:

@@ -82,7 +82,7 @@ class Timer:
 
     def __init__(self, cell: Cell, message: Any, interval: float | None):
         self._cell = cell
-        self._handle = None
+        self._handle: asyncio.TimerHandle | None = None
         self.message = message
         self.interval = interval
 
@@ -99,13 +99,17 @@ class Timer:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-            self._cell.timers.discard(self)
+            timers = self._cell.timers
+            if timers:  # (a set once a timer was added; the empty tuple before)
+                timers.discard(self)
 
     def _fire(self) -> None:
         cell = self._cell
         if self.interval is None:
             self._handle = None
-            cell.timers.discard(self)
+            timers = cell.timers
+            if timers:
+                timers.discard(self)
         else:
             self._handle = cell.sched.loop.call_later(self.interval, self._fire)
         cell.post_timer(self.message)

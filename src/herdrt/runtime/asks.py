@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AskDeadlock, AskTimeout, RemoteError
@@ -26,7 +26,7 @@ from .strict import check_msgpack
 
 if TYPE_CHECKING:
     from .cell import Cell
-    from .ref import ActorRef
+    from .ref import ActorRef, Poster
     from .scheduler import Scheduler
 
 __all__ = ["Asks", "ReplyProxy", "CallbackReply"]
@@ -96,7 +96,7 @@ class Asks:
         self.scheduler = scheduler
         self.timeout = timeout
         self.strict = strict
-        self.pending: dict[int, Any] = {}
+        self.pending: dict[int, asyncio.Future[Any] | ReplyProxy] = {}
         self.next_corr = 1
         self._default = _Lane(timeout)
         self._lanes: dict[float, _Lane] = {}  # the other timeouts asked for
@@ -108,7 +108,7 @@ class Asks:
 
     # -- asking ----------------------------------------------------------------------------------
 
-    def ask(self, ref: ActorRef, cell: Cell | None, message: Any, timeout: float | None = None):
+    def ask(self, ref: ActorRef, cell: Cell | None, message: Any, timeout: float | None = None) -> Awaitable[Any]:
         """Post ``message`` to ``ref`` (``cell``: its cell if it is local) as an ask; an awaitable
         of the reply (``ref.ask`` is this, bound to the ref and its cell). Raises
         :class:`AskDeadlock` at once for an actor asking itself or closing a cycle of actors
@@ -120,7 +120,7 @@ class Asks:
             mb = cell.mailbox
             if len(cell.queue) >= mb.capacity and mb.policy is Overflow.BLOCK and mb.capacity > 0:
                 return self._ask_when_room(ref, cell, message, timeout)
-        fut = self.scheduler.loop.create_future()
+        fut: asyncio.Future[Any] = self.scheduler.loop.create_future()
         corr = self.next_corr
         self.next_corr = corr + 1
         self.pending[corr] = fut
@@ -150,7 +150,7 @@ class Asks:
             raise AskTimeout(f"the mailbox of {ref.path} stayed full for {limit:g}s") from None
         return await self.ask(ref, cell, message, timeout)
 
-    def post(self, post: Callable[..., None], message: Any, entry: ReplyProxy) -> None:
+    def post(self, post: Poster, message: Any, entry: ReplyProxy) -> None:
         """Post an ask that came from outside this node with ``post(message, corr)``; ``entry``
         stands for the asker and gets the outcome (within the node's default timeout)."""
         corr = self.next_corr
@@ -183,7 +183,7 @@ class Asks:
         if fut is not None and not fut.done():
             fut.set_exception(exc)
 
-    def take(self, corr: int):
+    def take(self, corr: int) -> asyncio.Future[Any] | ReplyProxy | None:
         """Ask ``corr``'s entry (its future or reply proxy), off the table; None if it is gone."""
         entry = self.pending.pop(corr, None)
         if entry is not None and self._lane_of:
@@ -244,7 +244,7 @@ class Asks:
                     late.append((corr, "" if own is None else f"from {own[1]} "))
             for corr, whom in late:
                 fut = self.take(corr)
-                if not fut.done():
+                if fut is not None and not fut.done():  # (None: a reply callback above took it)
                     fut.set_exception(
                         AskTimeout(
                             f"no reply {whom}within {lane.timeout:g}s (ask #{corr}; "
@@ -269,11 +269,12 @@ def _check_cycle(cur: Cell, target: Cell) -> None:
     for _ in range(64):  # follow "suspended, waiting on" links (a chain on this node)
         if c.state != SUSPENDED:  # only a cell suspended on an ask waits on another
             return
-        c = c.waiting_on
-        if c is None:
+        waited = c.waiting_on
+        if waited is None:
             return
-        if c is cur:
+        if waited is cur:
             raise AskDeadlock(
                 f"actor {cur.ref.path} asked {target.ref.path}, which (through a chain of asks) "
                 "waits on it: that cycle would deadlock"
             )
+        c = waited

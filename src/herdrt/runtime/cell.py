@@ -15,10 +15,11 @@ import inspect
 import logging
 import types
 import weakref
+from collections.abc import Callable
 from functools import partial
 from itertools import repeat
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ..core import OnlineStats
 from ..errors import ActorError, ActorStopped, MailboxFull
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from .node import Node
     from .scheduler import Scheduler
 
-__all__ = ["Cell", "Context", "notify", "IDLE", "QUEUED", "RUNNING", "SUSPENDED", "STOPPING", "STOPPED"]
+__all__ = ["Cell", "Context", "Watcher", "notify", "IDLE", "QUEUED", "RUNNING", "SUSPENDED", "STOPPING", "STOPPED"]
 
 log = logging.getLogger("herdrt.actor")
 
@@ -43,8 +44,11 @@ _HOOK = object()  # stands for "a lifecycle hook" where a message is expected
 _FLUSH_AT = 256  # buffered stats samples before folding them into OnlineStats
 _ASYNC_CLASSES: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
 
+#: Who is told when an actor stops: an ActorRef, or a plain or async callable.
+Watcher: TypeAlias = ActorRef | Callable[[Terminated], Any]
 
-def _receive_is_async(cls: type) -> bool:
+
+def _receive_is_async(cls: type[Actor]) -> bool:
     flag = _ASYNC_CLASSES.get(cls)
     if flag is None:
         flag = _ASYNC_CLASSES[cls] = inspect.iscoroutinefunction(cls.receive)
@@ -125,7 +129,14 @@ class Cell:
     )  # fmt: skip
 
     def __init__(
-        self, node: Node, cls: type, args: tuple, kwargs: dict, name: str, capacity: int | None, overflow: Overflow
+        self,
+        node: Node,
+        cls: type[Actor],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        name: str,
+        capacity: int | None,
+        overflow: Overflow,
     ):
         self.node = node
         self.sched = node.scheduler
@@ -135,8 +146,10 @@ class Cell:
         self.cls = cls
         self.args = args
         self.kwargs = kwargs
-        self.actor: Actor | None = None
-        self.receive = None
+        self.actor: Actor | None = None  # None until instantiate() and once stopped
+        # The bound ``receive`` of ``actor``: the hot loop calls it without a check, and it is
+        # only called while the actor runs (None before instantiate() and once stopped).
+        self.receive: Callable[[Any, Context], Any] = None  # type: ignore[assignment]  # late-bound
         self.is_async = _receive_is_async(cls)
         self.ctx = Context(self)
         self.mailbox = Mailbox(capacity, overflow, self.ref.path)
@@ -145,10 +158,10 @@ class Cell:
         self.ready_at = 0.0
         # Rarely used containers start as a shared empty tuple and are made on first use: a
         # spawn must stay cheap (10^5 actors).
-        self.sys: list | tuple = ()
-        self.task: asyncio.Task | None = None
-        self.timers: set[Timer] | tuple = ()
-        self.watchers: list | tuple = ()
+        self.sys: list[tuple[str, Exception | None]] | tuple[()] = ()  # hooks to run: ("start"|"restart", exc)
+        self.task: asyncio.Task[None] | None = None
+        self.timers: set[Timer] | tuple[()] = ()
+        self.watchers: list[Watcher] | tuple[()] = ()
         self.handler_stats = OnlineStats()
         self.wait_stats = OnlineStats()
         self.hbuf: list[float] = []  # buffered samples, folded in by flush_stats
@@ -157,7 +170,7 @@ class Cell:
         self.restart_times: collections.deque[float] | None = None
         self.stop_reason: str | None = None
         self.terminating = False
-        self.done: asyncio.Future | None = None
+        self.done: asyncio.Future[None] | None = None
         self.waiting_on: Cell | None = None
 
     # -- construction ------------------------------------------------------------------------------
@@ -167,12 +180,14 @@ class Cell:
         cls = self.cls
         actor = cls.__new__(cls)
         bind(actor, self)
-        actor.__init__(*self.args, **self.kwargs)
+        cls.__init__(actor, *self.args, **self.kwargs)
         self.actor = actor
         self.receive = actor.receive
 
     def start(self) -> None:
-        if type(self.actor).on_start is not Actor.on_start:
+        actor = self.actor
+        assert actor is not None  # spawn instantiated it
+        if type(actor).on_start is not Actor.on_start:
             self.sys = [("start", None)]
             self.make_runnable()
 
@@ -199,7 +214,7 @@ class Cell:
                 sched.armed = True
                 sched.loop.call_soon(sched.drain)
 
-    def post_many(self, messages: list) -> int:
+    def post_many(self, messages: list[Any]) -> int:
         """Append several tells in order (a TELLS envelope); returns how many could not be
         posted (full mailbox under ``reject``/``block``, ``drop_newest``, or a stopped actor)."""
         q = self.queue
@@ -338,7 +353,9 @@ class Cell:
         while self.sys:
             kind, exc = self.sys.pop(0)
             try:
-                r = self.actor.on_start() if kind == "start" else self.actor.on_restart(exc)
+                actor = self.actor
+                assert actor is not None  # only a cell with an instance is run
+                r = actor.on_start() if exc is None else actor.on_restart(exc)  # exc is None for "start"
                 if isinstance(r, types.CoroutineType):
                     try:
                         yielded = r.send(None)
@@ -503,7 +520,7 @@ class Cell:
             for watcher in watchers:
                 notify(watcher, notice, self.sched)
         self.actor = None
-        self.receive = None
+        self.receive = None  # type: ignore[assignment]  # drop the instance; never called once stopped
         if self.done is not None and not self.done.done():
             self.done.set_result(None)
 
@@ -514,9 +531,10 @@ class Cell:
             raise ActorStopped(f"actor {self.ref.path} is stopped")
         timer = Timer(self, message, interval)
         timer.start(self.sched.loop, max(0.0, delay))
-        if not self.timers:
-            self.timers = set()
-        self.timers.add(timer)
+        timers = self.timers
+        if not timers:
+            timers = self.timers = set()
+        timers.add(timer)
         return timer
 
     # -- statistics --------------------------------------------------------------------------------
@@ -529,7 +547,7 @@ class Cell:
             self.wait_stats.update_many(self.wbuf)
             self.wbuf.clear()
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         self.flush_stats()
         return {
             "name": self.ref.name,
@@ -545,7 +563,7 @@ class Cell:
         }
 
 
-def notify(watcher, notice: Terminated, sched: Scheduler) -> None:
+def notify(watcher: Watcher, notice: Terminated, sched: Scheduler) -> None:
     """Tell ``watcher`` (an ActorRef, or a plain or async callable) that an actor stopped."""
     if isinstance(watcher, ActorRef):
         cell = cell_of(watcher)

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import enum
 import sys
+from typing import Any
 
 from ..errors import ActorStopped, MailboxFull
 
@@ -51,13 +52,14 @@ class Mailbox:
     __slots__ = ("queue", "capacity", "policy", "path", "dropped", "rejected", "waiters", "closed_reason")
 
     def __init__(self, capacity: int | None, policy: Overflow, path: str):
-        self.queue: collections.deque[tuple] = collections.deque()
+        self.queue: collections.deque[tuple[Any, int]] = collections.deque()
         self.capacity = sys.maxsize if capacity is None else capacity
         self.policy = policy
         self.path = path
         self.dropped = 0
         self.rejected = 0
-        self.waiters: collections.deque[asyncio.Future] | tuple = ()  # made on first use
+        # Senders waiting for room: the empty tuple until the first one (made on first use).
+        self.waiters: collections.deque[asyncio.Future[None]] | tuple[()] = ()
         self.closed_reason: str | None = None
 
     def __len__(self) -> int:
@@ -97,10 +99,11 @@ class Mailbox:
                 raise ActorStopped(f"actor {self.path} is stopped ({self.closed_reason})")
             if self.policy is not Overflow.BLOCK:
                 return
-            waiter = loop.create_future()
-            if not self.waiters:
-                self.waiters = collections.deque()
-            self.waiters.append(waiter)
+            waiter: asyncio.Future[None] = loop.create_future()
+            waiters = self.waiters
+            if not waiters:
+                waiters = self.waiters = collections.deque()
+            waiters.append(waiter)
             try:
                 await waiter
             except BaseException:

@@ -18,22 +18,20 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Literal, overload
 
 from ..core import OnlineStats
 from ..errors import ActorError, ActorNotFound, ActorStopped, NodeUnavailable, RemoteError
 from .actor import Actor, Terminated
 from .asks import Asks, CallbackReply, ReplyProxy
-from .cell import STOPPED, Cell, notify
+from .cell import STOPPED, Cell, Watcher, notify
 from .mailbox import DEFAULT_MAILBOX_SIZE, Mailbox, Overflow
-from .ref import ActorRef, cell_of
+from .ref import ActorRef, Poster, cell_of
 from .scheduler import Scheduler
 
 __all__ = ["Node", "run"]
 
 log = logging.getLogger("herdrt.node")
-
-Watcher = ActorRef | Callable[[Terminated], Any]
 
 
 class Node:
@@ -73,7 +71,7 @@ class Node:
         #: Tells that found their actor stopped (queued when it stopped) and were not delivered.
         self.dead_letters = 0
         #: The run queue of the actors (bound to the loop the node starts on).
-        self.scheduler = Scheduler(None, batch_budget, time_slice)
+        self.scheduler = Scheduler(batch_budget, time_slice)
         #: The asks this node waits on.
         self.asks = Asks(self.scheduler, ask_timeout, strict_messages)
         self._cells: dict[str, Cell] = {}
@@ -185,12 +183,15 @@ class Node:
 
         If it has already stopped, the notice is sent at once (reason ``"not running"``).
         """
+        cell: Cell | None
         if isinstance(ref, str):
             cell = self._local_cell(ref)  # a name nobody runs: ActorNotFound
+            watched = cell.ref
         else:
             cell = self._local_cell(ref, missing_ok=True)
+            watched = ref
         if cell is None or cell.state == STOPPED:
-            notify(watcher, Terminated(ref, "not running"), self.scheduler)
+            notify(watcher, Terminated(watched, "not running"), self.scheduler)
         else:
             if not cell.watchers:
                 cell.watchers = []
@@ -199,10 +200,12 @@ class Node:
     def unwatch(self, ref: ActorRef | str, watcher: Watcher) -> None:
         cell = self._local_cell(ref, missing_ok=True)
         if cell is not None:
-            try:
-                cell.watchers.remove(watcher)
-            except (ValueError, AttributeError):  # not watching (AttributeError: no watchers yet)
-                pass
+            watchers = cell.watchers
+            if watchers:  # (the empty tuple: no watchers yet)
+                try:
+                    watchers.remove(watcher)
+                except ValueError:  # not watching
+                    pass
 
     def actors(self) -> list[ActorRef]:
         """Refs of the live local actors, in spawn order."""
@@ -222,7 +225,7 @@ class Node:
 
     # -- statistics ----------------------------------------------------------------------------
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """Per-actor and node-wide statistics as plain dicts (msgpack-ready).
 
         ``actors`` maps each live actor's name to its counts (messages, failures, restarts, dropped,
@@ -232,7 +235,7 @@ class Node:
         actors = {}
         handler = self._retired_handler.copy()
         wait = self._retired_wait.copy()
-        totals = dict(self._retired)
+        totals: dict[str, Any] = dict(self._retired)
         depth = 0
         for name, cell in self._cells.items():
             s = actors[name] = cell.stats()
@@ -313,7 +316,9 @@ class Node:
     def take_over(self, name: str, state: Any) -> None:
         """Give the local actor ``name``, just activated, the state its previous copy handed over
         (its ``on_takeover(state)``, before its first message)."""
-        self._cell(name).actor.on_takeover(state)
+        actor = self._cell(name).actor
+        assert actor is not None  # just activated
+        actor.on_takeover(state)
 
     def resolve(self, corr: int, ok: bool, value: Any) -> None:
         """Complete this node's ask ``corr`` with an outcome that came back over a link.
@@ -330,7 +335,7 @@ class Node:
             type_name, message = value
             self.asks.fail(corr, RemoteError(str(type_name), str(message)))
 
-    def _route(self, name: str, node_name: str):
+    def _route(self, name: str, node_name: str) -> Poster:
         """The poster ``post(message, corr=0)`` for ``name@node_name``; resolved once per ref."""
         if node_name == self.name:
             cell = self._cells.get(name)
@@ -339,7 +344,7 @@ class Node:
             return cell.ref.tell
         return self.remote_poster(name, node_name)
 
-    def remote_poster(self, name: str, node_name: str):
+    def remote_poster(self, name: str, node_name: str) -> Poster:
         """Override point for the herd: a poster ``post(message, corr=0)`` for ``name@node_name``.
 
         A link layer returns a function that sends the envelope ``(name, message, corr, self.name)``
@@ -357,6 +362,10 @@ class Node:
     def _remote_ref(self, name: str, node_name: str) -> ActorRef:
         return ActorRef(self, name, node_name, self._route(name, node_name))
 
+    @overload
+    def _local_cell(self, ref: ActorRef | str, missing_ok: Literal[False] = False) -> Cell: ...
+    @overload
+    def _local_cell(self, ref: ActorRef | str, missing_ok: bool) -> Cell | None: ...
     def _local_cell(self, ref: ActorRef | str, missing_ok: bool = False) -> Cell | None:
         if isinstance(ref, ActorRef):
             cell = cell_of(ref)

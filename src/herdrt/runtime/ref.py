@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .cell import Cell
     from .node import Node
 
-__all__ = ["ActorRef", "cell_of"]
+__all__ = ["ActorRef", "Poster", "cell_of"]
+
+
+class Poster(Protocol):
+    """What a ref posts through: ``post(message, corr=0)`` (``corr`` 0 for a tell, else the id of
+    an ask in the node's pending table). ``ref.tell`` is one."""
+
+    def __call__(self, message: Any, corr: int = 0, /) -> None: ...
 
 
 class ActorRef:
@@ -36,10 +43,10 @@ class ActorRef:
 
     __slots__ = ("name", "node_name", "path", "tell", "ask", "_node", "_cell", "__weakref__")
 
-    tell: Callable[[Any], None]
+    tell: Poster
     ask: Callable[..., Awaitable[Any]]
 
-    def __init__(self, node: Node, name: str, node_name: str, post: Callable[..., None], cell: Cell | None = None):
+    def __init__(self, node: Node, name: str, node_name: str, post: Poster, cell: Cell | None = None):
         self.name = name
         self.node_name = node_name
         self.path = f"{name}@{node_name}"

@@ -40,9 +40,10 @@ class Scheduler:
 
     __slots__ = ("loop", "runq", "armed", "batch_budget", "time_slice", "closed", "now", "current", "tasks")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None, batch_budget: int, time_slice: float):
-        """``loop``: None until the node binds to the loop it runs on."""
-        self.loop = loop
+    def __init__(self, batch_budget: int, time_slice: float):
+        # Late binding: the node binds its scheduler to the loop it runs on when it starts
+        # (``Node._bind``: ``async with``, ``start`` or the first ``spawn``); nothing runs before.
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # bound by Node when it starts
         self.runq: collections.deque[Cell] = collections.deque()
         self.armed = False  # a drain is scheduled (cells arm it only on empty -> non-empty)
         self.batch_budget = batch_budget

@@ -34,6 +34,7 @@ def handle_failure(cell: Cell, exc: Exception, message: Any, corr: int) -> bool:
     log.error("actor %s failed handling %.200r", path, message, exc_info=exc)
     policy = Supervision.RESTART
     actor = cell.actor
+    assert actor is not None  # its handler just ran on it
     try:
         policy = check_policy(actor.supervision)
         override = actor.on_failure(exc)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 from dataclasses import fields
+from typing import Any
 
 from ...config import ConfigError
 from ...errors import HerdError
@@ -47,7 +48,7 @@ def limits_from(config) -> ProxyLimits:
     """:class:`ProxyLimits` from the herd file's ``[app.proxy]`` table (any field; the rest default)."""
     table = config.app.get("proxy", {})
     known = {f.name: f.type for f in fields(ProxyLimits)}
-    values = {}
+    values: dict[str, Any] = {}  # from the herd file, checked against each field's type below
     for key, value in table.items():
         if key not in known:
             raise ConfigError(

@@ -29,7 +29,11 @@ import math
 import os
 import threading
 import time
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = [
     "PlacesProvider",
@@ -141,6 +145,8 @@ class GazetteerPlaces:
         with self._lock:
             if self._cells is not None:
                 return
+            countries: dict[str, str]
+            states: dict[str, str]
             if self._given is not None:
                 raw, countries, states = self._given, {}, {}
             else:
@@ -166,8 +172,9 @@ class GazetteerPlaces:
         ncols = round(360 / self.CELL_DEG)
         return math.floor(lat / self.CELL_DEG), math.floor((lon + 180) / self.CELL_DEG) % ncols
 
-    def _candidates(self, lat: float, lon: float, radius_m: float):
+    def _candidates(self, lat: float, lon: float, radius_m: float) -> Iterator[_City]:
         cells = self._cells
+        assert cells is not None  # callers load() first
         deg = self.CELL_DEG
         dlat = radius_m / _M_PER_DEG_LAT
         row0, row1 = math.floor((lat - dlat) / deg), math.floor((lat + dlat) / deg)
@@ -176,7 +183,7 @@ class GazetteerPlaces:
         far_lat = min(90.0, abs(lat) + dlat)
         cos_far = math.cos(math.radians(far_lat))
         if far_lat >= 89.0 or cos_far <= 0 or radius_m / (_M_PER_DEG_LAT * cos_far) >= 180:
-            cols = range(ncols)
+            cols: range | list[int] = range(ncols)
         else:
             dlon = radius_m / (_M_PER_DEG_LAT * cos_far)
             first = math.floor((lon - dlon + 180) / deg)
@@ -252,7 +259,7 @@ class GooglePlaces:
         self.base_url = base_url
         self.timeout = timeout
         self._key = api_key
-        self._session = None
+        self._session: aiohttp.ClientSession | None = None  # made on first use, on the running loop
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key, "<key>")

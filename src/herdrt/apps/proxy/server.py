@@ -178,7 +178,7 @@ class ProxyServer:
             "flood_errors": 0,
             "peer_refused": 0,
         }
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task] = set()
         self._invalid_lines: dict[str, int] = {}  # peer -> invalid lines seen (connections open)
         self._background: set[asyncio.Task] = set()
@@ -248,26 +248,29 @@ class ProxyServer:
             return False
         self.counters["stored"] += 1
         self.traffic.write("STORED", f"from {source}: {record.line}")
-        if flood and self.flood is not None:
+        send = self.flood
+        if flood and send is not None:
             self.counters["floods"] += 1
-            self._flood(record.to_wire())
+            self._flood(send, record.to_wire())
         return True
 
-    def _flood(self, wire: dict[str, Any]) -> None:
+    def _flood(self, send: Flood, wire: dict[str, Any]) -> None:
         try:
-            result = self.flood(wire)
+            result = send(wire)
         except Exception as exc:  # the herd's problem must not become the client's
             self._flood_failed(wire, exc)
             return
         if inspect.isawaitable(result):
             task = asyncio.ensure_future(result)
             self._background.add(task)
-            task.add_done_callback(lambda t, w=wire: self._flood_done(t, w))
+            task.add_done_callback(lambda t: self._flood_done(t, wire))
 
     def _flood_done(self, task: asyncio.Future, wire: dict[str, Any]) -> None:
         self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._flood_failed(wire, task.exception())
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                self._flood_failed(wire, exc)
 
     def _flood_failed(self, wire: dict[str, Any], exc: BaseException) -> None:
         self.counters["flood_errors"] += 1
@@ -353,6 +356,7 @@ class ProxyServer:
             writer.close()
             return
         task = asyncio.current_task()
+        assert task is not None  # asyncio runs every connection's handler in a task
         self._connections.add(task)
         self.counters["connections"] += 1
         address = writer.get_extra_info("peername")
