@@ -79,17 +79,28 @@ class RawLink:
     def write_plain(self, envs: list) -> None:
         self.writer.write(encode_frames(envs))
 
+    def session(self, name: str, secret: bytes, version: int = P.PROTOCOL_VERSION) -> LinkSession:
+        """The keys of this connection, dialled as ``name`` (call after :meth:`hello`)."""
+        assert self.peer_name is not None and self.peer_nonce is not None, "read the node's HELLO first"
+        script = transcript(version, name, self.nonce, self.peer_name, self.peer_nonce)
+        return LinkSession(secret, script, dialer=True)
+
+    def open_records(self, session: LinkSession) -> None:
+        """Read what the node writes after its AUTH (sealed records, even if this side never
+        sent its own AUTH)."""
+        self.opener = session.opener()
+
     async def handshake(self, name: str, secret: bytes, version: int = P.PROTOCOL_VERSION) -> None:
         """Authenticate as ``name`` (the dialling side); asserts the node's AUTH verifies."""
         if self.peer_name is None:
             await self.hello()
-        script = transcript(version, name, self.nonce, self.peer_name, self.peer_nonce)
-        session = LinkSession(secret, script, dialer=True)
+        session = self.session(name, secret, version)
         self.write_plain([P.hello(name, self.nonce, version), P.auth(session.own_mac)])
         (auth,) = await self.read(1)
         assert auth[0] == P.AUTH, auth
         assert session.verify(P.parse_auth(auth))
-        self.sealer, self.opener = session.sealer(), session.opener()
+        self.sealer = session.sealer()
+        self.open_records(session)
 
     def send_bytes(self, data: bytes) -> None:
         self.writer.write(self.sealer.seal(data))

@@ -732,7 +732,7 @@ def test_self_stop_and_node_stop(run):
             assert await bye == "bye"
             await node.stop(ref)  # idempotent, waits for on_stop
             assert log == [1, "stopped"]
-            assert node.dead_letters == 1
+            assert node.dead_letters.stats()["by_reason"] == {"actor_stopped": 1}
             other = node.spawn(Quitter, log)
             await node.stop(other)
             assert log[-1] == "stopped"

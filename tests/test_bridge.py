@@ -604,12 +604,15 @@ def test_tells_both_ways(run):
                 svc.send([TELLS, "C", "rec", list(range(50))])
                 svc.send([TELLS, None, "rec@C", [50, 51]])
                 svc.send([TELLS, None, "ghost", [1, 2]])  # no such actor: dropped, counted
-                await until(lambda: a.bridge.stats()["counters"]["undelivered_tells"] == 2)
+                svc.send([TELLS, "Z", "rec", [3, 4, 5]])  # no such node: dead letters on A too
+                await until(lambda: a.bridge.stats()["counters"]["undelivered_tells"] == 5)
                 assert await near.ask("get") == [0, "one", [2], {"k": 3}, 4]
                 await until(lambda: c.stats()["actors"]["rec"]["messages"] == 52)
                 assert await far.ask("get") == list(range(52))
                 counters = a.bridge.stats()["counters"]
-                assert counters["tells_from_services"] == 59 and counters["undelivered_tells"] == 2
+                assert counters["tells_from_services"] == 62 and counters["undelivered_tells"] == 5
+                assert a.dead_letters.stats()["by_target"] == {"ghost@A": 2, "rec@Z": 3}
+                assert a.dead_letters.stats()["by_reason"] == {"unknown_actor": 2, "no_route": 3}
                 for bad in ([TELLS, None, "rec", "not a list"], [TELLS, None, "rec"], [TELLS, None, 42, [1]]):
                     svc.send(bad)
                     err = await svc.recv()

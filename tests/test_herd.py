@@ -132,11 +132,20 @@ def test_batched_tells_are_delivered_and_counted_per_message(run):
             assert await rec.ask("get") == list(range(80))
             assert await tiny.ask("get") == list(range(8))
             for i in range(30):
-                tiny.tell(100 + i)  # one TELLS of 30 into a mailbox of 10: 10 in, 20 counted
-            await until(lambda: b.counters["undeliverable"] == 20)
+                tiny.tell(100 + i)  # one TELLS of 30 into a mailbox of 10: 10 in, 20 dead letters
+            dead = []
+            b.on_dead_letter(dead.append)
+            await until(lambda: b.dead_letters.total == 25)
             assert (await tiny.ask("get"))[8:] == list(range(100, 110))
             assert b.counters["unknown_actor"] == 5
-            assert b.counters["undeliverable"] == 20
+            assert b.dead_letters.stats() == {
+                "total": 25,
+                "by_reason": {"unknown_actor": 5, "mailbox_full": 20},
+                "by_target": {"ghost@b": 5, "tiny@b": 20},
+            }
+            assert [(d.target, d.reason, d.message) for d in dead] == [
+                ("tiny@b", "mailbox_full", 100 + i) for i in range(10, 30)
+            ]
             assert b.counters["tells_in"] == 80 + 8 + 5 + 30
 
     run(main)

@@ -176,6 +176,12 @@ def test_cli_status_ask_and_tell_against_the_herd(herd):
         cli + ["tell", "--config", str(herd.path), "b", "news@d", '"told"'], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
+    out = subprocess.run(
+        cli + ["tell", "--config", str(herd.path), "b", "ghost@b", '"lost"'], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr  # a tell is fire-and-forget: its loss is a dead letter on b
+    out = subprocess.run(cli + ["status", "--config", str(herd.path)], capture_output=True, text=True, timeout=60)
+    assert "dead letters: 1 (unknown_actor 1)" in out.stdout, out.stdout
     herd.kill("d")
     out = subprocess.run(cli + ["status", "--config", str(herd.path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "DOWN" in out.stdout

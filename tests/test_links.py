@@ -16,9 +16,9 @@ import pytest
 
 import herdrt
 from _herdtest import until
-from _rawlink import raw_handshake
+from _rawlink import RawLink, raw_handshake
 from herdrt.config import HerdConfig, NodeConfig
-from herdrt.core import FrameDecoder, encode_frame, encode_frames
+from herdrt.core import FrameDecoder, encode_frame
 from herdrt.herd import protocol as P
 from herdrt.herd.handshake import LinkSession, RecordError, transcript
 from herdrt.herd.link import (
@@ -427,12 +427,16 @@ def test_envelope_before_auth_is_refused(run):
     async def body():
         inbox = Inbox()
         srv = await LinkServer(settings("B"), inbox.on_envelopes, on_link_up=inbox.on_up).start()
-        reader, writer = await asyncio.open_connection(*srv.address)
-        writer.write(encode_frames([P.hello("A", P.new_nonce()), [P.TELL, "sneaky"]]))
-        envs, eof = await raw_read(reader, 4)
-        assert [e[0] for e in envs] == [P.HELLO, P.AUTH, P.ERROR] and eof
-        assert envs[2][2] == "protocol"
-        writer.close()
+        raw = await RawLink.connect(srv.address)
+        raw.write_plain([P.hello("A", raw.nonce), [P.TELL, "sneaky"]])
+        await raw.hello()
+        (auth,) = await raw.read(1)
+        assert auth[0] == P.AUTH
+        raw.open_records(raw.session("A", SECRET))  # after its AUTH the node writes records only
+        (err,) = await raw.read(1)
+        assert err[:3] == [P.ERROR, None, "protocol"]
+        assert await raw.until_eof()
+        raw.close()
         assert inbox.envs == [] and inbox.ups == []
         await srv.close()
 
@@ -511,6 +515,40 @@ def test_bad_frames_close_only_their_own_connection(run):
         assert good.is_up and len(inbox.downs) == 2
         good.close()
         await srv.close()
+
+    run(body)
+
+
+def test_a_relayed_handshake_fails_its_auth(run):
+    """A relay between two nodes with no link yet: claim to be B to A and read A's nonce, claim
+    to be A to B with that nonce, forward B's AUTH to A. A's transcript names the relay's nonce,
+    not its own, so the MAC fails: ERROR "auth" (sealed: it follows A's AUTH), nothing up."""
+
+    async def body():
+        inbox_a, inbox_b = Inbox(), Inbox()
+        srv_a = await LinkServer(settings("A"), inbox_a.on_envelopes, on_link_up=inbox_a.on_up).start()
+        srv_b = await LinkServer(settings("B"), inbox_b.on_envelopes, on_link_up=inbox_b.on_up).start()
+        to_a = await RawLink.connect(srv_a.address)
+        _, nonce_a = await to_a.hello()
+        to_a.write_plain([P.hello("B", to_a.nonce)])
+        (auth_a,) = await to_a.read(1)
+        assert auth_a[0] == P.AUTH
+        to_b = await RawLink.connect(srv_b.address)
+        await to_b.hello()
+        to_b.write_plain([P.hello("A", nonce_a)])
+        (auth_b,) = await to_b.read(1)
+        assert auth_b[0] == P.AUTH  # B answers, as any node answers a HELLO
+        to_a.write_plain([auth_b])
+        # the relay cannot open A's verdict; a test that knows the secret can
+        to_a.open_records(to_a.session("B", SECRET))
+        (verdict,) = await to_a.read(1)
+        assert verdict[:3] == [P.ERROR, None, "auth"]
+        assert await to_a.until_eof()
+        assert inbox_a.ups == [] and inbox_b.ups == []
+        for raw in (to_a, to_b):
+            raw.close()
+        await srv_a.close()
+        await srv_b.close()
 
     run(body)
 

@@ -144,7 +144,9 @@ class Honest:
 def test_a_relayed_handshake_is_refused(herd):
     """The relay: connect to Bona claiming to be Clark and read Bona's nonce; connect to Clark
     claiming to be Bona and send that nonce; Clark answers with its AUTH, which the attacker
-    forwards to Bona. With version 2 Bona took it and dropped its real link to Clark."""
+    forwards to Bona. With version 2 Bona took it and dropped its real link to Clark. Now Bona,
+    linked to Clark by the link Bona dialled, refuses a second "Clark" at its HELLO; where no
+    link is up the AUTH fails (test_links.py::test_a_relayed_handshake_fails_its_auth)."""
     before = status(herd, "Bona")["links"]["Clark"]["frames_in"]
 
     async def relay():
@@ -157,8 +159,8 @@ def test_a_relayed_handshake_is_refused(herd):
         (auth,) = await to_clark.read(1)
         assert auth[0] == P.AUTH  # Clark answers, as any node answers a HELLO
         to_bona.write_plain([auth])
-        own_auth, error = await to_bona.read(2)  # Bona's own AUTH to "Clark", then its verdict
-        assert own_auth[0] == P.AUTH and error[:3] == [P.ERROR, None, "auth"], error
+        (verdict,) = await to_bona.read(1)
+        assert verdict[:3] == [P.ERROR, None, P.E_DUPLICATE], verdict
         assert await to_bona.until_eof()
         to_clark.close()
         to_bona.close()
@@ -170,7 +172,7 @@ def test_a_relayed_handshake_is_refused(herd):
     after = status(herd, "Bona")
     assert after["links"]["Clark"]["frames_in"] > before  # the same link: never replaced
     assert "link to Clark down" not in herd.output("Bona") and "link to Bona down" not in herd.output("Clark")
-    assert "Bona <- Clark refused (auth)" in herd.output("Bona")
+    assert "Bona <- Clark refused (duplicate)" in herd.output("Bona")
 
 
 def test_a_forged_membership_report_is_refuted_and_the_herd_heals(herd):

@@ -23,7 +23,7 @@ from .errors import (
     NodeUnavailable,
     RemoteError,
 )
-from .runtime import Actor, ActorRef, Context, Deferred, Node, Overflow, Supervision, Terminated, Timer, run
+from .runtime import Actor, ActorRef, Context, DeadLetter, Deferred, Node, Overflow, Supervision, Terminated, Timer, run
 
 if TYPE_CHECKING:
     from .herd import HerdClient, HerdNode
@@ -35,6 +35,7 @@ __all__ = [
     "Actor",
     "ActorRef",
     "Context",
+    "DeadLetter",
     "Deferred",
     "Node",
     "Overflow",

@@ -260,9 +260,11 @@ def status(config_path, timeout, as_json):
     shares = next(iter(up.values()))["ring_share"] if up else {}
     click.echo(
         f"{'node':<12}{'state':<8}{'links':<32}{'sees':<7}{'actors':>7}{'ring':>8}{'messages':>10}{'handler':>12}"
+        f"{'dead':>8}"
     )
     handler, wait = OnlineStats(), OnlineStats()
     messages = 0
+    dead: dict[str, int] = {}
     for name in config.nodes:
         a = answers[name]
         if not isinstance(a, dict):
@@ -273,14 +275,21 @@ def status(config_path, timeout, as_json):
         handler.merge(OnlineStats.from_dict(total["handler_time"]))
         wait.merge(OnlineStats.from_dict(total["mailbox_wait"]))
         links = ", ".join(sorted(a["links"])) or "-"
+        letters = a.get("dead_letters", {})
+        for reason, n in letters.get("by_reason", {}).items():
+            dead[reason] = dead.get(reason, 0) + n
         click.echo(
             f"{name:<12}{'up':<8}{links:<32}{str(len(a['live'])) + '/' + str(len(a['nodes'])):<7}{a['actors']:>7}"
             f"{shares.get(name, 0):>8.1%}{total['messages']:>10,}{_ms(total['handler_time']):>12}"
+            f"{letters.get('total', 0):>8,}"
         )
     click.echo(
         f"\nherd-wide: {messages:,} messages; handler time mean {_ms(handler.to_dict())}, "
         f"max {handler.max * 1e3 if handler.count else 0:.3f} ms; mailbox wait mean {_ms(wait.to_dict())}"
     )
+    if dead:
+        reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(dead.items(), key=lambda item: -item[1]))
+        click.echo(f"dead letters: {sum(dead.values()):,} ({reasons}); see `herdrt status --json` for their targets")
     if len(up) < len(config.nodes):
         sys.exit(1)
 

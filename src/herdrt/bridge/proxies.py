@@ -94,6 +94,7 @@ class Proxies:
                 deferred.fail(NodeUnavailable(f"{name}@{self.node.name} is unavailable: {why}"))
             else:
                 self.counters["dropped_tells"] += 1
+                self.node.dead_letters.record(f"{name}@{self.node.name}", "service_unavailable", message)
             return
         if deferred is None:
             self.tell(svc, name, message)
@@ -155,7 +156,7 @@ class Proxies:
         svc.tell_size = 0
         c = self.counters
         if not svc.live:
-            c["dropped_tells"] += n
+            self._dropped(svc, n)
             return
         head = (
             self._pack_array_header(4) + (b"\x02" if n == 1 else b"\x0f") + self._me_packed + self._pack(svc.tell_name)
@@ -168,7 +169,11 @@ class Proxies:
             c["tells_to_services"] += n
             c["tells_batches_to_services"] += 1
         else:
-            c["dropped_tells"] += n
+            self._dropped(svc, n)
+
+    def _dropped(self, svc: Service, n: int) -> None:
+        self.counters["dropped_tells"] += n
+        self.node.dead_letters.record(f"{svc.tell_name}@{self.node.name}", "service_unavailable", count=n)
 
     def send(self, svc: Service, env: list) -> bool:
         """Send to a live service; False if it could not be sent or queued (counted by the router).

@@ -227,11 +227,17 @@ class Services:
             del self.by_fd[svc.fd]
         svc.fd = -1
         svc.live = False
-        dropped = self.router.forget(svc) + len(svc.tell_bodies)
+        dead = self.node.dead_letters.record
+        held = len(svc.tell_bodies)
+        if held:  # tells held for the end of the loop turn, to one name
+            self.counters["dropped_tells"] += held
+            dead(f"{svc.tell_name}@{self.node.name}", "service_unavailable", count=held)
         svc.tell_bodies = []
         svc.tell_size = 0
-        if dropped:
-            self.counters["dropped_tells"] += dropped
+        queued = self.router.forget(svc)
+        if queued:  # packed already, to any of its names
+            self.counters["dropped_tells"] += queued
+            dead(f"(service {svc.name})", "service_unavailable", count=queued)
         pending, svc.pending = svc.pending, {}
         if pending:
             exc = NodeUnavailable(f"service {svc.name} on {self.node.name} is unavailable: {reason}")

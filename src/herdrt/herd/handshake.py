@@ -180,6 +180,12 @@ class Handshake:
         self.session = LinkSession(s.secret, script, dialer=self.dialer)
         return P.auth(self.session.own_mac)
 
+    def sealer(self) -> Callable[[bytes], bytes]:
+        """Seals what this side writes from its AUTH on (call after :meth:`auth`)."""
+        if self.session is None:
+            raise RuntimeError("sealer() before auth()")
+        return self.session.sealer().seal
+
     def on_auth(self, env) -> LinkSession:
         """Verify the peer's AUTH; the session the link now seals its records with."""
         session = self.session

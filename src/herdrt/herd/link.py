@@ -228,7 +228,8 @@ class Link(asyncio.Protocol):
         self.bytes_out = 0
         self.heartbeats_in = 0
         self.overflows = 0
-        self.lost_on_close = 0  # envelopes still queued when the connection went away
+        self.lost_on_close = 0  # messages still queued when the connection went away...
+        self.lost: list = []  # ...and their envelopes, for on_down to account for
         self.pauses = 0
         self.errors: dict[str, int] = {}
 
@@ -347,7 +348,7 @@ class Link(asyncio.Protocol):
             self._closed_future.set_result(self.close_reason)
         self._wake_drainers()
         self.lost_on_close = len(self._queue) + self._extra
-        self._queue = []
+        self.lost, self._queue = self._queue, []
         self._extra = 0
         self._tells = _NO_TELLS
         self._on_down(self, self.close_reason)
@@ -429,6 +430,9 @@ class Link(asyncio.Protocol):
                     self._refuse(*refusal)
                     return
                 self._write_now(hs.auth())
+                # After its AUTH a side's bytes are records (PROTOCOL.md): an ERROR this side
+                # still writes (a refusal, a simultaneous dial given up) is sealed too.
+                self._seal = hs.sealer()
             else:
                 if kind != P.AUTH:
                     raise P.ProtocolError(f"expected AUTH after HELLO, got {P.describe(env)}")
@@ -440,8 +444,7 @@ class Link(asyncio.Protocol):
 
     def _established(self, session: LinkSession) -> None:
         # From here on both directions are sealed records (this side's AUTH went out in clear
-        # before, so the peer knows where its records start).
-        self._seal = session.sealer().seal
+        # before, so the peer knows where its records start; this side seals since then).
         self._opener = session.opener()
         if self._hs_timer is not None:
             self._hs_timer.cancel()

@@ -302,8 +302,18 @@ class LinkManager:
         winner = min(self.name, peer)
         canonical = link.dialer == winner
         for other in list(self._live[peer]):
-            if other is link or other.is_up:
-                continue  # an established link is replaced when this one completes
+            if other is link:
+                continue
+            if other.is_up:
+                # A link dialled by the winner replaces an established one when it completes
+                # (the winner lost the old one: both ends agree). The loser's dial does not: it
+                # is the late twin of a simultaneous dial, and the peer drops it too. (If the
+                # established link is in fact dead, it goes down within the failure bound and
+                # the next dial is taken.)
+                if canonical:
+                    continue
+                self.duplicates += 1
+                return (P.E_DUPLICATE, f"already linked to {peer} by a link dialled by {winner}")
             if canonical:
                 self.duplicates += 1
                 other.abort_handshake(P.E_DUPLICATE, f"simultaneous dial: keeping the link dialled by {winner}")

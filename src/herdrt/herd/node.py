@@ -77,6 +77,19 @@ _ROUTED = frozenset((P.TELL, P.TELLS, P.ASK, P.REPLY, P.HANDOFF))
 _TELLS, _REPLY = P.TELLS, P.REPLY
 
 
+def dead_reason(exc: Exception) -> str:
+    """The dead-letter reason for a tell that raised ``exc``."""
+    if isinstance(exc, LinkOverflow):
+        return "link_overflow"
+    if isinstance(exc, MailboxFull):
+        return "mailbox_full"
+    if isinstance(exc, ActorStopped):
+        return "actor_stopped"
+    if isinstance(exc, ActorNotFound):
+        return "unknown_actor"
+    return "no_route"
+
+
 class HerdNode(Node):
     """One node of a herd, configured by a :class:`~herdrt.config.HerdConfig`.
 
@@ -213,6 +226,7 @@ class HerdNode(Node):
         loop = self.scheduler.loop
         self._tick_timer = loop.call_later(self.config.heartbeat_interval / 2, self._tick)
         self.ratelog.flush()
+        self.dead_letters.flush_log()
         self.membership.check_failures(loop.time())
 
     # -- routing -------------------------------------------------------------------------------
@@ -341,7 +355,7 @@ class HerdNode(Node):
         # counted per read, and a lagging actor holds the link back). The rest takes _envelope.
         me = self.name
         deliver_many = self.deliver_many
-        tells = lost = 0
+        tells = 0
         fed: list[str] = []  # the actors this read fed: flow control looks at their backlogs
         for env in envs:
             try:
@@ -360,7 +374,7 @@ class HerdNode(Node):
                     ):
                         target = env[2]
                         tells += len(env[3])
-                        lost += deliver_many(target, env[3])
+                        deliver_many(target, env[3])
                         if not fed or fed[-1] != target:
                             fed.append(target)
                         continue
@@ -368,16 +382,7 @@ class HerdNode(Node):
             except (IndexError, TypeError, ValueError, KeyError, P.ProtocolError) as exc:
                 self._bad_envelope(link, env, exc)
         if tells:
-            self.counters["tells_in"] += tells
-            if lost:
-                self.counters["undeliverable"] += lost
-                self.ratelog.info(
-                    ("tells dropped", link.peer),
-                    "%s: %d tells from %s dropped: mailbox full or actor stopped",
-                    me,
-                    lost,
-                    link.peer,
-                )
+            self.counters["tells_in"] += tells  # (those that found no room are dead letters)
             hold = self._backpressure.check
             for target in fed:
                 mailbox = self.mailbox(target)
@@ -419,10 +424,14 @@ class HerdNode(Node):
         try:
             self.send_to(env[1], env)
         except (NodeUnavailable, LinkOverflow) as exc:
-            if isinstance(exc, LinkOverflow):  # the next hop does not read: dropped, counted
-                self.counters["undeliverable"] += 1
-            if env[0] == P.ASK:  # tell the asker now rather than let it time out
+            kind = env[0]
+            if kind == P.ASK:  # tell the asker now rather than let it time out
                 self._reply(env[4], env[5], False, ("NodeUnavailable", str(exc)))
+            elif kind == P.TELL or kind == P.TELLS:
+                reason = "link_overflow" if isinstance(exc, LinkOverflow) else "no_route"
+                self.dead_envelope(env, reason)
+            elif isinstance(exc, LinkOverflow):
+                self.counters["undeliverable"] += 1
 
     def _arrived(self, link: Link, kind: int, env: list) -> None:
         if kind == P.TELL or kind == P.TELLS:
@@ -431,27 +440,15 @@ class HerdNode(Node):
                 raise P.ProtocolError(f"TELLS carries a list of bodies, not {P.describe(bodies)}")
             self.counters["tells_in"] += len(bodies)
             try:
-                lost = self.deliver_many(self._local_name(env[2]), list(bodies))
-            except HerdError as exc:
-                self.counters["unknown_actor" if isinstance(exc, ActorNotFound) else "undeliverable"] += len(bodies)
-                self.ratelog.info(
-                    ("tells dropped", link.peer),
-                    "%s: %d tell(s) to %.80r dropped: %s",
-                    self.name,
-                    len(bodies),
-                    env[2],
-                    exc,
-                )
+                name = self._local_name(env[2])
+            except HerdError:  # a keyed actor of a kind not registered here
+                self.counters["unknown_actor"] += len(bodies)
+                self.dead_envelope(env, "unknown_actor")
                 return
-            if lost:
-                self.counters["undeliverable"] += lost
-                self.ratelog.info(
-                    ("tells dropped", link.peer),
-                    "%s: %d tell(s) to %.80r dropped: mailbox full or actor stopped",
-                    self.name,
-                    lost,
-                    env[2],
-                )
+            try:
+                self.deliver_many(name, list(bodies))  # what finds no room is a dead letter
+            except ActorNotFound:
+                self.counters["unknown_actor"] += len(bodies)
         elif kind == P.ASK:
             self.counters["asks_in"] += 1
             proxy = _LinkReply(self, link, env[4], env[5])
@@ -501,15 +498,18 @@ class HerdNode(Node):
     def _target_ref(self, target: str | list):
         return self.ref_for(*target) if isinstance(target, list) else self.lookup(target)
 
-    def perform_tell(self, who: str, target: str | list, body: Any) -> None:
+    def perform_tell(self, who: str, target: str | list, body: Any) -> bool:
         """A tell performed on behalf of ``who`` (a client or a bridge service): ``target`` is
-        ``"name@node"`` or ``[kind, key]``. A tell that fails is counted and logged."""
+        ``"name@node"`` or ``[kind, key]``. False if it failed here: it is then a dead letter."""
         try:
             self._target_ref(target).tell(body)
         except HerdError as exc:
             if isinstance(exc, ActorNotFound):
                 self.counters["unknown_actor"] += 1
-            self.ratelog.info(("tell failed", who), "%s: %s's tell to %.80s failed: %s", self.name, who, target, exc)
+            path = target if isinstance(target, str) else f"{target!r}"
+            self.dead_letters.record(path, dead_reason(exc), body)
+            return False
+        return True
 
     def perform_ask(
         self, who: str, target: str | list, body: Any, corr: Any, respond: Callable[[Any, bool, Any], None]
@@ -562,11 +562,23 @@ class HerdNode(Node):
             if ok is not False:  # the value could not travel: the asker gets the reason instead
                 self._reply(dest, corr, False, problem, link)
         elif kind in (P.TELL, P.TELLS):
-            self.counters["undeliverable"] += 1
+            self.dead_envelope(env, "unencodable")
+
+    def dead_envelope(self, env: list, reason: str) -> None:
+        """Record the tells of a TELL or TELLS envelope that will not be delivered as dead letters."""
+        target = env[2]
+        path = f"{target}@{env[1]}" if target.__class__ is str else repr(target)  # [kind, key]: placed anywhere
+        record = self.dead_letters.record
+        for body in (env[3],) if env[0] == P.TELL else env[3]:
+            record(path, reason, body)
 
     def _link_down(self, link: Link, reason: str) -> None:
         peer = link.peer
-        self.counters["lost_on_links"] += getattr(link, "lost_on_close", 0)
+        self.counters["lost_on_links"] += link.lost_on_close
+        lost, link.lost = link.lost, []
+        for env in lost:
+            if env.__class__ is list and env and (env[0] == P.TELL or env[0] == P.TELLS):
+                self.dead_envelope(env, "link_closed")
         self._backpressure.forget(link)
         if peer.startswith(P.CLIENT_PREFIX):
             return
@@ -672,6 +684,7 @@ class HerdNode(Node):
             "actors": len(self.actors()),
             "keyed_actors": self.placement.running,
             "counters": dict(self.counters),
+            "dead_letters": self.dead_letters.stats(),
             "stats": self.stats()["total"],
             **{name: report() for name, report in self._status.items()},
         }
@@ -692,6 +705,7 @@ _STATUS_KEYS = frozenset(
         "actors",
         "keyed_actors",
         "counters",
+        "dead_letters",
         "stats",
     )
 )

@@ -6,8 +6,21 @@ Lower than the herd: nothing here knows about links or other nodes, except throu
 
 from .actor import Actor, Deferred, Supervision, Terminated, Timer
 from .cell import Context
+from .deadletters import DeadLetter
 from .mailbox import Overflow
 from .node import Node, run
 from .ref import ActorRef
 
-__all__ = ["Actor", "ActorRef", "Context", "Deferred", "Node", "Overflow", "Supervision", "Terminated", "Timer", "run"]
+__all__ = [
+    "Actor",
+    "ActorRef",
+    "Context",
+    "DeadLetter",
+    "Deferred",
+    "Node",
+    "Overflow",
+    "Supervision",
+    "Terminated",
+    "Timer",
+    "run",
+]

@@ -214,17 +214,30 @@ class Cell:
                 sched.armed = True
                 sched.loop.call_soon(sched.drain)
 
+    def post_inbound(self, message: Any) -> None:
+        """``ref.tell`` for a tell that came from elsewhere (its sender is not here to catch the
+        error): one that cannot be posted is also recorded as a dead letter."""
+        try:
+            self.ref.tell(message)
+        except (MailboxFull, ActorStopped) as exc:
+            self._dead(message, "mailbox_full" if isinstance(exc, MailboxFull) else "actor_stopped")
+            raise
+
     def post_many(self, messages: list[Any]) -> int:
-        """Append several tells in order (a TELLS envelope); returns how many could not be
-        posted (full mailbox under ``reject``/``block``, ``drop_newest``, or a stopped actor)."""
+        """Append several tells in order (a TELLS envelope from elsewhere); returns how many
+        could not be posted (a full mailbox, a stopped actor), each recorded as a dead letter."""
         q = self.queue
         if len(q) + len(messages) > self.mailbox.capacity:
             lost = 0
             for message in messages:
                 try:
                     self.post(message)
-                except (MailboxFull, ActorStopped):
+                except MailboxFull:
                     lost += 1
+                    self._dead(message, "mailbox_full")
+                except ActorStopped:
+                    lost += 1
+                    self._dead(message, "actor_stopped")
             return lost
         q.extend(zip(messages, repeat(0)))
         if q:
@@ -246,16 +259,25 @@ class Cell:
         try:
             self.post(message, 0)
         except (MailboxFull, ActorStopped) as exc:
-            log.warning("actor %s: timer message %r not delivered: %s", self.ref.path, message, exc)
+            self._dead(message, "mailbox_full" if isinstance(exc, MailboxFull) else "actor_stopped")
 
     def _overflow(self, message: Any, corr: int) -> None:
+        queue = self.queue
+        oldest = queue[0][0] if queue else None  # what drop_oldest drops, if it was a tell
         dropped = self.mailbox.refuse(corr)  # raises MailboxFull or ActorStopped per the policy
         if dropped:  # drop_oldest made room
             if dropped > 0:
                 self.asks.fail(
                     dropped, MailboxFull(f"ask dropped from the full mailbox of {self.ref.path} (drop_oldest)")
                 )
+            else:
+                self._dead(oldest, "dropped_oldest")
             self.post(message, corr)
+        else:  # drop_newest dropped this tell
+            self._dead(message, "dropped_newest")
+
+    def _dead(self, message: Any, reason: str) -> None:
+        self.node.dead_letters.record(self.ref.path, reason, message)
 
     async def send(self, message: Any) -> None:
         await self.mailbox.wait_room(self.sched.loop)
@@ -462,7 +484,8 @@ class Cell:
         asks, tells = self.mailbox.close(reason)
         for corr in asks:
             self.asks.fail(corr, ActorStopped(f"actor {self.ref.path} stopped before handling the ask ({reason})"))
-        self.node.dead_letters += tells
+        for message in tells:
+            self._dead(message, "actor_stopped")
         if self.state in (IDLE, QUEUED):
             self.state = STOPPING
             if begin:

@@ -121,14 +121,14 @@ class Mailbox:
                 w.set_result(None)
                 room -= 1
 
-    def close(self, reason: str) -> tuple[list[int], int]:
+    def close(self, reason: str) -> tuple[list[int], list[Any]]:
         """Refuse everything from now on (the actor stops) and empty the queue: returns the corrs
-        of the asks that were queued (to fail) and how many tells were."""
+        of the asks that were queued (to fail) and the tells that were (dead letters)."""
         self.capacity = -1
         self.closed_reason = reason
         queue = self.queue
         asks = [corr for _, corr in queue if corr]
-        tells = len(queue) - len(asks)
+        tells = [message for message, corr in queue if not corr]
         queue.clear()
         return asks, tells
 

@@ -25,6 +25,7 @@ from ..errors import ActorError, ActorNotFound, ActorStopped, NodeUnavailable, R
 from .actor import Actor, Terminated
 from .asks import Asks, CallbackReply, ReplyProxy
 from .cell import STOPPED, Cell, Watcher, notify
+from .deadletters import DeadLetter, DeadLetters
 from .mailbox import DEFAULT_MAILBOX_SIZE, Mailbox, Overflow
 from .ref import ActorRef, Poster, cell_of
 from .scheduler import Scheduler
@@ -68,8 +69,8 @@ class Node:
         self.overflow = Overflow(overflow)
         self.ask_timeout = ask_timeout
         self.strict_messages = strict_messages
-        #: Tells that found their actor stopped (queued when it stopped) and were not delivered.
-        self.dead_letters = 0
+        #: Messages this node took in and could not deliver (:mod:`herdrt.runtime.deadletters`).
+        self.dead_letters = DeadLetters(name)
         #: The run queue of the actors (bound to the loop the node starts on).
         self.scheduler = Scheduler(batch_budget, time_slice)
         #: The asks this node waits on.
@@ -252,34 +253,52 @@ class Node:
         )
         return {
             "node": self.name,
-            "dead_letters": self.dead_letters,
+            "dead_letters": self.dead_letters.stats(),
             "asks_pending": len(self.asks),
             "actors": actors,
             "total": totals,
         }
+
+    def on_dead_letter(self, callback: Callable[[DeadLetter], Any]) -> Callable[[], None]:
+        """Call ``callback(letter)`` (a :class:`~herdrt.runtime.deadletters.DeadLetter`) for every
+        message this node takes in and cannot deliver; returns a function that unsubscribes.
+        It runs on the node's loop, inside the code that lost the message: keep it short."""
+        return self.dead_letters.subscribe(callback)
 
     # -- delivery: the seams the herd's links and the bridge use --------------------------------
 
     def deliver(self, target: str, message: Any, reply: Callable[[bool, Any], None] | None = None) -> None:
         """Deliver one inbound envelope to the local actor ``target``: the entry point for links.
 
-        A tell passes ``reply=None``. For an ask, ``reply(ok, value)`` is called exactly once:
-        ``(True, result)``, or ``(False, (type_name, message))`` when the handler raised, the actor
-        stopped, or no reply came within the node's ``ask_timeout`` — every value msgpack-able, so
-        a link can send it back as it is. Overflow and stopped actors raise as for a local tell.
+        A tell passes ``reply=None``; one that cannot be delivered is a dead letter (recorded
+        here) and raises as a local tell would (:class:`~herdrt.errors.ActorNotFound`,
+        ``MailboxFull``, ``ActorStopped``). For an ask, ``reply(ok, value)`` is called exactly
+        once: ``(True, result)``, or ``(False, (type_name, message))`` when the handler raised,
+        the actor stopped, or no reply came within the node's ``ask_timeout`` — every value
+        msgpack-able, so a link can send it back as it is.
         """
         if reply is None:
-            self._cell(target).ref.tell(message)
+            cell = self._cells.get(target)
+            if cell is None:
+                self.dead_letters.record(f"{target}@{self.name}", "unknown_actor", message)
+                raise ActorNotFound(f"no actor {target!r} on node {self.name}")
+            cell.post_inbound(message)
         else:
             self.deliver_ask(target, message, CallbackReply(reply))
 
     def deliver_many(self, target: str, messages: list) -> int:
         """Deliver several tells, in order, to the local actor ``target`` (a TELLS envelope).
 
-        Returns how many could not be taken (a full mailbox under ``reject``/``block`` or
-        ``drop_newest``, a stopped actor): the caller counts them. Raises
-        :class:`~herdrt.errors.ActorNotFound` if there is no such actor."""
-        return self._cell(target).post_many(messages)
+        Each one that cannot be taken (a full mailbox, a stopped actor) is a dead letter,
+        recorded here; returns how many that was. Raises :class:`~herdrt.errors.ActorNotFound`
+        (every message a dead letter) if there is no such actor."""
+        cell = self._cells.get(target)
+        if cell is None:
+            path = f"{target}@{self.name}"
+            for message in messages:
+                self.dead_letters.record(path, "unknown_actor", message)
+            raise ActorNotFound(f"no actor {target!r} on node {self.name}")
+        return cell.post_many(messages)
 
     def deliver_ask(self, target: str, message: Any, entry: ReplyProxy) -> None:
         """Deliver an ask that came from elsewhere to the local actor ``target``; ``entry`` stands
