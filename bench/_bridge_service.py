@@ -38,7 +38,7 @@ import msgpack
 import zmq
 
 SERVICE_HELLO, WELCOME, TELL, ASK, REPLY, HEARTBEAT, BYE, TELLS = 11, 12, 2, 3, 6, 5, 9, 15
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 #: Bodies per TELLS envelope the client sends (herdrt's links batch up to as many).
 TELLS_BATCH = 1024
 

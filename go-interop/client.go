@@ -1116,15 +1116,20 @@ func (c *Client) handle(b []byte) {
 	case KindWelcome:
 		c.onWelcome(arr)
 	case KindHeartbeat:
+	// Fields past those named are ignored: a later version may append optional ones.
 	case KindTell:
-		if len(arr) != 4 {
+		if len(arr) < 4 {
 			c.bad("TELL with %d elements", len(arr))
 			return
 		}
 		c.deliver(arr[2], inbound{body: arr[3]})
 	case KindTells:
-		bodies, ok := arr[len(arr)-1].([]any)
-		if len(arr) != 4 || !ok {
+		var bodies []any
+		ok := len(arr) >= 4
+		if ok {
+			bodies, ok = arr[3].([]any)
+		}
+		if !ok {
 			c.bad("TELLS is [15, dest_node, target, [body, ...]], not %s", describe(v))
 			return
 		}
@@ -1132,14 +1137,14 @@ func (c *Client) handle(b []byte) {
 			c.deliver(arr[2], inbound{body: body})
 		}
 	case KindAsk:
-		if len(arr) != 6 {
+		if len(arr) < 6 {
 			c.bad("ASK with %d elements", len(arr))
 			return
 		}
 		src, _ := arr[4].(string)
 		c.deliver(arr[2], inbound{body: arr[3], isAsk: true, dest: src, corr: arr[5]})
 	case KindReply:
-		if len(arr) != 5 {
+		if len(arr) < 5 {
 			c.bad("REPLY with %d elements", len(arr))
 			return
 		}
@@ -1163,7 +1168,10 @@ func (c *Client) handle(b []byte) {
 		}
 		c.onError(e)
 	case KindBye:
-		reason, _ := arr[len(arr)-1].(string)
+		var reason string
+		if len(arr) >= 2 {
+			reason, _ = arr[1].(string)
+		}
 		c.welcomed = false
 		// Evicted (or the node is leaving): say hello again. A node that is gone will not
 		// answer; silence then makes the client reconnect until it is back.
@@ -1207,8 +1215,17 @@ func (c *Client) onWelcome(arr []any) {
 
 func (c *Client) onError(e ErrorEnvelope) {
 	if e.CorrID != nil {
+		// An ERROR answering one of our asks (it carries the ask's corr). ERROR "protocol" may
+		// also mean the node no longer knows this session ("send SERVICE_HELLO first"): say hello
+		// again, and let an ask that has tries left be sent again rather than fail.
+		if e.Code == ECodeProtocol {
+			c.rehello((&BridgeError{Code: e.Code, Message: e.Message}).Error())
+		}
 		corr, _ := asInt64(e.CorrID)
 		if p := c.pending[uint64(corr)]; p != nil {
+			if e.Code == ECodeProtocol && p.triesLeft > 0 {
+				return
+			}
 			delete(c.pending, uint64(corr))
 			p.result <- askResult{err: &BridgeError{Code: e.Code, Message: e.Message}}
 			return

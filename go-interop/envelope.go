@@ -13,7 +13,7 @@ import (
 // encode themselves explicitly (array header, kind, fields), so the bytes are exactly Python's.
 
 // ProtocolVersion is the version every HELLO carries.
-const ProtocolVersion = 3
+const ProtocolVersion = 4
 
 // Sizes in the handshake (the MAC itself: session.go).
 const (
@@ -259,6 +259,7 @@ func describe(v any) string {
 }
 
 // shape checks that v is an array of one of sizes whose first element is the integer kind.
+// HELLO and AUTH are exact: use shape for them.
 func shape(v any, kind int64, sizes ...int) ([]any, error) {
 	arr, ok := v.([]any)
 	if ok && len(arr) > 0 {
@@ -269,6 +270,21 @@ func shape(v any, kind int64, sizes ...int) ([]any, error) {
 				}
 			}
 			return nil, protoErr("%s must have %v elements, not %d", KindName(kind), sizes, len(arr))
+		}
+	}
+	return nil, protoErr("expected a %s envelope, got %s", KindName(kind), describe(v))
+}
+
+// shapeAtLeast is shape for the envelopes a later version may extend: at least min elements,
+// and the fields past those this version knows are ignored (PROTOCOL.md, Envelopes).
+func shapeAtLeast(v any, kind int64, min int) ([]any, error) {
+	arr, ok := v.([]any)
+	if ok && len(arr) > 0 {
+		if k, isInt := asInt64(arr[0]); isInt && k == kind {
+			if len(arr) >= min {
+				return arr, nil
+			}
+			return nil, protoErr("%s must have at least %d elements, not %d", KindName(kind), min, len(arr))
 		}
 	}
 	return nil, protoErr("expected a %s envelope, got %s", KindName(kind), describe(v))
@@ -310,9 +326,9 @@ func ParseAuth(v any) (Auth, error) {
 }
 
 // ParseError validates a decoded ERROR: any corr_id, string code and message (unknown codes
-// pass through).
+// pass through; fields past the message are ignored).
 func ParseError(v any) (ErrorEnvelope, error) {
-	arr, err := shape(v, KindError, 4)
+	arr, err := shapeAtLeast(v, KindError, 4)
 	if err != nil {
 		return ErrorEnvelope{}, err
 	}
@@ -325,11 +341,15 @@ func ParseError(v any) (ErrorEnvelope, error) {
 }
 
 // ParseHeartbeat validates a decoded HEARTBEAT: an integer seq and numeric times (integers are
-// taken as floats, as in Python).
+// taken as floats, as in Python). It has 3 elements, or 5 (with the echo) or more (fields a
+// later version appends, ignored); 4 is neither and refused.
 func ParseHeartbeat(v any) (Heartbeat, error) {
-	arr, err := shape(v, KindHeartbeat, 3, 5)
+	arr, err := shapeAtLeast(v, KindHeartbeat, 3)
 	if err != nil {
 		return Heartbeat{}, err
+	}
+	if len(arr) == 4 {
+		return Heartbeat{}, protoErr("HEARTBEAT must have 3 or at least 5 elements, not 4")
 	}
 	seq, ok1 := asInt64(arr[1])
 	sent, ok2 := asFloat64(arr[2])
@@ -337,7 +357,7 @@ func ParseHeartbeat(v any) (Heartbeat, error) {
 		return Heartbeat{}, protoErr("HEARTBEAT needs an integer seq and a numeric sent_time")
 	}
 	h := Heartbeat{Seq: seq, SentTime: sent}
-	if len(arr) == 5 {
+	if len(arr) >= 5 {
 		echo, ok1 := asFloat64(arr[3])
 		hold, ok2 := asFloat64(arr[4])
 		if !ok1 || !ok2 {
@@ -348,9 +368,9 @@ func ParseHeartbeat(v any) (Heartbeat, error) {
 	return h, nil
 }
 
-// ParseBye validates a decoded BYE: a string reason.
+// ParseBye validates a decoded BYE: a string reason (fields after it are ignored).
 func ParseBye(v any) (Bye, error) {
-	arr, err := shape(v, KindBye, 2)
+	arr, err := shapeAtLeast(v, KindBye, 2)
 	if err != nil {
 		return Bye{}, err
 	}

@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+from herd_app import Counter, Echo
 from herdrt import Actor
+from herdrt.config import loads_config
 from herdrt.errors import NodeUnavailable
-from herdrt.herd import ADMIN_ACTOR
+from herdrt.herd import ADMIN_ACTOR, HerdNode
 from herdrt.herd.client import HerdClient
 
 TESTS = Path(__file__).parent
@@ -150,3 +152,42 @@ async def until(predicate, timeout: float = 5.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+SECRET = "herd-test-secret-0123"
+
+
+def herd_config(names, links=None, secret=SECRET, heartbeat=0.1):
+    ports = free_ports(len(names))
+    text = f'[herd]\nsecret = "{secret}"\nheartbeat_interval = {heartbeat}\n'
+    if links is not None:
+        text += "links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in links) + "]\n"
+    text += "".join(f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip(names, ports, strict=False))
+    return loads_config(text)
+
+
+class Herd:
+    """Start nodes of a config in this loop; wait until every node sees all of them."""
+
+    def __init__(self, config, names=None):
+        self.config = config
+        self.nodes = {}
+        self.names = list(names or config.nodes)
+
+    async def __aenter__(self):
+        for name in self.names:
+            node = HerdNode(self.config, name, strict_messages=True)
+            await node.start()
+            node.register_kind("counter", Counter)
+            node.spawn(Echo, name="echo")
+            self.nodes[name] = node
+        await self.converged()
+        return self.nodes
+
+    async def converged(self, live=None):
+        live = set(live or self.nodes)
+        await until(lambda: all(n.membership.live() == live for k, n in self.nodes.items() if k in live))
+
+    async def __aexit__(self, *exc):
+        for node in self.nodes.values():
+            await node.shutdown()

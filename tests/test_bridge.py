@@ -15,7 +15,7 @@ from herdrt import Actor
 from herdrt.bridge import REGISTER, SERVICE_HELLO, UNREGISTER, WELCOME, Bridge, service_credential
 from herdrt.cli import main as cli_main
 from herdrt.config import loads_config
-from herdrt.errors import ActorNotFound, MailboxFull, NodeUnavailable, RemoteError
+from herdrt.errors import ActorNotFound, FrameTooLarge, MailboxFull, NodeUnavailable, RemoteError
 from herdrt.herd import HerdNode
 from herdrt.herd import protocol as P
 from herdrt.herd.backpressure import BACKLOG_HIGH
@@ -564,8 +564,8 @@ def test_a_session_is_bound_to_its_connection_not_to_a_routing_id(run):
             intruder = Service(a, name="svc", names=[], credential=None, routing_id=identity)
             try:
                 intruder.send([ASK, None, "echo", "steal", "svc", 7])
-                err = await intruder.recv()
-                assert err[:3] == [ERROR, None, "protocol"] and "SERVICE_HELLO first" in err[3]
+                err = await intruder.recv()  # an ERROR answering an ASK carries its corr
+                assert err[:3] == [ERROR, 7, "protocol"] and "SERVICE_HELLO first" in err[3]
                 assert (await intruder.hello())[:3] == [ERROR, None, "auth"]  # nor say hello without the credential
             finally:
                 await intruder.close()
@@ -662,6 +662,62 @@ def test_a_tell_flood_from_a_service_holds_back_the_socket_not_memory(run):
                 assert counters["throttled"] >= 1 and counters["undelivered_tells"] == 0
                 assert peak < BACKLOG_HIGH + 5 * 1000  # the mark, plus the rest of one drain's budget
                 assert counters["evictions"] == 0
+            finally:
+                await svc.close()
+
+    run(main)
+
+
+def test_errors_answering_asks_carry_their_corr_and_an_oversized_reply_fails_its_ask(run):
+    config = bridge_config(extra="max_frame_size = 4096\n")
+
+    async def main():
+        async with Herd(config) as nodes:
+            a, b = nodes["A"], nodes["B"]
+            svc = Service(a, name="svc", names=["calc"])
+            try:
+                assert (await svc.hello())[0] == WELCOME
+                # Every ERROR answering an ASK carries that ASK's corr (never nil).
+                for env in (
+                    [ASK, None, 7, "body", "svc", 11],  # a bad target
+                    [ASK, None, "echo", "y" * 5000, "svc", 12],  # over max_frame_size
+                    [ASK, None, "echo", msgpack.ExtType(5, b""), "svc", 13],  # an ext type
+                ):
+                    svc.send(env)
+                    err = await svc.recv()
+                    assert err[0] == ERROR and err[1] == env[5], err
+                # Fields a later version appends are ignored.
+                svc.send([ASK, None, "echo", "hi", "svc", 14, "later"])
+                assert (await svc.recv())[:5] == [REPLY, "svc", 14, True, ["A", "hi"]]
+                svc.send([HEARTBEAT, 1, 1700000000, "later"][:3])  # an int where a float is specified
+                svc.send([HEARTBEAT, 2, 1700000000.5, 1700000000.25, 0.001, "later"])
+                svc.send([REGISTER, ["more"], "later"])
+                svc.send([ASK, None, "echo", "after", "svc", 15])  # no ERROR came before its REPLY
+                assert (await svc.recv())[:3] == [REPLY, "svc", 15]
+                assert a.bridge.stats()["services"]["svc"]["names"] == ["calc", "more"]
+
+                # A service's REPLY over max_frame_size: the asker learns it at once (FrameTooLarge),
+                # counted; the service gets ERROR frame (corr nil: it answers no ask of the service's).
+                asked = asyncio.ensure_future(b.lookup("calc@A").ask("big", timeout=5.0))
+                env = await svc.recv()
+                assert env[0] == ASK
+                t0 = time.monotonic()
+                svc.send([REPLY, env[4], env[5], True, "z" * 5000])
+                with pytest.raises(RemoteError) as info:  # typed across the herd as RemoteError
+                    await asked
+                assert info.value.type_name == "FrameTooLarge" and time.monotonic() - t0 < 2.0
+                err = await svc.recv()
+                assert err[:3] == [ERROR, None, "frame"] and f"corr {env[5]}" in err[3]
+                assert a.bridge.counters["refused_replies"] == 1
+                # on the bridge's own node the asker gets FrameTooLarge itself
+                asked = asyncio.ensure_future(a.lookup("calc").ask("big", timeout=5.0))
+                env = await svc.recv()
+                svc.send([REPLY, env[4], env[5], True, "z" * 5000])
+                with pytest.raises(FrameTooLarge):
+                    await asked
+                await svc.recv()  # its ERROR
+                assert a.bridge.counters["refused_replies"] == 2
+                assert (await svc.hello())[0] == WELCOME  # still in session
             finally:
                 await svc.close()
 

@@ -92,3 +92,38 @@ def test_decode_and_names():
     ]
     assert wire.kind_name(wire.REGISTER) == "REGISTER" and wire.kind_name(P.TELL) == P.kind_name(P.TELL)
     assert wire.assigned_id(b"\x00\x80\x00\x00\x01") and not wire.assigned_id(b"svc-1")
+
+
+def test_a_body_refused_whole_still_answers_its_ask_or_reply():
+    big = "x" * 200
+    # over the limit: an ASK's ERROR carries its corr; a REPLY gives the corr of the ask it answers
+    with pytest.raises(wire.Refused) as info:
+        wire.decode([b"id", msgpack.packb([P.ASK, None, "echo", big, "svc", 42])], 100)
+    assert (info.value.code, info.value.corr, info.value.reply_corr) == (P.E_FRAME, 42, None)
+    with pytest.raises(wire.Refused) as info:
+        wire.decode([b"id", msgpack.packb([P.REPLY, "A", 7, True, big])], 100)
+    assert (info.value.code, info.value.corr, info.value.reply_corr) == (P.E_FRAME, None, 7)
+    # an ext type inside: the same
+    ext = msgpack.ExtType(5, b"")
+    with pytest.raises(wire.Refused) as info:
+        wire.decode([b"id", msgpack.packb([P.ASK, None, "echo", ext, "svc", 9])], 1000)
+    assert (info.value.code, info.value.corr) == (P.E_PROTOCOL, 9)
+    # no corr to read: nil
+    with pytest.raises(wire.Refused) as info:
+        wire.decode([b"id", msgpack.packb([P.TELL, None, "echo", big])], 100)
+    assert (info.value.corr, info.value.reply_corr) == (None, None)
+    assert wire.peek(msgpack.packb([P.ASK, None, "echo", big, "svc", "x"])) == (P.ASK, None)
+    assert wire.peek(msgpack.packb({"k": 1})) == (None, None)
+    assert wire.peek(b"\xc1") == (None, None)
+
+
+def test_extra_trailing_fields_are_ignored_but_heartbeat_needs_3_or_5_or_more():
+    assert wire.parse_hello(hello() + ["later"], secret=SECRET, curve=False) == ("svc", ["calc"])
+    assert wire.parse_heartbeat([P.HEARTBEAT, 1, 1700000000]) == (1, 1700000000.0, None, 0.0)  # int for a float
+    assert wire.parse_heartbeat([P.HEARTBEAT, 2, 1.5, 1, 0, "later"]) == (2, 1.5, 1.0, 0.0)
+    assert wire.parse_bye([P.BYE, "shutdown", {"later": 1}]) == "shutdown"
+    for env in ([P.HEARTBEAT, 1, 2.0, 3.0], [P.HEARTBEAT, 1], [P.HEARTBEAT, 1, True], [P.HEARTBEAT, 1.0, 2.0]):
+        with pytest.raises(wire.Refused):
+            wire.parse_heartbeat(env)
+    with pytest.raises(wire.Refused):
+        wire.parse_bye([P.BYE])

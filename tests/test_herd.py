@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from _herdtest import Recorder, Slow, free_ports, until
+from _herdtest import SECRET, Herd, Recorder, Slow, free_ports, herd_config, until
 from _rawlink import raw_handshake
-from herd_app import Counter, Echo
+from herd_app import Counter
 from herdrt import Actor
 from herdrt.config import loads_config
 from herdrt.errors import (
@@ -27,44 +27,6 @@ from herdrt.herd import protocol as P
 from herdrt.herd.backpressure import BACKLOG_HIGH
 from herdrt.herd.client import HerdClient
 from herdrt.herd.link import TELLS_MAX, LinkRefused
-
-SECRET = "herd-test-secret-0123"
-
-
-def herd_config(names, links=None, secret=SECRET, heartbeat=0.1):
-    ports = free_ports(len(names))
-    text = f'[herd]\nsecret = "{secret}"\nheartbeat_interval = {heartbeat}\n'
-    if links is not None:
-        text += "links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in links) + "]\n"
-    text += "".join(f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip(names, ports, strict=False))
-    return loads_config(text)
-
-
-class Herd:
-    """Start nodes of a config in this loop; wait until every node sees all of them."""
-
-    def __init__(self, config, names=None):
-        self.config = config
-        self.nodes = {}
-        self.names = list(names or config.nodes)
-
-    async def __aenter__(self):
-        for name in self.names:
-            node = HerdNode(self.config, name, strict_messages=True)
-            await node.start()
-            node.register_kind("counter", Counter)
-            node.spawn(Echo, name="echo")
-            self.nodes[name] = node
-        await self.converged()
-        return self.nodes
-
-    async def converged(self, live=None):
-        live = set(live or self.nodes)
-        await until(lambda: all(n.membership.live() == live for k, n in self.nodes.items() if k in live))
-
-    async def __aexit__(self, *exc):
-        for node in self.nodes.values():
-            await node.shutdown()
 
 
 def test_remote_tell_and_ask_both_ways_and_two_hops(run):
@@ -142,7 +104,16 @@ def test_batched_tells_are_delivered_and_counted_per_message(run):
                 "total": 25,
                 "by_reason": {"unknown_actor": 5, "mailbox_full": 20},
                 "by_target": {"ghost@b": 5, "tiny@b": 20},
+                "reported": {"total": 0, "by_reason": {}, "by_node": {}},
             }
+            # ...and reported back to a, whose tells they were (within a tick or so)
+            await until(lambda: a.dead_letters.reported_total == 25)
+            assert a.dead_letters.stats()["reported"] == {
+                "total": 25,
+                "by_reason": {"unknown_actor": 5, "mailbox_full": 20},
+                "by_node": {"b": 25},
+            }
+            assert a.dead_letters.total == 0  # a lost none itself
             assert [(d.target, d.reason, d.message) for d in dead] == [
                 ("tiny@b", "mailbox_full", 100 + i) for i in range(10, 30)
             ]

@@ -32,7 +32,7 @@ from herdrt.herd.links import LinkManager, LinkServer, connect
 
 SECRET = b"correct horse battery"
 #: PROTOCOL.md (Links, Examples): Clark's AUTH to Bona for the nonces and secret shown there.
-AUTH_EXAMPLE_MAC = "5d21baae5e21edfe43c74be5519a5b91c59b5014546b3bb0d5235e9e8a4623ce"
+AUTH_EXAMPLE_MAC = "7b501ca413a7782fd73773319baa2f1f833c517c69a3f23869ad8c2623fbb851"
 NODES = ("A", "B", "C")
 
 
@@ -150,12 +150,12 @@ def test_hello_frame_bytes_match_the_spec_example():
     frame = encode_frame(P.hello("Clark", bytes(range(16))))
     # PROTOCOL.md (Links, Examples) shows exactly these bytes
     assert (
-        frame.hex(" ") == "00 00 00 1b 94 00 03 a5 43 6c 61 72 6b c4 10 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
+        frame.hex(" ") == "00 00 00 1b 94 00 04 a5 43 6c 61 72 6b c4 10 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
     )
 
 
 def test_auth_frame_bytes_match_the_spec_example():
-    script = transcript(3, "Clark", bytes(range(16)), "Bona", bytes(range(16, 32)))
+    script = transcript(P.PROTOCOL_VERSION, "Clark", bytes(range(16)), "Bona", bytes(range(16, 32)))
     mac = LinkSession(b"correct horse battery", script, dialer=True).own_mac
     assert mac.hex() == AUTH_EXAMPLE_MAC
     assert encode_frame(P.auth(mac))[:7].hex(" ") == "00 00 00 24 92 01 c4"
@@ -285,12 +285,12 @@ def test_consecutive_tells_to_one_target_travel_as_one_tells_envelope(run):
             assert link.queued == TELLS_MAX + 15  # bounded and counted per message
             await inbox.until(lambda: len(inbox.envs) == 6)
             assert inbox.envs == [
-                [P.TELLS, "B", "sink", list(range(TELLS_MAX))],
-                [P.TELLS, "B", "sink", list(range(TELLS_MAX, TELLS_MAX + 10))],
-                [P.TELLS, "B", "other", ["x"]],
+                [P.TELLS, "B", "sink", list(range(TELLS_MAX)), "A"],
+                [P.TELLS, "B", "sink", list(range(TELLS_MAX, TELLS_MAX + 10)), "A"],
+                [P.TELLS, "B", "other", ["x"], "A"],
                 [P.ASK, "B", "sink", "count?", "A", 1],
-                [P.TELLS, "B", "sink", ["after"]],
-                [P.TELLS, "B", ["session", "k1"], [1, 2]],
+                [P.TELLS, "B", "sink", ["after"], "A"],
+                [P.TELLS, "B", ["session", "k1"], [1, 2], "A"],
             ]
             assert link.queued == 0 and link.frames_out >= 6
 
@@ -333,7 +333,7 @@ def test_max_queued_bounds_batched_tells_per_message(run):
             assert (link.queued, link.overflows) == (100, 2)
             await link.drain()
             await inbox.until(lambda: inbox.envs)
-            assert inbox.envs == [[P.TELLS, "B", "sink", list(range(100))]]
+            assert inbox.envs == [[P.TELLS, "B", "sink", list(range(100)), "A"]]
 
     run(body)
 
@@ -350,7 +350,7 @@ def test_a_tells_batch_over_the_frame_limit_is_split_and_an_oversized_message_dr
             for body in ("a", "b", {1, 2}, "c"):  # a set: msgpack cannot carry it; only it is dropped
                 link.send_tell("B", "mixed", body)
             link.send_tell("B", "sink", "still up")
-            await inbox.until(lambda: inbox.envs and inbox.envs[-1] == [P.TELLS, "B", "sink", ["still up"]])
+            await inbox.until(lambda: inbox.envs and inbox.envs[-1] == [P.TELLS, "B", "sink", ["still up"], "A"])
             bodies = [b for env in inbox.envs if env[2] == "sink" for b in env[3]]
             assert bodies == [[i, big] for i in range(40)] + ["still up"]  # all, in order, in several frames
             assert [b for env in inbox.envs if env[2] == "mixed" for b in env[3]] == ["a", "b", "c"]
@@ -387,9 +387,10 @@ def test_wrong_version_is_refused_naming_both_versions(run):
         inbox = Inbox()
         srv = await LinkServer(settings("B"), inbox.on_envelopes, on_link_up=inbox.on_up).start()
         with pytest.raises(LinkRefused) as info:
-            await connect(*srv.address, settings("A", version=4), inbox.on_envelopes)
+            await connect(*srv.address, settings("A", version=P.PROTOCOL_VERSION + 1), inbox.on_envelopes)
         assert info.value.code == "version"
-        assert "version 4" in info.value.reason and "version 3" in info.value.reason
+        assert f"version {P.PROTOCOL_VERSION + 1}" in info.value.reason
+        assert f"version {P.PROTOCOL_VERSION}" in info.value.reason
         # a raw peer sees the ERROR envelope, then the close
         reader, writer = await asyncio.open_connection(*srv.address)
         writer.write(encode_frame(P.hello("A", P.new_nonce(), 99)))

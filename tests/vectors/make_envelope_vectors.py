@@ -40,6 +40,10 @@ CONVENTIONS = {
     "valid": "decode body_hex to value, and encode value to exactly body_hex / frame_hex",
     "bad_frames": "frames every decoder must refuse (error 'too_large': from the header alone)",
     "bad_envelopes": "well-formed bodies whose envelope the named parser must refuse",
+    "extended_envelopes": (
+        "envelopes with fields a later version may append: the named parser must accept value and "
+        "read from it exactly what it reads from base (the same envelope without the extra fields)"
+    ),
     "link_sessions": (
         "transcript = 'herdrt-link-v3' || u32be(version) || f(dialer) || f(dialer_nonce) || f(acceptor) "
         "|| f(acceptor_nonce), f(x) = u16be(len(x)) || x; prk = HMAC-SHA256(secret, transcript); "
@@ -189,9 +193,11 @@ def _valid():
         ("bye-shutdown", P.bye("shutdown")),
         ("bye-empty", P.bye("")),
         ("bye-long", P.bye("replaced by a newer link " * 12)),
-        ("node-tell", [P.TELL, "echo@Bona", b"\x01\x02", None]),
+        ("node-tell", [P.TELL, "Bona", "echo", b"\x01\x02"]),
         ("node-tells", [P.TELLS, "Bona", "sink", [1, "two", None, [3.5, {"k": b"v"}]]]),
-        ("node-ask", [P.ASK, 17, "svc", {"a": 1, "b": [1.5, True, False]}, 2.5]),
+        ("node-ask", [P.ASK, "Bona", "svc", {"a": 1, "b": [1.5, True, False]}, "Clark", 17]),
+        ("node-ask-keyed", [P.ASK, "Bona", ["counter", "k1"], "incr", "~cli-1", 0]),
+        ("node-reply-error", [P.REPLY, "Clark", 17, False, ["ActorNotFound", "no actor svc on Bona"]]),
         (
             "node-unknown-kind-ints",
             [
@@ -252,6 +258,7 @@ def _bad_envelopes():
         ("auth-mac-31", [P.AUTH, bytes(31)], "auth"),
         ("auth-kind-bool", [True, mac], "auth"),
         ("auth-mac-str", [P.AUTH, "x" * 32], "auth"),
+        ("auth-too-long", [P.AUTH, mac, None], "auth"),  # HELLO and AUTH are exact
         ("error-code-int", [P.ERROR, None, 3, "m"], "error"),
         ("error-three", [P.ERROR, None, "auth"], "error"),
         ("heartbeat-four", [P.HEARTBEAT, 1, 2.0, 3.0], "heartbeat"),
@@ -260,6 +267,18 @@ def _bad_envelopes():
         ("heartbeat-hold-bool", [P.HEARTBEAT, 1, 2.0, 3.0, True], "heartbeat"),
         ("bye-reason-int", [P.BYE, 0], "bye"),
         ("bye-empty-array", [], "bye"),
+    ]
+
+
+def _extended():
+    """(name, envelope, parser, base): the parser reads from envelope what it reads from base."""
+    return [
+        ("error-extra", [*P.error(P.E_AUTH, "no"), "later", 1], "error", P.error(P.E_AUTH, "no")),
+        ("error-corr-extra", [*P.error(P.E_FRAME, "big", corr_id=7), None], "error", P.error(P.E_FRAME, "big", 7)),
+        ("heartbeat-extra", [*P.heartbeat(8, 2.5, 1.5, 0.25), "later"], "heartbeat", P.heartbeat(8, 2.5, 1.5, 0.25)),
+        # ints where floats are specified
+        ("heartbeat-extra-ints", [P.HEARTBEAT, 8, 2, 1, 0, {"k": 1}, None], "heartbeat", P.heartbeat(8, 2.0, 1.0, 0.0)),
+        ("bye-extra", [*P.bye("shutdown"), {"later": True}], "bye", P.bye("shutdown")),
     ]
 
 
@@ -276,6 +295,10 @@ def build() -> dict:
         {"name": n, "parser": p, "value": tag(env), "body_hex": encode_frame(env)[4:].hex()}
         for n, env, p in _bad_envelopes()
     ]
+    extended = [
+        {"name": n, "parser": p, "value": tag(env), "body_hex": encode_frame(env)[4:].hex(), "base": tag(base)}
+        for n, env, p, base in _extended()
+    ]
     return {
         "format": FORMAT,
         "about": (
@@ -288,6 +311,7 @@ def build() -> dict:
         "valid": valid,
         "bad_frames": bad_frames,
         "bad_envelopes": bad_envelopes,
+        "extended_envelopes": extended,
         "link_sessions": _session_cases(),
     }
 

@@ -211,13 +211,17 @@ class Bridge:
             if svc is None:
                 c["dropped_unknown"] += 1  # unknown sender: no answer (do not feed scanners)
             else:
-                self._error(identity, exc.code, exc.message)
+                if exc.reply_corr is not None:  # the ask it answers fails now, with the reason
+                    self._proxies.refused_reply(svc, exc.reply_corr, exc.code, exc.message)
+                self._error(identity, exc.code, exc.message, exc.corr)
             return
         kind = env[0]
         try:
             if svc is None:
                 if kind != SERVICE_HELLO:
-                    raise Refused(P.E_PROTOCOL, f"send SERVICE_HELLO first (got {wire.kind_name(kind)})")
+                    # An ASK learns at once that it was not performed (its corr), not at its timeout.
+                    corr = env[5] if kind == P.ASK and len(env) >= 6 and env[5].__class__ is int else None
+                    raise Refused(P.E_PROTOCOL, f"send SERVICE_HELLO first (got {wire.kind_name(kind)})", corr)
                 self._services.hello(identity, env, router.src_fd, router.now)
             elif kind == P.TELLS:
                 self._tells(svc, env)
@@ -228,7 +232,7 @@ class Bridge:
             elif kind == P.REPLY:
                 self._proxies.reply(svc, env)
             elif kind == P.HEARTBEAT:
-                P.parse_heartbeat(env)
+                wire.parse_heartbeat(env)
             elif kind == REGISTER:
                 self._services.register(svc, env)
             elif kind == UNREGISTER:
@@ -247,9 +251,11 @@ class Bridge:
                 c["malformed"] += 1
             self._error(identity, exc.code, exc.message, exc.corr)
 
+    # Fields past those named are ignored (a later version may append optional ones).
+
     def _tell(self, svc: Service, env: list) -> None:
         """TELL ``[2, dest_node, target, body]``: delivered here, or performed anywhere in the herd."""
-        if len(env) != 4:
+        if len(env) < 4:
             raise Refused(P.E_PROTOCOL, "TELL is [2, dest_node, target, body]")
         local, path = wire.parse_target(self.node.name, env[1], env[2])
         self.counters["tells_from_services"] += 1
@@ -265,8 +271,8 @@ class Bridge:
 
     def _ask(self, svc: Service, env: list) -> None:
         """ASK ``[3, dest_node, target, body, src, corr]``: answered by a REPLY with its corr."""
-        if len(env) != 6 or env[5].__class__ is not int:
-            corr = env[5] if len(env) == 6 and env[5].__class__ is int else None
+        if len(env) < 6 or env[5].__class__ is not int:
+            corr = env[5] if len(env) >= 6 and env[5].__class__ is int else None
             raise Refused(P.E_PROTOCOL, "ASK is [3, dest_node, target, body, src, corr:int]", corr)
         corr = env[5]
         local, path = wire.parse_target(self.node.name, env[1], env[2], corr)
@@ -283,7 +289,7 @@ class Bridge:
 
     def _tells(self, svc: Service, env: list) -> None:
         """TELLS ``[15, dest_node, target, [body, ...]]``: each body in order, exactly as a TELL."""
-        if len(env) != 4 or env[3].__class__ is not list:
+        if len(env) < 4 or env[3].__class__ is not list:
             raise Refused(P.E_PROTOCOL, "TELLS is [15, dest_node, target, [body, ...]]")
         local, path = wire.parse_target(self.node.name, env[1], env[2])
         bodies = env[3]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from ..errors import FrameTooLarge, MailboxFull, NodeUnavailable
+from ..errors import FrameTooLarge, MailboxFull, NodeUnavailable, RemoteError
 from ..herd import protocol as P
 from ..runtime.actor import Actor, Deferred
 from . import wire
@@ -31,6 +31,7 @@ COUNTERS = (
     "stray_replies",
     "dropped_tells",
     "failed_asks",
+    "refused_replies",
 )
 
 
@@ -206,12 +207,29 @@ class Proxies:
 
     def reply(self, svc: Service, env: list) -> None:
         """REPLY from the service: completes the herd's ask its proxy forwarded."""
-        if len(env) != 5 or env[2].__class__ is not int or env[3].__class__ is not bool:
-            raise wire.Refused(P.E_PROTOCOL, "REPLY is [6, dest, corr:int, ok:bool, value]")
-        _, _, corr, ok, value = env
+        if len(env) < 5 or env[2].__class__ is not int or env[3].__class__ is not bool:
+            message = "REPLY is [6, dest, corr:int, ok:bool, value]"
+            if len(env) >= 3 and env[2].__class__ is int and env[2] in svc.pending:
+                self.refused_reply(svc, env[2], P.E_PROTOCOL, message)
+            raise wire.Refused(P.E_PROTOCOL, message)
+        corr, ok, value = env[2], env[3], env[4]
         if svc.pending.pop(corr, None) is None:
             self.counters["stray_replies"] += 1  # timed out already, or never asked
             return
         self.counters["replies_from_services"] += 1
         # As a REPLY over a link: herdrt's own error types keep their type, others are RemoteError.
         self.node.resolve(corr, ok, value)
+
+    def refused_reply(self, svc: Service, corr: int, code: str, message: str) -> None:
+        """A REPLY from ``svc`` that the bridge refused (over ``max_frame_size``, an ext type
+        inside, a wrong shape) but whose corr it could read: the ask it answers fails now with
+        the reason (``FrameTooLarge`` for a body over the limit, else a ``RemoteError`` of type
+        ``ProtocolError``), not at the asker's timeout. Counted in ``refused_replies``."""
+        deferred = svc.pending.pop(corr, None)
+        if deferred is None:
+            self.counters["stray_replies"] += 1
+            return
+        self.counters["refused_replies"] += 1
+        self.counters["failed_asks"] += 1
+        reason = f"the reply of service {svc.name} was refused by the bridge: {message}"
+        deferred.fail(FrameTooLarge(reason) if code == P.E_FRAME else RemoteError("ProtocolError", reason))

@@ -161,7 +161,7 @@ class Services:
         log.info("%s: service %s joined the bridge serving %s", self.node.name, service, ", ".join(names) or "no names")
 
     def register(self, svc: Service, env: list) -> None:
-        if len(env) != 2:
+        if len(env) < 2:
             raise wire.Refused(P.E_PROTOCOL, "REGISTER is [13, names]")
         names = wire.parse_names(env[1], "REGISTER")
         self._check_free(svc.name, names)
@@ -169,7 +169,7 @@ class Services:
             self._bind(svc, name)
 
     def unregister(self, svc: Service, env: list) -> None:
-        if len(env) != 2:
+        if len(env) < 2:
             raise wire.Refused(P.E_PROTOCOL, "UNREGISTER is [14, names]")
         for name in wire.parse_names(env[1], "UNREGISTER"):
             if self.owners.get(name) is svc:
@@ -177,7 +177,7 @@ class Services:
 
     def bye(self, svc: Service, env: list) -> None:
         """BYE from the service: it is forgotten, names and all."""
-        reason = P.parse_bye(env)
+        reason = wire.parse_bye(env)
         self.counters["byes"] += 1
         log.info("%s: service %s left the bridge: %s", self.node.name, svc.name, reason)
         self.disconnect(svc, f"it left ({reason})")

@@ -30,6 +30,9 @@ __all__ = [
     "parse_names",
     "parse_hello",
     "parse_target",
+    "parse_heartbeat",
+    "parse_bye",
+    "peek",
 ]
 
 SERVICE_HELLO = 11  #: ``[11, version, service, names, credential|nil]`` — service -> node
@@ -48,13 +51,17 @@ _KIND_NAMES = {SERVICE_HELLO: "SERVICE_HELLO", WELCOME: "WELCOME", REGISTER: "RE
 
 
 class Refused(Exception):
-    """A message from a service that is answered with ERROR ``code`` (and, for a HELLO, refused)."""
+    """A message from a service that is answered with ERROR ``code`` (and, for a HELLO, refused).
 
-    def __init__(self, code: str, message: str, corr: Any = None):
+    ``corr`` is the ERROR's corr: the refused ASK's own, else None. ``reply_corr`` is set when the
+    refused message was a REPLY whose corr could be read: the ask it answers fails with the reason."""
+
+    def __init__(self, code: str, message: str, corr: Any = None, reply_corr: int | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.corr = corr
+        self.reply_corr = reply_corr
 
 
 def service_credential(secret: bytes, service: str) -> bytes:
@@ -66,17 +73,51 @@ def _no_ext(code: int, data: bytes):
     raise Refused(P.E_PROTOCOL, f"msgpack ext type {code} is not carried by the bridge")
 
 
+def peek(body: bytes) -> tuple[Any, Any]:
+    """``(kind, corr)`` read from the head of a body that is refused whole (too big, or an ext
+    type inside): the corr of an ASK (its 6th field) or of a REPLY (its 3rd), when it is an
+    integer; ``(None, None)`` when the head is not that of an envelope."""
+    try:
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=max(len(body), 1))
+        unpacker.feed(body)
+        n = unpacker.read_array_header()
+        kind = unpacker.unpack() if n else None
+        if kind.__class__ is not int:
+            return None, None
+        at = 5 if kind == P.ASK else 2 if kind == P.REPLY else 0
+        if not at or n <= at:
+            return kind, None
+        for _ in range(at - 1):
+            unpacker.skip()
+        corr = unpacker.unpack()
+        return kind, corr if corr.__class__ is int else None
+    except Exception:
+        return None, None
+
+
+def _refuse_whole(code: str, message: str, body: bytes) -> Refused:
+    kind, corr = peek(body)
+    if kind == P.ASK:
+        return Refused(code, message, corr)
+    if kind == P.REPLY and corr is not None:
+        return Refused(code, f"REPLY (corr {corr}) refused: {message}", reply_corr=corr)
+    return Refused(code, message)
+
+
 def decode(frames: list[bytes], max_frame_size: int) -> list:
-    """The envelope in a message's frames (routing id first), or Refused saying what is wrong."""
+    """The envelope in a message's frames (routing id first), or Refused saying what is wrong.
+
+    A body refused whole (over ``max_frame_size``, or carrying an ext type) is still peeked at:
+    the Refused of an ASK carries its corr, that of a REPLY its ``reply_corr``."""
     if len(frames) != 2:
         raise Refused(P.E_FRAME, f"a bridge message is one frame, not {len(frames) - 1}")
     body = frames[1]
     if len(body) > max_frame_size:
-        raise Refused(P.E_FRAME, f"message of {len(body)} bytes is over max_frame_size {max_frame_size}")
+        raise _refuse_whole(P.E_FRAME, f"message of {len(body)} bytes is over max_frame_size {max_frame_size}", body)
     try:
         env = msgpack.unpackb(body, raw=False, strict_map_key=True, ext_hook=_no_ext)
-    except Refused:
-        raise
+    except Refused as exc:
+        raise _refuse_whole(exc.code, exc.message, body) from None
     except Exception as exc:
         raise Refused(P.E_FRAME, f"not one msgpack value: {exc}") from None
     if env.__class__ is not list or not env or env[0].__class__ is not int:
@@ -110,9 +151,9 @@ def parse_hello(env: list, *, secret: bytes, curve: bool) -> tuple[str, list[str
 
     Without CURVE the credential is required; with CURVE (the connection is authenticated by
     its key already) it may be nil, but one that is given must still match ``secret``."""
-    if len(env) != 5:
+    if len(env) < 5:  # (fields a later version appends are ignored)
         raise Refused(P.E_PROTOCOL, "SERVICE_HELLO is [11, version, service, names, credential]")
-    _, version, service, names, credential = env
+    _, version, service, names, credential = env[:5]
     if version.__class__ is not int:
         raise Refused(P.E_PROTOCOL, "SERVICE_HELLO version must be an integer")
     if version != P.PROTOCOL_VERSION:
@@ -147,3 +188,34 @@ def parse_target(me: str, dest, target, corr=None) -> tuple[str | None, str | li
     if target.__class__ is list and len(target) == 2 and all(t.__class__ is str for t in target):
         return None, target
     raise Refused(P.E_PROTOCOL, 'target must be "name", "name@node" or [kind, key]', corr)
+
+
+def _number(x) -> bool:
+    return x.__class__ is float or x.__class__ is int  # (not bool: True is no time)
+
+
+def parse_heartbeat(env: list) -> tuple[int, float, float | None, float]:
+    """``(seq, sent_time, echo_time or None, hold)`` of a HEARTBEAT: ``[5, seq, sent_time]`` or
+    ``[5, seq, sent_time, echo_time, hold]``, then any fields a later version appends (4
+    elements is neither). Integers are taken where floats are specified."""
+    n = len(env)
+    if n < 3 or n == 4:
+        raise Refused(
+            P.E_PROTOCOL, f"HEARTBEAT is [5, seq, sent_time] or [5, seq, sent_time, echo_time, hold], not {n} elements"
+        )
+    seq, sent = env[1], env[2]
+    if seq.__class__ is not int or not _number(sent):
+        raise Refused(P.E_PROTOCOL, "HEARTBEAT needs an integer seq and a numeric sent_time")
+    if n == 3:
+        return seq, float(sent), None, 0.0
+    echo, hold = env[3], env[4]
+    if not (_number(echo) and _number(hold)):
+        raise Refused(P.E_PROTOCOL, "HEARTBEAT echo_time and hold must be numbers")
+    return seq, float(sent), float(echo), float(hold)
+
+
+def parse_bye(env: list) -> str:
+    """The reason of a BYE ``[9, reason, ...]``."""
+    if len(env) < 2 or env[1].__class__ is not str:
+        raise Refused(P.E_PROTOCOL, "BYE is [9, reason:str]")
+    return env[1]

@@ -58,7 +58,9 @@ class Broadcasts:
 
     def on_flood(self, peer: str, env: list) -> None:
         """A FLOOD that came from neighbor ``peer``."""
-        _, origin, incarnation, seq, topic, message = env
+        if len(env) < 6:
+            raise P.ProtocolError("FLOOD is [8, origin, incarnation, seq, topic, body]")
+        origin, incarnation, seq, topic, message = env[1:6]
         if self._seen_before((origin, incarnation, seq)):
             return
         self.node.flood(env, (peer, origin))

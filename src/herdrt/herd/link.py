@@ -56,8 +56,10 @@ __all__ = [
 log = logging.getLogger("herdrt.links")
 
 _HEADER_SIZE = 4
-#: Most tells one TELLS envelope carries (Link.send_tell).
+#: Most tells one TELLS (or SEND) envelope carries (Link.send_tell).
 TELLS_MAX = 1024
+#: Credited envelopes may fill a link's queue to this many times ``max_queued`` (Link.send_credited).
+CREDITED_FACTOR = 4
 #: A read this big makes the link yield the loop before reading more (see data_received).
 YIELD_AFTER = 1 << 16
 
@@ -198,6 +200,7 @@ class Link(asyncio.Protocol):
         self._queue: list = []
         self._extra = 0  # tells queued inside TELLS envelopes beyond each one's first
         self._tells: list = _NO_TELLS  # the TELLS envelope send_tell may still add to
+        self._sends: list = _NO_TELLS  # the SEND envelope send_credited may still add to
         #: Called as ``on_dropped(envelope, exc)`` for an envelope dropped unsent (over the
         #: peer's frame limit, or not msgpack): the layer above may answer for it.
         self.on_dropped: Callable[[list, Exception], None] | None = None
@@ -350,7 +353,7 @@ class Link(asyncio.Protocol):
         self.lost_on_close = len(self._queue) + self._extra
         self.lost, self._queue = self._queue, []
         self._extra = 0
-        self._tells = _NO_TELLS
+        self._tells = self._sends = _NO_TELLS
         self._on_down(self, self.close_reason)
 
     def pause_reading(self) -> None:
@@ -648,8 +651,43 @@ class Link(asyncio.Protocol):
                     bodies.append(body)
                     self._extra += 1
                     return
-        self._tells = env = [P.TELLS, dest, target, [body]]
+        self._tells = env = [P.TELLS, dest, target, [body], self.settings.name]
         q.append(env)
+        if not n and not self._paused and not self._reading:
+            self._schedule_flush()
+
+    def send_credited(self, dest: str, target, body, window: int, seq: int) -> None:
+        """Queue ``body``, the ``seq``-th message of credit window ``window`` to ``target`` on node
+        ``dest`` (see :mod:`herdrt.herd.credit`): consecutive ones travel as one SEND envelope.
+
+        Credited messages are bounded by the credit the target's node granted, not by
+        ``max_queued``: they are refused (:class:`LinkOverflow`) only past ``CREDITED_FACTOR``
+        times it, which credit-keeping senders never reach."""
+        q = self._queue
+        n = len(q)
+        if n + self._extra >= self._limit * CREDITED_FACTOR:
+            self._cannot_send()
+        if n:
+            last = q[-1]
+            if last is self._sends and last[5] == window and last[1] == dest:
+                bodies = last[3]
+                if len(bodies) < TELLS_MAX and last[6] + len(bodies) == seq:
+                    bodies.append(body)
+                    self._extra += 1
+                    return
+        self._sends = env = [P.SEND, dest, target, [body], self.settings.name, window, seq]
+        q.append(env)
+        if not n and not self._paused and not self._reading:
+            self._schedule_flush()
+
+    def send_control(self, envelope) -> None:
+        """Queue an envelope that credit already bounds, or that keeps credit flowing (SEND
+        passed on, CREDIT, DEAD_LETTERS): like :meth:`send`, with the bound of :meth:`send_credited`."""
+        q = self._queue
+        n = len(q)
+        if n + self._extra >= self._limit * CREDITED_FACTOR:
+            self._cannot_send()
+        q.append(envelope)
         if not n and not self._paused and not self._reading:
             self._schedule_flush()
 
@@ -683,7 +721,7 @@ class Link(asyncio.Protocol):
             return
         self._queue = []
         self._extra = 0
-        self._tells = _NO_TELLS
+        self._tells = self._sends = _NO_TELLS
         try:
             data = encode_frames(q, self.settings.max_frame_size)
             self.frames_out += len(q)
@@ -714,11 +752,15 @@ class Link(asyncio.Protocol):
             error: Exception = exc
         except (TypeError, ValueError, OverflowError) as exc:
             code, problem, error = "encode", f"msgpack cannot encode it ({exc})", exc
-        if env.__class__ is list and len(env) == 4 and env[0] == P.TELLS and len(env[3]) > 1:
+        if env.__class__ is list and env and (env[0] == P.TELLS or env[0] == P.SEND) and len(env[3]) > 1:
             bodies = env[3]
             half = len(bodies) // 2
-            self._encode_one([P.TELLS, env[1], env[2], bodies[:half]], frames)
-            self._encode_one([P.TELLS, env[1], env[2], bodies[half:]], frames)
+            first, second = env[:], env[:]
+            first[3], second[3] = bodies[:half], bodies[half:]
+            if env[0] == P.SEND:
+                second[6] = env[6] + half
+            self._encode_one(first, frames)
+            self._encode_one(second, frames)
             return
         self._count_error(code)
         log.error("link %s: dropped an envelope: %s: %.200r", self._desc(), problem, env)
@@ -777,13 +819,17 @@ class Link(asyncio.Protocol):
         if self.transport is not None and self.state is not _CLOSED:
             self.transport.abort()
 
+    def refuse(self, code: str, message: str) -> None:
+        """The layer above refuses what the peer sent: ERROR ``code`` to it, then close the link."""
+        self._fail(code, message)
+
     def _fail(self, code: str, message: str) -> None:
         """An established link met a protocol or frame error: ERROR to the peer, log, close this link only."""
         if self.state is not _UP:
             return
         self._count_error(code)
         log.warning("link %s closed on error (%s): %s", self._desc(), code, message)
-        self._queue = []
+        # (what is still queued is not sent: connection_lost hands it to on_down as lost)
         self._write_now(P.error(code, message[:500]))
         self._close_transport(f"error ({code}): {message}")
 

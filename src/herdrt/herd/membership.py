@@ -216,9 +216,9 @@ def check_report(
     configured neighbors); ``incarnation`` (its start time in ns) is positive and not more than
     ``max_skew`` seconds ahead of this clock; ``seq`` is a positive int64; the live neighbors are
     distinct configured neighbors of ``origin``, sorted. Raises :class:`ReportRefused` otherwise."""
-    if env.__class__ is not list or len(env) != 5:
+    if env.__class__ is not list or len(env) < 5:
         raise ReportRefused("MEMBERSHIP is [7, origin, incarnation, seq, live_neighbors]")
-    _, origin, incarnation, seq, live = env
+    origin, incarnation, seq, live = env[1:5]
     allowed = neighbors.get(origin) if origin.__class__ is str else None
     if allowed is None:
         raise ReportRefused(f"origin {origin!r:.80} is not a node of this herd")

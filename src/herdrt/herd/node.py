@@ -53,12 +53,13 @@ from ..ratelog import RateLog
 from ..runtime.actor import Actor
 from ..runtime.asks import ReplyProxy
 from ..runtime.node import Node
-from ..runtime.ref import ActorRef
+from ..runtime.ref import ActorRef, Sender
 from ..runtime.strict import check_msgpack
 from . import protocol as P
 from .admin import ADMIN_ACTOR, AdminActor
 from .backpressure import Backpressure
 from .broadcast import Broadcasts
+from .credit import Inflows, LocalSender, Outflows
 from .link import Link, LinkClosed, LinkOverflow, LinkSettings
 from .links import LinkManager
 from .membership import Membership
@@ -73,7 +74,10 @@ _TYPED = {
     cls.__name__: cls for cls in (ActorNotFound, ActorStopped, MailboxFull, NodeUnavailable, AskTimeout, AskDeadlock)
 }
 # Kinds addressed to one node (dest_node second): delivered there, forwarded by the others.
-_ROUTED = frozenset((P.TELL, P.TELLS, P.ASK, P.REPLY, P.HANDOFF))
+_ROUTED = frozenset((P.TELL, P.TELLS, P.ASK, P.REPLY, P.HANDOFF, P.SEND, P.CREDIT, P.DEAD_LETTERS))
+# Kinds that credit bounds or that keep credit flowing: they pass outside a link's max_queued.
+_CREDITED = frozenset((P.SEND, P.CREDIT, P.DEAD_LETTERS))
+SWEEP_INTERVAL = 30.0  #: seconds between sweeps of idle credit windows
 _TELLS, _REPLY = P.TELLS, P.REPLY
 
 
@@ -133,6 +137,10 @@ class HerdNode(Node):
         #: Keyed actors on the ring (:mod:`herdrt.herd.placement`).
         self.placement = Placement(self)
         self._broadcasts = Broadcasts(self)
+        #: Credit windows (:mod:`herdrt.herd.credit`): ours to other nodes' actors, theirs to ours.
+        self.outflows = Outflows(self, self._link_to)
+        self.inflows = Inflows(self, self._local_name, self.send_control)
+        self._sweep_at = 0.0
         self._shutdown_hooks: list[Callable[[], Any]] = []
         self._membership_hooks: list[Callable[[set, set], None]] = []
         self._status: dict[str, Callable[[], Any]] = {}  # herd_status() entries of the layers above
@@ -159,6 +167,9 @@ class HerdNode(Node):
             "reports_paced": 0,
             "reports_redirected": 0,
             "refutations": 0,
+            "dead_letter_reports_out": 0,
+            "dead_letter_reports_in": 0,
+            "dead_letter_reports_lost": 0,
         }
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -201,6 +212,7 @@ class HerdNode(Node):
             self._tick_timer = None
         self._backpressure.close()
         self.membership.close()
+        self.outflows.close(NodeUnavailable(f"node {self.name} is shutting down"))
         hooks, self._shutdown_hooks = self._shutdown_hooks, []
         for hook in reversed(hooks):
             try:
@@ -226,8 +238,35 @@ class HerdNode(Node):
         loop = self.scheduler.loop
         self._tick_timer = loop.call_later(self.config.heartbeat_interval / 2, self._tick)
         self.ratelog.flush()
+        self._report_dead_letters()
         self.dead_letters.flush_log()
-        self.membership.check_failures(loop.time())
+        now = loop.time()
+        if now >= self._sweep_at:
+            self._sweep_at = now + SWEEP_INTERVAL
+            self.outflows.sweep()
+            self.inflows.sweep()
+        self.membership.check_failures(now)
+
+    def _report_dead_letters(self) -> None:
+        """Tell each node whose tells became dead letters here how many, for which reasons."""
+        for origin, items in self.dead_letters.take_reports().items():
+            for start in range(0, len(items), 256):
+                try:
+                    self.send_control(origin, [P.DEAD_LETTERS, origin, self.name, items[start : start + 256]])
+                    self.counters["dead_letter_reports_out"] += 1
+                except (NodeUnavailable, LinkOverflow):
+                    self.counters["dead_letter_reports_lost"] += 1
+
+    def _on_dead_letter_report(self, env: list) -> None:
+        """``[DEAD_LETTERS, me, reporter, [[target, reason, count], ...]]``."""
+        _, _, by, items = env[:4]
+        if by.__class__ is not str or items.__class__ is not list:
+            raise P.ProtocolError("DEAD_LETTERS is [18, dest_node, src_node:str, [[target, reason, count], ...]]")
+        self.counters["dead_letter_reports_in"] += 1
+        reported = self.dead_letters.reported
+        for item in items:
+            if item.__class__ is list and len(item) >= 3 and item[2].__class__ is int:
+                reported(by, str(item[0]), str(item[1]), item[2])
 
     # -- routing -------------------------------------------------------------------------------
 
@@ -257,6 +296,27 @@ class HerdNode(Node):
         except LinkClosed as exc:
             self.counters["undeliverable"] += 1
             raise NodeUnavailable(f"node {dest}: {exc}") from None
+
+    def send_control(self, dest: str, env: list) -> None:
+        """:meth:`send_to` for the kinds credit bounds (SEND, CREDIT, DEAD_LETTERS): outside the
+        link's ``max_queued``. Raises NodeUnavailable when no route is left."""
+        link = self._link_to(dest)
+        try:
+            link.send_control(env)
+        except LinkClosed as exc:
+            raise NodeUnavailable(f"node {dest}: {exc}") from None
+
+    def outflow(self, name: str, node_name: str) -> Sender:
+        """The credit window from this node to ``name@node_name``: what a remote ``ref.send``
+        goes through (:mod:`herdrt.herd.credit`). ``node_name`` ``"*"``: the keyed actor
+        ``"kind:key"`` wherever the ring places it now. Raises NodeUnavailable."""
+        if node_name == "*":
+            kind, _, key = name.partition(":")
+            owner = self.placement.owner(kind, key)
+            if owner == self.name:
+                return LocalSender(self.lookup(self.placement.activate(kind, key)))
+            return self.outflows.get(owner, [kind, key])
+        return self.outflows.get(node_name, name)
 
     def remote_poster(self, name: str | list, node_name: str):
         """Posters for ``name@node_name`` (``name``: an actor name or ``[kind, key]``): TELL and ASK
@@ -361,20 +421,14 @@ class HerdNode(Node):
             try:
                 if env.__class__ is list and len(env) > 3 and env[1] == me:
                     kind = env[0]
-                    if kind == _REPLY and len(env) == 5:
+                    if kind == _REPLY and len(env) >= 5:
                         self.counters["replies_in"] += 1
                         self.resolve(env[2], bool(env[3]), env[4])
                         continue
-                    if (
-                        kind == _TELLS
-                        and len(env) == 4
-                        and env[2].__class__ is str
-                        and env[3].__class__ is list
-                        and env[2] in self
-                    ):
+                    if kind == _TELLS and env[2].__class__ is str and env[3].__class__ is list and env[2] in self:
                         target = env[2]
                         tells += len(env[3])
-                        deliver_many(target, env[3])
+                        deliver_many(target, env[3], env[4] if len(env) > 4 else None)
                         if not fed or fed[-1] != target:
                             fed.append(target)
                         continue
@@ -421,13 +475,16 @@ class HerdNode(Node):
             raise ValueError(f"unexpected envelope kind {kind!r}")
 
     def _forward(self, env: list) -> None:
+        kind = env[0]
         try:
-            self.send_to(env[1], env)
+            if kind in _CREDITED:
+                self.send_control(env[1], env)
+            else:
+                self.send_to(env[1], env)
         except (NodeUnavailable, LinkOverflow) as exc:
-            kind = env[0]
             if kind == P.ASK:  # tell the asker now rather than let it time out
                 self._reply(env[4], env[5], False, ("NodeUnavailable", str(exc)))
-            elif kind == P.TELL or kind == P.TELLS:
+            elif kind == P.TELL or kind == P.TELLS or kind == P.SEND:
                 reason = "link_overflow" if isinstance(exc, LinkOverflow) else "no_route"
                 self.dead_envelope(env, reason)
             elif isinstance(exc, LinkOverflow):
@@ -445,10 +502,16 @@ class HerdNode(Node):
                 self.counters["unknown_actor"] += len(bodies)
                 self.dead_envelope(env, "unknown_actor")
                 return
-            try:
-                self.deliver_many(name, list(bodies))  # what finds no room is a dead letter
+            try:  # what finds no room is a dead letter, reported to the sender's node
+                self.deliver_many(name, list(bodies), env[4] if len(env) > 4 else None)
             except ActorNotFound:
                 self.counters["unknown_actor"] += len(bodies)
+        elif kind == P.SEND:
+            self.inflows.on_send(env)
+        elif kind == P.CREDIT:
+            self.outflows.on_credit(env)
+        elif kind == P.DEAD_LETTERS:
+            self._on_dead_letter_report(env)
         elif kind == P.ASK:
             self.counters["asks_in"] += 1
             proxy = _LinkReply(self, link, env[4], env[5])
@@ -462,7 +525,7 @@ class HerdNode(Node):
             self.counters["replies_in"] += 1
             self.resolve(env[2], bool(env[3]), env[4])
         else:  # HANDOFF
-            _, _, kind_name, key, state = env
+            kind_name, key, state = env[2:5]
             self.counters["handoffs_in"] += 1
             self.placement.handed_over(kind_name, key, state)
 
@@ -475,10 +538,13 @@ class HerdNode(Node):
         return self.placement.activate(kind, key)
 
     def _from_client(self, link: Link, env: list) -> None:
-        """A client's TELL/ASK: performed by this node on the client's behalf."""
+        """A client's TELL, TELLS or ASK: performed by this node on the client's behalf. Any
+        other kind is refused with ERROR protocol, and the link closed."""
         kind = env[0]
-        if kind not in (P.TELL, P.ASK):
-            raise ValueError(f"clients may send TELL and ASK only, not {P.kind_name(kind)}")
+        if kind not in (P.TELL, P.TELLS, P.ASK):
+            self.counters["bad_envelopes"] += 1
+            link.refuse(P.E_PROTOCOL, f"clients may send TELL, TELLS and ASK only, not {P.kind_name(kind)}")
+            return
 
         def respond(corr: int, ok: bool, value: Any) -> None:
             try:
@@ -492,6 +558,11 @@ class HerdNode(Node):
         target = env[2] if env[2].__class__ is list else f"{env[2]}@{env[1]}"
         if kind == P.TELL:
             self.perform_tell(link.peer, target, env[3])
+        elif kind == P.TELLS:
+            if env[3].__class__ is not list:
+                raise P.ProtocolError(f"TELLS carries a list of bodies, not {P.describe(env[3])}")
+            for body in env[3]:
+                self.perform_tell(link.peer, target, body)
         else:
             self.perform_ask(link.peer, target, env[3], env[5], respond)
 
@@ -568,17 +639,22 @@ class HerdNode(Node):
         """Record the tells of a TELL or TELLS envelope that will not be delivered as dead letters."""
         target = env[2]
         path = f"{target}@{env[1]}" if target.__class__ is str else repr(target)  # [kind, key]: placed anywhere
+        origin = env[4] if len(env) > 4 and env[4].__class__ is str else None
         record = self.dead_letters.record
         for body in (env[3],) if env[0] == P.TELL else env[3]:
-            record(path, reason, body)
+            record(path, reason, body, 1, origin)
 
     def _link_down(self, link: Link, reason: str) -> None:
         peer = link.peer
         self.counters["lost_on_links"] += link.lost_on_close
         lost, link.lost = link.lost, []
+        me = self.name
         for env in lost:
             if env.__class__ is list and env and (env[0] == P.TELL or env[0] == P.TELLS):
                 self.dead_envelope(env, "link_closed")
+            elif env.__class__ is list and env and env[0] == P.SEND and env[4] != me:
+                self.dead_envelope(env, "link_closed")  # passed on for another: reported to it
+        self.outflows.link_down(link)  # ours are in doubt: their windows count them
         self._backpressure.forget(link)
         if peer.startswith(P.CLIENT_PREFIX):
             return
@@ -614,6 +690,10 @@ class HerdNode(Node):
 
     def _live_changed(self, came: set, gone: set) -> None:
         if gone:
+            live = self.membership.live()
+            self.outflows.unreachable(live)
+            for node in gone:
+                self.inflows.forget_node(node)
             for corr, dest in list(self._remote_asks.items()):
                 if dest in gone:
                     del self._remote_asks[corr]
@@ -685,6 +765,7 @@ class HerdNode(Node):
             "keyed_actors": self.placement.running,
             "counters": dict(self.counters),
             "dead_letters": self.dead_letters.stats(),
+            "credit": {"out": self.outflows.stats(), "in": self.inflows.stats()},
             "stats": self.stats()["total"],
             **{name: report() for name, report in self._status.items()},
         }
@@ -706,6 +787,7 @@ _STATUS_KEYS = frozenset(
         "keyed_actors",
         "counters",
         "dead_letters",
+        "credit",
         "stats",
     )
 )

@@ -8,7 +8,8 @@ each envelope travels as one frame (4-byte big-endian length, then the msgpack b
 This module defines the link-level part — the handshake (HELLO, AUTH), ERROR, HEARTBEAT and BYE —
 as plain constructors (they return lists ready for ``encode_frames``) and validators (they take a
 decoded envelope and return its fields, or raise :class:`ProtocolError`). The node-layer kinds
-(TELL, ASK, REPLY, MEMBERSHIP, FLOOD, HANDOFF) are numbered here and built in :mod:`herdrt.herd.node`. ``PROTOCOL.md``
+(TELL, TELLS, ASK, REPLY, MEMBERSHIP, FLOOD, HANDOFF, SEND, CREDIT, DEAD_LETTERS) are
+numbered here and built in :mod:`herdrt.herd.node` and :mod:`herdrt.herd.credit`. ``PROTOCOL.md``
 is the byte-level description; keep the two in step.
 """
 
@@ -35,6 +36,9 @@ __all__ = [
     "BYE",
     "HANDOFF",
     "TELLS",
+    "SEND",
+    "CREDIT",
+    "DEAD_LETTERS",
     "KIND_NAMES",
     "LINK_KINDS",
     "E_VERSION",
@@ -68,7 +72,8 @@ CLIENT_PREFIX = "~"
 
 #: The version every HELLO carries; a peer speaking another version is refused with ERROR "version".
 #: 3: the AUTH MAC covers the whole handshake transcript, and records seal everything after it.
-PROTOCOL_VERSION = 3
+#: 4: TELL/TELLS name their sender's node; credit-paced SEND, CREDIT and DEAD_LETTERS reports.
+PROTOCOL_VERSION = 4
 
 NONCE_SIZE = 16
 MAC_SIZE = 32
@@ -76,7 +81,7 @@ MAC_SIZE = 32
 # --- kinds ---------------------------------------------------------------------------------------
 HELLO = 0  #: ``[0, version:int, node_name:str, nonce:bin16]`` — first envelope on a link, both ways
 AUTH = 1  #: ``[1, mac:bin32]`` — proof of the shared secret over the whole handshake transcript
-TELL = 2  #: ``[2, dest_node, target, body]`` — target: actor name, or ``[kind, key]`` of a keyed actor
+TELL = 2  #: ``[2, dest_node, target, body, src_node]`` — target: actor name, or ``[kind, key]`` of a keyed actor
 ASK = 3  #: ``[3, dest_node, target, body, src_node, corr]``
 ERROR = 4  #: ``[4, corr_id|nil, code:str, message:str]``
 HEARTBEAT = 5  #: ``[5, seq:int, sent_time:float]`` or ``[5, seq, sent_time, echo_time:float, hold:float]``
@@ -86,7 +91,10 @@ FLOOD = 8  #: ``[8, origin, incarnation, seq, topic, body]`` — a broadcast, fl
 BYE = 9  #: ``[9, reason:str]`` — the sender is closing the link on purpose
 HANDOFF = 10  #: ``[10, dest_node, kind, key, state]`` — a keyed actor's state, to its new owner
 # 11-14 are the bridge's (herdrt.bridge).
-TELLS = 15  #: ``[15, dest_node, target, [body, ...]]`` — consecutive TELLs to one target, in order
+TELLS = 15  #: ``[15, dest_node, target, [body, ...], src_node]`` — consecutive TELLs to one target, in order
+SEND = 16  #: ``[16, dest_node, target, [body, ...], src_node, window, seq]`` — tells paced by credit
+CREDIT = 17  #: ``[17, dest_node, window, delivered, limit, error|nil]`` — the target's node grants a window
+DEAD_LETTERS = 18  #: ``[18, dest_node, src_node, [[target, reason, count], ...]]`` — dest_node's tells lost
 
 KIND_NAMES = {
     HELLO: "HELLO",
@@ -101,6 +109,9 @@ KIND_NAMES = {
     BYE: "BYE",
     HANDOFF: "HANDOFF",
     TELLS: "TELLS",
+    SEND: "SEND",
+    CREDIT: "CREDIT",
+    DEAD_LETTERS: "DEAD_LETTERS",
 }
 
 #: Kinds the link layer consumes itself (an ERROR with a correlation id goes up to the node layer).
@@ -174,11 +185,13 @@ def bye(reason: str) -> list:
 # --- validators ----------------------------------------------------------------------------------
 
 
-def _shape(env, kind: int, sizes: tuple[int, ...]) -> None:
+def _shape(env, kind: int, sizes: tuple[int, ...], extra: bool = False) -> None:
+    # extra: fields past the largest size are accepted and ignored (a later version may append
+    # optional fields to every envelope but HELLO and AUTH, which are exact).
     if not isinstance(env, (list, tuple)) or not env or type(env[0]) is not int or env[0] != kind:
         raise ProtocolError(f"expected a {KIND_NAMES[kind]} envelope, got {describe(env)}")
-    if len(env) not in sizes:
-        want = " or ".join(str(n) for n in sizes)
+    if len(env) not in sizes and not (extra and len(env) > max(sizes)):
+        want = " or ".join(str(n) for n in sizes) + (" or more" if extra else "")
         raise ProtocolError(f"{KIND_NAMES[kind]} must have {want} elements, not {len(env)}")
 
 
@@ -217,8 +230,8 @@ def parse_auth(env) -> bytes:
 
 def parse_error(env) -> tuple[object, str, str]:
     """``(corr_id, code, message)`` of an ERROR (codes this version does not know are passed through)."""
-    _shape(env, ERROR, (4,))
-    _, corr_id, code, message = env
+    _shape(env, ERROR, (4,), extra=True)
+    corr_id, code, message = env[1:4]
     if not isinstance(code, str) or not isinstance(message, str):
         raise ProtocolError("ERROR code and message must be strings")
     return corr_id, code, message
@@ -226,11 +239,11 @@ def parse_error(env) -> tuple[object, str, str]:
 
 def parse_heartbeat(env) -> tuple[int, float, float | None, float]:
     """``(seq, sent_time, echo_time or None, hold)`` of a HEARTBEAT."""
-    _shape(env, HEARTBEAT, (3, 5))
+    _shape(env, HEARTBEAT, (3, 5), extra=True)
     seq, sent = env[1], env[2]
     if not _is_int(seq) or not isinstance(sent, (int, float)) or isinstance(sent, bool):
         raise ProtocolError("HEARTBEAT needs an integer seq and a numeric sent_time")
-    if len(env) == 5:
+    if len(env) >= 5:
         echo, hold = env[3], env[4]
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (echo, hold)):
             raise ProtocolError("HEARTBEAT echo_time and hold must be numbers")
@@ -240,7 +253,7 @@ def parse_heartbeat(env) -> tuple[int, float, float | None, float]:
 
 def parse_bye(env) -> str:
     """The reason of a BYE."""
-    _shape(env, BYE, (2,))
+    _shape(env, BYE, (2,), extra=True)
     reason = env[1]
     if not isinstance(reason, str):
         raise ProtocolError("BYE reason must be a string")

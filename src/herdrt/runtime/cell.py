@@ -223,21 +223,23 @@ class Cell:
             self._dead(message, "mailbox_full" if isinstance(exc, MailboxFull) else "actor_stopped")
             raise
 
-    def post_many(self, messages: list[Any]) -> int:
-        """Append several tells in order (a TELLS envelope from elsewhere); returns how many
-        could not be posted (a full mailbox, a stopped actor), each recorded as a dead letter."""
+    def post_many(self, messages: list[Any], origin: str | None = None, credited: bool = False) -> int:
+        """Append several tells in order (a TELLS envelope from ``origin``, another node); returns
+        how many could not be posted (a full mailbox, a stopped actor), each recorded as a dead
+        letter. ``credited``: taken past the capacity (the sender's credit bounds them)."""
         q = self.queue
-        if len(q) + len(messages) > self.mailbox.capacity:
+        capacity = self.mailbox.capacity
+        if len(q) + len(messages) > capacity and not (credited and capacity >= 0):
             lost = 0
             for message in messages:
                 try:
                     self.post(message)
                 except MailboxFull:
                     lost += 1
-                    self._dead(message, "mailbox_full")
+                    self._dead(message, "mailbox_full", origin)
                 except ActorStopped:
                     lost += 1
-                    self._dead(message, "actor_stopped")
+                    self._dead(message, "actor_stopped", origin)
             return lost
         q.extend(zip(messages, repeat(0)))
         if q:
@@ -276,8 +278,8 @@ class Cell:
         else:  # drop_newest dropped this tell
             self._dead(message, "dropped_newest")
 
-    def _dead(self, message: Any, reason: str) -> None:
-        self.node.dead_letters.record(self.ref.path, reason, message)
+    def _dead(self, message: Any, reason: str, origin: str | None = None) -> None:
+        self.node.dead_letters.record(self.ref.path, reason, message, 1, origin)
 
     async def send(self, message: Any) -> None:
         await self.mailbox.wait_room(self.sched.loop)

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import enum
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ActorStopped, MailboxFull
@@ -111,6 +112,15 @@ class Mailbox:
                     waiter.cancel()
                 raise
 
+    def when_room(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` once: the next time the actor has worked its queue below the
+        capacity, or when it stops (flow control: the herd grants credit then). Waits in line
+        with the senders waiting for room."""
+        waiters = self.waiters
+        if not waiters:
+            waiters = self.waiters = collections.deque()
+        waiters.append(_RoomCall(callback))  # type: ignore[arg-type]  # a future's duck
+
     def wake_senders(self) -> None:
         """Let waiting senders go, as many as there is room for."""
         waiters = self.waiters
@@ -139,3 +149,28 @@ class Mailbox:
             w = waiters.popleft()
             if not w.done():
                 w.set_exception(ActorStopped(f"actor {self.path} stopped ({self.closed_reason})"))
+
+
+class _RoomCall:
+    """A callback waiting in :attr:`Mailbox.waiters` as a sender's future would: called once, when
+    woken or when the actor stops."""
+
+    __slots__ = ("callback", "called")
+
+    def __init__(self, callback: Callable[[], Any]):
+        self.callback = callback
+        self.called = False
+
+    def done(self) -> bool:
+        return self.called
+
+    def set_result(self, _result: Any) -> None:
+        if not self.called:
+            self.called = True
+            self.callback()
+
+    def set_exception(self, _exc: BaseException) -> None:
+        self.set_result(None)
+
+    def cancel(self) -> None:
+        self.called = True

@@ -27,7 +27,7 @@ from .asks import Asks, CallbackReply, ReplyProxy
 from .cell import STOPPED, Cell, Watcher, notify
 from .deadletters import DeadLetter, DeadLetters
 from .mailbox import DEFAULT_MAILBOX_SIZE, Mailbox, Overflow
-from .ref import ActorRef, Poster, cell_of
+from .ref import ActorRef, Poster, Sender, cell_of
 from .scheduler import Scheduler
 
 __all__ = ["Node", "run"]
@@ -286,19 +286,21 @@ class Node:
         else:
             self.deliver_ask(target, message, CallbackReply(reply))
 
-    def deliver_many(self, target: str, messages: list) -> int:
+    def deliver_many(self, target: str, messages: list, origin: str | None = None, credited: bool = False) -> int:
         """Deliver several tells, in order, to the local actor ``target`` (a TELLS envelope).
 
         Each one that cannot be taken (a full mailbox, a stopped actor) is a dead letter,
-        recorded here; returns how many that was. Raises :class:`~herdrt.errors.ActorNotFound`
-        (every message a dead letter) if there is no such actor."""
+        recorded here (``origin``: the node that sent them, to be told); returns how many that
+        was. ``credited``: the sender held credit for them (herd flow control), so they are
+        taken even past the mailbox's capacity — the credit is what bounds them. Raises
+        :class:`~herdrt.errors.ActorNotFound` (every message a dead letter) if there is no such actor."""
         cell = self._cells.get(target)
         if cell is None:
-            path = f"{target}@{self.name}"
-            for message in messages:
-                self.dead_letters.record(path, "unknown_actor", message)
+            self.dead_letters.record(
+                f"{target}@{self.name}", "unknown_actor", messages[0] if messages else None, len(messages), origin
+            )
             raise ActorNotFound(f"no actor {target!r} on node {self.name}")
-        return cell.post_many(messages)
+        return cell.post_many(messages, origin, credited)
 
     def deliver_ask(self, target: str, message: Any, entry: ReplyProxy) -> None:
         """Deliver an ask that came from elsewhere to the local actor ``target``; ``entry`` stands
@@ -377,6 +379,11 @@ class Node:
             raise NodeUnavailable(f"node {node_name} is not reachable from {self.name} (no herd links)")
 
         return unreachable
+
+    def outflow(self, name: str, node_name: str) -> Sender:
+        """Override point for the herd: what ``ref.send`` to ``name@node_name`` goes through (a
+        credit window). Without links every other node is unreachable."""
+        raise NodeUnavailable(f"node {node_name} is not reachable from {self.name} (no herd links)")
 
     def _remote_ref(self, name: str, node_name: str) -> ActorRef:
         return ActorRef(self, name, node_name, self._route(name, node_name))

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from .cell import Cell
     from .node import Node
 
-__all__ = ["ActorRef", "Poster", "cell_of"]
+__all__ = ["ActorRef", "Poster", "Sender", "cell_of"]
 
 
 class Poster(Protocol):
@@ -18,6 +18,18 @@ class Poster(Protocol):
     an ask in the node's pending table). ``ref.tell`` is one."""
 
     def __call__(self, message: Any, corr: int = 0, /) -> None: ...
+
+
+class Sender(Protocol):
+    """What a remote ref's ``send`` goes through (the herd's credit window, ``Node.outflow``):
+    ``send(message)`` / ``send_many(messages)`` return None once sent, or an awaitable that is
+    done when it is; ``closed`` says the window is gone and a new one must be asked for."""
+
+    closed: bool
+
+    def send(self, message: Any, /) -> Awaitable[None] | None: ...
+
+    def send_many(self, messages: list, /) -> Awaitable[None] | None: ...
 
 
 class ActorRef:
@@ -32,7 +44,12 @@ class ActorRef:
       raised, :class:`~herdrt.errors.ActorStopped` if the actor stopped first. An actor asking
       itself, or closing a cycle of waiting actors on its node, gets
       :class:`~herdrt.errors.ActorError` at once instead of a deadlock.
-    * ``await ref.send(message)`` — like ``tell``, but waits while the mailbox is full.
+    * ``await ref.send(message)`` — like ``tell``, but paced: it waits until the actor can take
+      the message — while a local mailbox is full, or, for an actor on another node, until that
+      node grants credit (so a sender that awaits ``send`` loses nothing and holds every node's
+      memory bounded, through any number of hops). ``await ref.send_many(messages)`` sends a
+      batch, in order. Raises like ``tell``, and :class:`~herdrt.errors.NodeUnavailable` if the
+      target's node goes out of reach.
 
     A ref is resolved once, when it is made, to a *poster* ``post(message, corr=0)`` chosen by the
     node: the actor's own mailbox for a local actor, a link for a remote one, so a remote ref
@@ -41,7 +58,7 @@ class ActorRef:
     the actor stops, telling it raises ``ActorStopped`` even if a new actor took the name.
     """
 
-    __slots__ = ("name", "node_name", "path", "tell", "ask", "_node", "_cell", "__weakref__")
+    __slots__ = ("name", "node_name", "path", "tell", "ask", "_node", "_cell", "_flow", "__weakref__")
 
     tell: Poster
     ask: Callable[..., Awaitable[Any]]
@@ -52,16 +69,39 @@ class ActorRef:
         self.path = f"{name}@{node_name}"
         self._node = node
         self._cell = cell
+        self._flow: Sender | None = None  # a remote ref's credit window, on first send
         self.tell = post
         self.ask = partial(node.asks.ask, self, cell)
 
     async def send(self, message: Any) -> None:
-        """Like :meth:`tell`, but waits while the mailbox is full (``block`` policy)."""
+        """Like :meth:`tell`, but waits until the actor can take it (see the class docstring)."""
         cell = self._cell
-        if cell is None:
-            self.tell(message)
-        else:
+        if cell is not None:
             await cell.send(message)
+            return
+        waiter = self._outflow().send(message)
+        if waiter is not None:
+            await waiter
+
+    async def send_many(self, messages: list) -> None:
+        """:meth:`send` each of ``messages``, in order; to another node, in as few envelopes as
+        credit allows."""
+        cell = self._cell
+        if cell is not None:
+            for message in messages:
+                await cell.send(message)
+            return
+        waiter = self._outflow().send_many(messages)
+        if waiter is not None:
+            await waiter
+
+    def _outflow(self) -> Sender:
+        flow = self._flow
+        if flow is None or flow.closed:
+            flow = self._node.outflow(self.name, self.node_name)
+            if self.node_name != "*":  # a keyed actor's ("*") is looked up each time: it moves
+                self._flow = flow
+        return flow
 
     @property
     def is_local(self) -> bool:
