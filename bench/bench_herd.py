@@ -319,3 +319,125 @@ def test_ask_paired(benchmark, request, pair, raw_loop, raw_stream, raw_echo):
         "callback echo": _callback_echoes(raw_loop, raw_echo),
     }
     record_paired(benchmark, request.node.name, _herd_asks(pair), baselines, PAIRED_ROUNDS)
+
+
+# --- herd-send: credit-paced sends, against plain tells in the same run ---------------------------
+
+
+def _tell_round(pair_or_line, sink, n: int):
+    """One round of ``n`` plain tells to ``sink`` (paced by ``link.drain()`` as test_tell_herd)."""
+
+    async def round_():
+        link = await pair_or_line.link()
+        before = await sink.ask("count", timeout=DRAIN_TIMEOUT)
+        tell = sink.tell
+        for start in range(0, n, CHUNK):
+            for i in range(start, min(start + CHUNK, n)):
+                tell(i)
+            await link.drain()
+            await asyncio.sleep(0)
+        count = await sink.ask("count", timeout=DRAIN_TIMEOUT)
+        assert count - before == n, f"{sink} counted {count - before} tells, expected {n}"
+
+    return lambda: pair_or_line.run(round_())
+
+
+def _send_round(pair_or_line, sink, n: int, batch: int = 1):
+    """One round of ``n`` messages to ``sink``, each ``await sink.send`` (or ``send_many`` of
+    ``batch``): paced by the credit ``sink``'s node grants, no drain, no LinkOverflow possible."""
+
+    async def round_():
+        await pair_or_line.link()
+        before = await sink.ask("count", timeout=DRAIN_TIMEOUT)
+        if batch == 1:
+            send = sink.send
+            for i in range(n):
+                await send(i)
+        else:
+            send_many = sink.send_many
+            chunk = list(range(batch))
+            for _ in range(n // batch):
+                await send_many(chunk)
+        count = await sink.ask("count", timeout=DRAIN_TIMEOUT)
+        assert count - before == n, f"{sink} counted {count - before} messages, expected {n}"
+
+    return lambda: pair_or_line.run(round_())
+
+
+@pytest.mark.benchmark(group="herd-send")
+def test_send_herd(benchmark, pair):
+    """``await ref.send`` one at a time to ``sink@b``, one hop."""
+    record_rate(benchmark, _send_round(pair, pair.sink, N_TELL), N_TELL, ROUNDS, loop=pair.flavour)
+
+
+@pytest.mark.benchmark(group="herd-send")
+def test_send_many_herd(benchmark, pair):
+    """``await ref.send_many`` of 1000 at a time to ``sink@b``, one hop."""
+    record_rate(benchmark, _send_round(pair, pair.sink, N_TELL, 1000), N_TELL, ROUNDS, loop=pair.flavour)
+
+
+@pytest.mark.benchmark(group="herd-send-paired")
+def test_send_paired(benchmark, request, pair):
+    """``send`` and ``send_many`` rounds alternated with plain ``tell`` rounds, one hop: the ratio
+    is what pacing by credit costs against fire-and-forget (see ``record_paired``)."""
+    baselines = {"tell": _tell_round(pair, pair.sink, N_TELL)}
+    record_paired(benchmark, request.node.name, _send_round(pair, pair.sink, N_TELL), baselines, PAIRED_ROUNDS)
+
+
+@pytest.mark.benchmark(group="herd-send-paired")
+def test_send_many_paired(benchmark, request, pair):
+    baselines = {"tell": _tell_round(pair, pair.sink, N_TELL)}
+    record_paired(benchmark, request.node.name, _send_round(pair, pair.sink, N_TELL, 1000), baselines, PAIRED_ROUNDS)
+
+
+class _Line(_Pair):
+    """Node ``a`` here; ``b`` and ``c`` in child processes; links a - b - c: ``sink@c`` is two hops away."""
+
+    def __init__(self, flavour, loop, node):
+        super().__init__(flavour, loop, node)
+        self.sink = node.lookup("sink@c")
+
+
+@pytest.fixture(scope="module")
+def line(request, tmp_path_factory):
+    ports = free_ports(3)
+    directory = tmp_path_factory.mktemp("herd-line")
+    text = f'[herd]\nsecret = "{SECRET}"\nlinks = [["a", "b"], ["b", "c"]]\n' + "".join(
+        f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip("abc", ports, strict=True)
+    )
+    path = directory / "herd.toml"
+    path.write_text(text)
+    for name in "bc":
+        spawn_ready(request, "_herd_node.py", str(path), name, "uvloop")
+    loop = _new_loop("uvloop")
+    node = HerdNode(loads_config(text, str(path)), "a")
+
+    def close():
+        if not loop.is_closed():
+            loop.run_until_complete(node.shutdown())
+            _close_loop(loop)
+
+    request.addfinalizer(close)
+    line = _Line("uvloop", loop, node)
+    line.run(node.start())
+    line.run(line.link())
+
+    async def reachable():
+        while "c" not in node.membership.live():
+            await asyncio.sleep(0.01)
+
+    line.run(asyncio.wait_for(reachable(), 10))
+    return line
+
+
+@pytest.mark.benchmark(group="herd-send-2-hops")
+def test_send_two_hops_paired(benchmark, request, line):
+    """``send`` to ``sink@c`` through ``b``, alternated with plain tells the same way."""
+    baselines = {"tell": _tell_round(line, line.sink, N_TELL)}
+    record_paired(benchmark, request.node.name, _send_round(line, line.sink, N_TELL), baselines, PAIRED_ROUNDS)
+
+
+@pytest.mark.benchmark(group="herd-send-2-hops")
+def test_send_many_two_hops_paired(benchmark, request, line):
+    baselines = {"tell": _tell_round(line, line.sink, N_TELL)}
+    record_paired(benchmark, request.node.name, _send_round(line, line.sink, N_TELL, 1000), baselines, PAIRED_ROUNDS)

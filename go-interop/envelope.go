@@ -25,18 +25,21 @@ const (
 
 // Envelope kinds.
 const (
-	KindHello      = 0
-	KindAuth       = 1
-	KindTell       = 2 // node layer (reserved here)
-	KindAsk        = 3 // node layer (reserved here)
-	KindError      = 4
-	KindHeartbeat  = 5
-	KindReply      = 6 // node layer (reserved here)
-	KindMembership = 7 // node layer (reserved here)
-	KindFlood      = 8 // node layer (reserved here)
-	KindBye        = 9
-	KindHandoff    = 10 // node layer (reserved here)
-	KindTells      = 15 // node layer: [15, dest_node, target, [body, ...]]
+	KindHello       = 0
+	KindAuth        = 1
+	KindTell        = 2 // node layer (reserved here)
+	KindAsk         = 3 // node layer (reserved here)
+	KindError       = 4
+	KindHeartbeat   = 5
+	KindReply       = 6 // node layer (reserved here)
+	KindMembership  = 7 // node layer (reserved here)
+	KindFlood       = 8 // node layer (reserved here)
+	KindBye         = 9
+	KindHandoff     = 10 // node layer (reserved here)
+	KindTells       = 15 // node layer: [15, dest_node, target, [body, ...], src_node]
+	KindSend        = 16 // node layer: [16, dest_node, target, [body, ...], src_node, window, seq]
+	KindCredit      = 17 // node layer: [17, dest_node, window, delivered, limit, error|nil]
+	KindDeadLetters = 18 // node layer: [18, dest_node, src_node, [[target, reason, count], ...]]
 )
 
 // Error codes (the third element of an ERROR). Receivers must accept codes they do not know.
@@ -54,7 +57,8 @@ const (
 var kindNames = map[int64]string{
 	KindHello: "HELLO", KindAuth: "AUTH", KindTell: "TELL", KindAsk: "ASK", KindError: "ERROR",
 	KindHeartbeat: "HEARTBEAT", KindReply: "REPLY", KindMembership: "MEMBERSHIP", KindFlood: "FLOOD",
-	KindBye: "BYE", KindHandoff: "HANDOFF", KindTells: "TELLS",
+	KindBye: "BYE", KindHandoff: "HANDOFF", KindTells: "TELLS", KindSend: "SEND", KindCredit: "CREDIT",
+	KindDeadLetters: "DEAD_LETTERS",
 }
 
 // KindName is "HELLO" for 0 and so on, "kind 42" for a kind this version does not know.

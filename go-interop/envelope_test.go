@@ -168,6 +168,12 @@ func TestEnvelopeConstructorsMatchDocs(t *testing.T) {
 		"bye-shutdown":       Bye{Reason: "shutdown"},
 		"node-tell":          NodeEnvelope{K: KindTell, Rest: []any{"Bona", "echo", []byte{1, 2}}},
 		"node-ask":           NodeEnvelope{K: KindAsk, Rest: []any{"Bona", "svc", map[string]any{"a": 1, "b": []any{1.5, true, false}}, "Clark", 17}},
+		"node-tell-src":      NodeEnvelope{K: KindTell, Rest: []any{"Bona", "echo", []byte{1, 2}, "Clark"}},
+		"node-send-open":     NodeEnvelope{K: KindSend, Rest: []any{"Bona", "sink", []any{}, "Clark", 123456789, 0}},
+		"node-send":          NodeEnvelope{K: KindSend, Rest: []any{"Bona", []any{"session", "user-42"}, []any{1, "two", map[string]any{"k": 3.5}}, "Clark", 123456789, 4096}},
+		"node-credit":        NodeEnvelope{K: KindCredit, Rest: []any{"Clark", 123456789, 4099, 8192, nil}},
+		"node-credit-closed": NodeEnvelope{K: KindCredit, Rest: []any{"Clark", 123456789, 10, 10, []any{"ActorStopped", "actor sink@Bona stopped"}}},
+		"node-dead-letters":  NodeEnvelope{K: KindDeadLetters, Rest: []any{"Clark", "Bona", []any{[]any{"sink@Bona", "mailbox_full", 20}, []any{"[session, k1]", "unknown_actor", 1}}}},
 	} {
 		want, ok := frames[name]
 		if !ok {

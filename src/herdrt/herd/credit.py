@@ -48,7 +48,9 @@ WINDOW_MAX = 4096
 #: The room counted for a mailbox with no bound (or a larger one): what all of an actor's
 #: windows, plus its queue, may hold.
 CREDIT_CAP = 16384
-_SWEEP = 30.0  # seconds: windows unused for a whole sweep are forgotten
+#: A sender that always has credit never waits, so it would never let the loop write what it
+#: sent or read the credit coming back: ``send`` yields once every this many + 1 messages.
+_YIELD_EVERY = 511
 
 
 class LocalSender:
@@ -89,13 +91,16 @@ class Outflow:
     def send(self, message: Any) -> asyncio.Future | None:
         """Send ``message`` now if there is credit (returns None), else queue it: the future is
         done once it is sent. Raises ``NodeUnavailable`` when no path is left."""
-        if self.sent < self.limit and not self.waiting:
+        sent = self.sent
+        if sent < self.limit and not self.waiting:
             try:
-                self.link.send_credited(self.dest, self.target, message, self.window, self.sent)
+                self.link.send_credited(self.dest, self.target, message, self.window, sent)
             except (LinkClosed, LinkOverflow):
                 return self.flows.path_failed(self, [message])
-            self.sent += 1
+            self.sent = sent = sent + 1
             self.used = True
+            if not sent & _YIELD_EVERY:
+                return asyncio.sleep(0)  # let the link write and credit come back meanwhile
             return None
         return self._wait([message])
 
@@ -104,10 +109,13 @@ class Outflow:
         if not self.waiting:
             n = min(len(messages), self.limit - self.sent)
             if n > 0:
+                before = self.sent
                 done = self._push(messages, 0, n)
                 if done < n:
                     return self.flows.path_failed(self, messages[done:])
                 if n == len(messages):
+                    if (before | _YIELD_EVERY) < self.sent:  # crossed a multiple of _YIELD_EVERY + 1
+                        return asyncio.sleep(0)
                     return None
                 messages = messages[n:]
         return self._wait(list(messages))
