@@ -144,45 +144,51 @@ class _BenchLoop:
 
 
 class _NodeA:
-    """Node ``A`` in its own process; the herd file also names ``P``, this process's herd node."""
+    """Node ``A`` in its own process, and node ``R`` (another process: the remote target of a
+    bridge client's credit-paced tells); the herd file also names ``P``, this process's herd node."""
 
     def __init__(self, tmp: Path):
         self.tmp = tmp
-        port, bport, pport = free_ports(3)
+        port, bport, pport, rport = free_ports(4)
         self.endpoint = f"tcp://127.0.0.1:{bport}"
         self.path = tmp / "herd.toml"
         self.path.write_text(
             f'[herd]\nsecret = "{SECRET}"\nmailbox_size = 1048576\n'
             f'[[nodes]]\nname = "A"\nport = {port}\nbridge_port = {bport}\n'
             f'[[nodes]]\nname = "P"\nport = {pport}\n'
+            f'[[nodes]]\nname = "R"\nport = {rport}\n'
         )
         self.config = load_config(self.path)
         self.log = open(tmp / "A.log", "ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "herdrt.cli",
-                "serve",
-                "--config",
-                str(self.path),
-                "--node",
-                "A",
-                "--app",
-                "bench_interop:setup",
-                "--log-level",
-                "warning",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=child_env(),
+        self.r_log = open(tmp / "R.log", "ab")
+        self.proc, self.r_proc = (
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "herdrt.cli",
+                    "serve",
+                    "--config",
+                    str(self.path),
+                    "--node",
+                    name,
+                    "--app",
+                    "bench_interop:setup",
+                    "--log-level",
+                    "warning",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=child_env(),
+            )
+            for name, log in (("A", self.log), ("R", self.r_log))
         )
 
-    def count(self, timeout: float = 2.0) -> int:
-        """The sink's count, asked by a herd client."""
+    def count(self, timeout: float = 2.0, node: str = "A") -> int:
+        """The count of ``sink`` on ``node``, asked by a herd client."""
 
         async def ask():
-            async with HerdClient(self.config, "A") as c:
+            async with HerdClient(self.config, node) as c:
                 return await c.ask("sink", "$count", timeout=timeout)
 
         return asyncio.run(ask())
@@ -192,6 +198,7 @@ class _NodeA:
         while True:
             try:
                 self.count()
+                self.count(node="R")
                 return
             except (TimeoutError, OSError, ConnectionError):
                 if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -199,14 +206,17 @@ class _NodeA:
                 time.sleep(0.1)
 
     def stop(self) -> str:
-        """SIGTERM (kill if it lingers); the node's log."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        """SIGTERM (kill if they linger); node A's log."""
+        for proc in (self.proc, self.r_proc):
+            proc.send_signal(signal.SIGTERM)
+        for proc in (self.proc, self.r_proc):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
         self.log.close()
+        self.r_log.close()
         return (self.tmp / "A.log").read_text(errors="replace")
 
 
@@ -355,6 +365,22 @@ def test_bridge_tells(benchmark, bridge_client, node_a):
     calls = _bench(benchmark, round_, TELLS_N, "messages_per_s")
     benchmark.extra_info["zmq_messages_per_round"] = min(batches)
     _check_count(node_a, before, calls, TELLS_N)
+
+
+@pytest.mark.benchmark(group="interop-send")
+def test_bridge_tells_to_another_node(benchmark, bridge_client, node_a):
+    """The same tells to ``sink@R``, another node: the bridge sends them with credit from R
+    (``HerdNode.outflow``) and stops reading its socket while it has none, which blocks the
+    client's sends: paced end to end, nothing lost (checked below)."""
+    before = node_a.count(node="R")
+
+    def round_():
+        r = bridge_client.round("tell", "sink@R", TELLS_N)
+        assert r["n"] == TELLS_N
+
+    calls = _bench(benchmark, round_, TELLS_N, "messages_per_s")
+    after = node_a.count(node="R")
+    assert after - before == calls * TELLS_N, f"sink@R counted {after - before}, expected {calls} x {TELLS_N}"
 
 
 @pytest.mark.benchmark(group="interop-tell")

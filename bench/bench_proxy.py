@@ -117,9 +117,28 @@ async def _wait_herd(config, deadline: float) -> None:
 
 
 class Herd:
-    def __init__(self, config, log_dir: Path):
+    def __init__(self, config, log_dir: Path, pids: dict[str, int]):
         self.config = config
         self.log_dir = log_dir
+        self.pids = pids
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        """Each server's peak resident memory so far (VmHWM), in MB."""
+        peaks = {}
+        for name, pid in self.pids.items():
+            with open(f"/proc/{pid}/status") as f:
+                kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+            peaks[name] = round(kb / 1024, 1)
+        return peaks
+
+    def dead_letters(self) -> dict[str, int]:
+        """Each server's dead letters (tells of the flood that found no room, ...)."""
+
+        async def ask(name):
+            async with HerdClient(self.config, name) as client:
+                return (await client.ask("$node", "status", timeout=5))["dead_letters"]["total"]
+
+        return {name: asyncio.run(ask(name)) for name in self.pids}
 
     def port(self, name: str) -> int:
         return self.config.node(name).app_port
@@ -161,7 +180,7 @@ def herd(tmp_path_factory):
                     )
                 )
         asyncio.run(_wait_herd(config, time.monotonic() + START_TIMEOUT))
-        yield Herd(config, tmp / "traffic")
+        yield Herd(config, tmp / "traffic", {name: proc.pid for name, proc in zip(NAMES, procs, strict=True)})
     finally:
         _stop(procs)
 
@@ -297,6 +316,10 @@ def test_proxy_iamat_flooded(benchmark, herd):
     _replies_bench(
         benchmark, herd.port("Clark"), lambda: _fresh_lines(next(tags)), server="Clark", herd_servers=5, flooded=True
     )
+    # What flooding under this load costs each server in memory, and whether any flooded record
+    # was lost (it would be a dead letter): in extra_info, beside the rate.
+    benchmark.extra_info["peak_rss_mb"] = herd.peak_rss_mb()
+    benchmark.extra_info["dead_letters"] = herd.dead_letters()
 
 
 @pytest.mark.benchmark(group="proxy-iamat")

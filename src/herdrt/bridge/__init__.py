@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from ..config import ConfigError
-from ..errors import HerdError, MailboxFull
+from ..errors import ActorNotFound, ActorStopped, HerdError, MailboxFull
 from ..herd import protocol as P
 from ..herd.backpressure import Backpressure
 from ..ratelog import RateLog
@@ -110,12 +110,14 @@ class Bridge:
             "asks_from_services": 0,
             "undelivered_tells": 0,
             "throttled": 0,
+            "credit_waits": 0,  # times the socket was not read while a remote tell waited for credit
         }
         self.ratelog = RateLog(log)
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self._timer: asyncio.TimerHandle | None = None
         loop = self._loop = asyncio.get_running_loop()
         self._backpressure = Backpressure()
+        self._credit_waits = 0  # remote tells from services waiting for credit (the socket is not read)
         # The parts share two tables, kept by the registry: the live sessions by routing id (the
         # router reads it to know which connections are known) and the owner of each served name
         # (the proxies read it); the router reports connection events to the registry.
@@ -260,8 +262,7 @@ class Bridge:
         local, path = wire.parse_target(self.node.name, env[1], env[2])
         self.counters["tells_from_services"] += 1
         if local is None:
-            if not self.node.perform_tell(svc.name, path, env[3]):
-                self.counters["undelivered_tells"] += 1
+            self._send_remote(path, [env[3]])
             return
         try:
             self.node.deliver(local, env[3])
@@ -296,12 +297,7 @@ class Bridge:
         n = len(bodies)
         self.counters["tells_from_services"] += n
         if local is None:
-            perform, who = self.node.perform_tell, svc.name
-            failed = 0
-            for body in bodies:
-                if not perform(who, path, body):
-                    failed += 1
-            self.counters["undelivered_tells"] += failed
+            self._send_remote(path, bodies)
             return
         self._router.work += n
         try:
@@ -328,8 +324,49 @@ class Bridge:
         ):
             self.counters["throttled"] += 1
 
+    def _send_remote(self, path: str | list, bodies: list) -> None:
+        """Tells from a service to an actor on another node go with credit (``HerdNode.outflow``,
+        as ``ref.send_many``). While a window has none, the bridge stops reading its socket:
+        ZeroMQ's high-water marks then hold the services back (the Go client's ``Tell`` blocks),
+        so a service's flood costs no memory here and loses nothing."""
+        node = self.node
+        try:
+            if isinstance(path, list):
+                sender = node.outflow(f"{path[0]}:{path[1]}", "*")
+            else:
+                name, _, dest = path.rpartition("@")
+                sender = node.outflow(name, dest)
+            waiter = sender.send_many(bodies)
+        except HerdError as exc:
+            self._remote_lost(path, exc, len(bodies))
+            return
+        if waiter is None:
+            return
+        fut = asyncio.ensure_future(waiter)
+        self.counters["credit_waits"] += 1
+        self._credit_waits += 1
+        self._router.pause()
+        fut.add_done_callback(lambda f: self._credit_done(path, f, len(bodies)))
+
+    def _credit_done(self, path: str | list, fut: asyncio.Future, n: int) -> None:
+        self._credit_waits -= 1
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            self._remote_lost(path, exc, getattr(exc, "unsent", n))
+        if not self._credit_waits and not self._backpressure.holds(self):
+            self._resume()
+
+    def _remote_lost(self, path: str | list, exc: BaseException, n: int) -> None:
+        """``n`` tells from services to ``path`` were refused at once (no route, no such actor):
+        dead letters here, counted in undelivered_tells."""
+        self.counters["undelivered_tells"] += n
+        reason = "unknown_actor" if isinstance(exc, (ActorNotFound, ActorStopped)) else "no_route"
+        self.node.dead_letters.record(path if path.__class__ is str else repr(path), reason, None, n)
+
     def _resume(self) -> None:
         router = self._router
+        if self._credit_waits:  # a service's tells still wait for credit
+            return
         if router.is_open and router.paused:
             self._services.heard_all(self._loop.time())
             router.resume()

@@ -41,6 +41,10 @@ class Backpressure:
             self._timer = asyncio.get_running_loop().call_later(_POLL, self._poll)
         return True
 
+    def holds(self, source: Hashable) -> bool:
+        """Whether ``source`` is held back now."""
+        return source in self._held
+
     def forget(self, source: Hashable) -> None:
         """Drop ``source`` without resuming it (it is closing)."""
         self._held.pop(source, None)

@@ -88,7 +88,7 @@ class Outflow:
         self.closed = False
         self.used = True
 
-    def send(self, message: Any) -> asyncio.Future | None:
+    def send(self, message: Any) -> Awaitable[None] | None:
         """Send ``message`` now if there is credit (returns None), else queue it: the future is
         done once it is sent. Raises ``NodeUnavailable`` when no path is left."""
         sent = self.sent
@@ -104,7 +104,7 @@ class Outflow:
             return None
         return self._wait([message])
 
-    def send_many(self, messages: list) -> asyncio.Future | None:
+    def send_many(self, messages: list) -> Awaitable[None] | None:
         """:meth:`send` for several messages, in order: those there is credit for leave now."""
         if not self.waiting:
             n = min(len(messages), self.limit - self.sent)
@@ -172,9 +172,11 @@ class Outflow:
     def fail(self, exc: HerdError) -> None:
         """Close the window: its waiting senders raise ``exc``."""
         self.closed = True
-        for fut, _, _ in self.take_waiting():
+        for fut, messages, start in self.take_waiting():
             if not fut.done():
-                fut.set_exception(exc)
+                error = type(exc)(str(exc))
+                error.unsent = len(messages) - start  # type: ignore[attr-defined]  # never sent: for who waits
+                fut.set_exception(error)
 
 
 class Outflows:
