@@ -334,6 +334,13 @@ def test_max_queued_bounds_batched_tells_per_message(run):
             await link.drain()
             await inbox.until(lambda: inbox.envs)
             assert inbox.envs == [[P.TELLS, "B", "sink", list(range(100)), "A"]]
+            # A TELLS passed on for another node counts each of its messages too: a node that
+            # forwards a flood holds max_queued messages, not max_queued batches of 1024.
+            link.send([P.TELLS, "C", "sink", list(range(60)), "Z"])
+            link.send([P.TELLS, "C", "sink", list(range(60)), "Z"])  # (taken while under the bound)
+            assert link.queued == 120
+            with pytest.raises(LinkOverflow):
+                link.send([P.TELL, "C", "sink", 1, "Z"])
 
     run(body)
 

@@ -626,6 +626,8 @@ class Link(asyncio.Protocol):
         if n + self._extra >= self._limit:  # _limit is 0 unless the link is up: one test covers both refusals
             self._cannot_send()
         q.append(envelope)
+        if envelope[0] == P.TELLS:  # (one passed on for another node) the bound counts each message
+            self._extra += len(envelope[3]) - 1
         if not n and not self._paused and not self._reading:
             if urgent and not self._flush_due:
                 self._flush()  # idle: out now; whatever else this turn sends is coalesced
@@ -688,6 +690,8 @@ class Link(asyncio.Protocol):
         if n + self._extra >= self._limit * CREDITED_FACTOR:
             self._cannot_send()
         q.append(envelope)
+        if envelope[0] == P.SEND and envelope[3]:
+            self._extra += len(envelope[3]) - 1
         if not n and not self._paused and not self._reading:
             self._schedule_flush()
 
