@@ -113,6 +113,8 @@ def test_send_to_a_missing_or_stopping_actor_raises_and_counts(run):
                 await a.lookup("ghost@b").send(1)
             with pytest.raises(NodeUnavailable, match="not a node of this herd"):
                 await a.lookup("x@zed").send(1)
+            with pytest.raises(TypeError):  # strict mode: what would not survive msgpack fails here
+                await a.lookup("echo@b").send({1, 2})
 
             class Stopper(Actor):
                 def receive(self, message, ctx):

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ActorNotFound, ActorStopped, HerdError, NodeUnavailable
 from ..runtime.ref import ActorRef
+from ..runtime.strict import check_msgpack
 from . import protocol as P
 from .link import Link, LinkClosed, LinkOverflow
 
@@ -91,6 +92,8 @@ class Outflow:
     def send(self, message: Any) -> Awaitable[None] | None:
         """Send ``message`` now if there is credit (returns None), else queue it: the future is
         done once it is sent. Raises ``NodeUnavailable`` when no path is left."""
+        if self.flows.strict:
+            check_msgpack(message)  # strict mode: what would not survive msgpack fails here
         sent = self.sent
         if sent < self.limit and not self.waiting:
             try:
@@ -106,6 +109,9 @@ class Outflow:
 
     def send_many(self, messages: list) -> Awaitable[None] | None:
         """:meth:`send` for several messages, in order: those there is credit for leave now."""
+        if self.flows.strict:
+            for message in messages:
+                check_msgpack(message)
         if not self.waiting:
             n = min(len(messages), self.limit - self.sent)
             if n > 0:
@@ -184,6 +190,7 @@ class Outflows:
 
     def __init__(self, node: HerdNode, link_to: Callable[[str], Link]):
         self.node = node
+        self.strict = node.strict_messages
         self._link_to = link_to
         self.by_key: dict[tuple, Outflow] = {}
         self.by_window: dict[int, Outflow] = {}

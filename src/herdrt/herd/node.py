@@ -632,11 +632,11 @@ class HerdNode(Node):
             _, dest, corr, ok, _ = env
             if ok is not False:  # the value could not travel: the asker gets the reason instead
                 self._reply(dest, corr, False, problem, link)
-        elif kind in (P.TELL, P.TELLS):
+        elif kind in (P.TELL, P.TELLS, P.SEND):
             self.dead_envelope(env, "unencodable")
 
     def dead_envelope(self, env: list, reason: str) -> None:
-        """Record the tells of a TELL or TELLS envelope that will not be delivered as dead letters."""
+        """Record the tells of a TELL, TELLS or SEND envelope that will not be delivered as dead letters."""
         target = env[2]
         path = f"{target}@{env[1]}" if target.__class__ is str else repr(target)  # [kind, key]: placed anywhere
         origin = env[4] if len(env) > 4 and env[4].__class__ is str else None
