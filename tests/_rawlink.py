@@ -64,8 +64,13 @@ class RawLink:
         return len(self._buf) >= 4 and len(self._buf) >= 4 + int.from_bytes(self._buf[:4], "big")
 
     async def until_eof(self, timeout: float = 3.0) -> bool:
+        """True once the node has closed the connection: EOF, or a reset (a close with bytes of
+        ours still unread in its buffer ends in RST)."""
         async with asyncio.timeout(timeout):
-            while await self.reader.read(65536):
+            try:
+                while await self.reader.read(65536):
+                    pass
+            except ConnectionResetError:
                 pass
         self.eof = True
         return True
