@@ -384,3 +384,34 @@ def test_a_forged_membership_report_is_refuted_and_the_herd_heals(run):
             raw.close()
 
     run(main)
+
+
+def test_a_client_may_send_tells_but_no_node_kinds(run):
+    """A client (authenticated, but no member) gets its TELLS performed body by body; a kind only
+    nodes send (SEND, CREDIT, DEAD_LETTERS, MEMBERSHIP...) is refused with ERROR protocol, and
+    the link closed: a client cannot spend another node's credit or forge reports."""
+    config = herd_config(["a", "b"])
+
+    async def main():
+        async with Herd(config) as nodes:
+            b = nodes["b"]
+            b.spawn(Recorder, name="rec")
+            raw = await raw_handshake(b.address, "~raw", SECRET.encode())
+            raw.send([[P.TELLS, "b", "rec", [1, "two", [3]], "~raw"]])
+            await until(lambda: b.stats()["actors"]["rec"]["messages"] == 3)
+            assert await nodes["a"].lookup("rec@b").ask("get") == [1, "two", [3]]
+            for env in (
+                [P.SEND, "b", "rec", [4], "~raw", 7, 0],
+                [P.CREDIT, "a", 7, 0, 1_000_000, None],
+                [P.DEAD_LETTERS, "a", "b", [["rec@b", "mailbox_full", 5]]],
+            ):
+                raw = await raw_handshake(b.address, "~raw", SECRET.encode())
+                raw.send([env])
+                (error,) = await raw.read(1)
+                assert error[:3] == [P.ERROR, None, P.E_PROTOCOL], error
+                assert "clients may send TELL, TELLS and ASK only" in error[3]
+                assert await raw.until_eof()
+            assert await nodes["a"].lookup("rec@b").ask("get") == [1, "two", [3]]  # nothing else got in
+            assert nodes["a"].dead_letters.reported_total == 0
+
+    run(main)
