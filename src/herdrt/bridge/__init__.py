@@ -39,9 +39,10 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from ..config import ConfigError
-from ..errors import ActorNotFound, ActorStopped, HerdError, MailboxFull
+from ..errors import HerdError, MailboxFull
 from ..herd import protocol as P
 from ..herd.backpressure import Backpressure
+from ..herd.node import dead_reason
 from ..ratelog import RateLog
 from . import wire
 from .proxies import Proxies
@@ -360,7 +361,7 @@ class Bridge:
         """``n`` tells from services to ``path`` were refused at once (no route, no such actor):
         dead letters here, counted in undelivered_tells."""
         self.counters["undelivered_tells"] += n
-        reason = "unknown_actor" if isinstance(exc, (ActorNotFound, ActorStopped)) else "no_route"
+        reason = dead_reason(exc) if isinstance(exc, Exception) else "no_route"
         self.node.dead_letters.record(path if path.__class__ is str else repr(path), reason, None, n)
 
     def _resume(self) -> None:

@@ -54,6 +54,10 @@ CREDIT_CAP = 16384
 _YIELD_EVERY = 511
 
 
+def _key(dest: str, target: str | list) -> tuple:
+    return dest, target if target.__class__ is str else tuple(target)
+
+
 class LocalSender:
     """``ref.send`` to a keyed actor the ring placed on this node: its mailbox paces it."""
 
@@ -72,11 +76,13 @@ class LocalSender:
 class Outflow:
     """One window of credited messages from this node to ``target`` on node ``dest``."""
 
-    __slots__ = ("flows", "dest", "target", "path", "window", "link", "sent", "limit", "delivered", "waiting",
-                 "closed", "used")  # fmt: skip
+    __slots__ = ("flows", "key", "dest", "target", "path", "window", "link", "sent", "limit", "delivered",
+                 "waiting", "closed", "used", "strict")  # fmt: skip
 
     def __init__(self, flows: Outflows, dest: str, target: str | list, window: int, link: Link):
         self.flows = flows
+        self.key = _key(dest, target)  # (its place in Outflows.by_key)
+        self.strict = flows.strict
         self.dest = dest
         self.target = target
         self.path = f"{target}@{dest}" if target.__class__ is str else repr(target)
@@ -92,7 +98,7 @@ class Outflow:
     def send(self, message: Any) -> Awaitable[None] | None:
         """Send ``message`` now if there is credit (returns None), else queue it: the future is
         done once it is sent. Raises ``NodeUnavailable`` when no path is left."""
-        if self.flows.strict:
+        if self.strict:
             check_msgpack(message)  # strict mode: what would not survive msgpack fails here
         sent = self.sent
         if sent < self.limit and not self.waiting:
@@ -109,7 +115,7 @@ class Outflow:
 
     def send_many(self, messages: list) -> Awaitable[None] | None:
         """:meth:`send` for several messages, in order: those there is credit for leave now."""
-        if self.flows.strict:
+        if self.strict:
             for message in messages:
                 check_msgpack(message)
         if not self.waiting:
@@ -199,7 +205,7 @@ class Outflows:
 
     def get(self, dest: str, target: str | list) -> Outflow:
         """The open window to ``target`` on ``dest`` (opened now if need be); NodeUnavailable."""
-        key = (dest, target if target.__class__ is str else tuple(target))
+        key = _key(dest, target)
         flow = self.by_key.get(key)
         if flow is None:
             flow = Outflow(self, dest, target, self._new_window(), self._link_to(dest))
@@ -235,7 +241,7 @@ class Outflows:
         self._close(flow, cls(str(message)))
 
     def _close(self, flow: Outflow, exc: HerdError, in_doubt: bool = True) -> None:
-        self.by_key.pop((flow.dest, flow.target if flow.target.__class__ is str else tuple(flow.target)), None)
+        self.by_key.pop(flow.key, None)
         self.by_window.pop(flow.window, None)
         if in_doubt:
             self._in_doubt(flow)

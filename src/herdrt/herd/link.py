@@ -143,6 +143,8 @@ class LinkSettings:
         return replace(base, **overrides)
 
 
+_TELLS, _SEND = P.TELLS, P.SEND
+
 #: What Link._tells holds while no TELLS envelope is open (never queued, so never "the last one").
 _NO_TELLS: list = []
 
@@ -626,7 +628,7 @@ class Link(asyncio.Protocol):
         if n + self._extra >= self._limit:  # _limit is 0 unless the link is up: one test covers both refusals
             self._cannot_send()
         q.append(envelope)
-        if envelope[0] == P.TELLS:  # (one passed on for another node) the bound counts each message
+        if envelope[0] == _TELLS:  # (one passed on for another node) the bound counts each message
             self._extra += len(envelope[3]) - 1
         if not n and not self._paused and not self._reading:
             if urgent and not self._flush_due:
@@ -690,7 +692,7 @@ class Link(asyncio.Protocol):
         if n + self._extra >= self._limit * CREDITED_FACTOR:
             self._cannot_send()
         q.append(envelope)
-        if envelope[0] == P.SEND and envelope[3]:
+        if envelope[0] == _SEND and envelope[3]:
             self._extra += len(envelope[3]) - 1
         if not n and not self._paused and not self._reading:
             self._schedule_flush()
