@@ -21,6 +21,7 @@ LAYERS = {
     "herd": 3,
     "bridge": 4,
     "apps": 5,
+    "observe": 5,
     "processes": 6,
     "serve": 6,
     "cli": 6,

@@ -20,6 +20,7 @@ A herd file is TOML (read with the stdlib ``tomllib``)::
     port = 11003                     # herd links
     app_port = 12003                 # optional: the node's application (e.g. the location proxy)
     bridge_port = 13003              # optional: the ZMQ bridge for services in other languages
+    http_port = 12103                # optional: HTTP: /metrics (Prometheus), /healthz, / (the herd page)
 
     [herd.bridge]                    # optional: settings of every node's ZMQ bridge
     evict_after = 3.0                # seconds of silence after which a service is evicted
@@ -84,6 +85,7 @@ class NodeConfig:
     port: int = 0
     app_port: int | None = None
     bridge_port: int | None = None
+    http_port: int | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -172,6 +174,10 @@ class HerdConfig:
         """The nodes linked to ``name``, sorted."""
         self.node(name)
         return sorted(other for link in self.links if name in link for other in link if other != name)
+
+
+#: The keys of a [[nodes]] table; the ports come last.
+_NODE_KEYS = ("name", "host", "port", "app_port", "bridge_port", "http_port")
 
 
 def _fail(source: str, key: str, problem: str):
@@ -383,8 +389,8 @@ def parse_config(data: dict, source: str = "<herd config>", base: Path | None = 
         if not isinstance(table, dict):
             _fail(source, f"nodes[{i}]", "must be a table ([[nodes]])")
         for key in table:
-            if key not in ("name", "host", "port", "app_port", "bridge_port"):
-                _fail(source, f"{where}{key}", "unknown key (expected name, host, port, app_port, bridge_port)")
+            if key not in _NODE_KEYS:
+                _fail(source, f"{where}{key}", f"unknown key (expected {', '.join(_NODE_KEYS)})")
         name = _get(table, "name", str, source, where, required=True)
         if not _NAME.match(name):
             _fail(source, f"{where}name", f"{name!r} is not a valid node name (letters, digits, '_', '.', '-'; 1-64)")
@@ -396,8 +402,9 @@ def parse_config(data: dict, source: str = "<herd config>", base: Path | None = 
             port=_port(table, "port", source, where, required=True),
             app_port=_port(table, "app_port", source, where),
             bridge_port=_port(table, "bridge_port", source, where),
+            http_port=_port(table, "http_port", source, where),
         )
-        for key in ("port", "app_port", "bridge_port"):
+        for key in _NODE_KEYS[2:]:
             port = getattr(node, key)
             if port is None:
                 continue

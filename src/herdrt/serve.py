@@ -16,6 +16,7 @@ from typing import Any
 
 from .config import ConfigError, HerdConfig, bundled_config_text, load_config, loads_config
 from .herd.node import HerdNode
+from .observe.http import HttpServer
 from .processes import ProcessSupervisor
 
 __all__ = ["load_herd_config", "load_app", "run_node", "run_herd", "BUNDLED_SECRET"]
@@ -101,7 +102,7 @@ async def serve_node(
     name: str,
     apps: Sequence[Callable] = (),
     *,
-    ready: Callable[[HerdNode, Any], None] | None = None,
+    ready: Callable[[HerdNode, Any, HttpServer | None], None] | None = None,
 ) -> None:
     """Run node ``name`` of ``config`` until SIGINT or SIGTERM, then shut it down cleanly."""
     loop = asyncio.get_running_loop()
@@ -109,9 +110,13 @@ async def serve_node(
     _stop_if_orphaned(loop, stop)
     node = HerdNode(config, name)
     await node.start()
+    http: HttpServer | None = None
     try:
+        me = config.node(name)
+        if me.http_port is not None:
+            http = await HttpServer(node, me.host, me.http_port).start()
         bridge = None
-        if config.node(name).bridge_port is not None:
+        if me.bridge_port is not None:
             from .bridge import Bridge
 
             bridge = Bridge.attach(node)
@@ -120,10 +125,12 @@ async def serve_node(
             if inspect.isawaitable(result):
                 await result
         if ready is not None:
-            ready(node, bridge)
+            ready(node, bridge, http)
         await stop.wait()
         log.info("node %s stopping", name)
     finally:
+        if http is not None:
+            await http.close()
         await node.shutdown()
 
 
@@ -131,10 +138,11 @@ def run_node(config: HerdConfig, name: str, apps: Sequence[Callable] = (), *, us
     """Blocking: run one node in this process (``herdrt serve --node NAME``)."""
     from .runtime.node import run
 
-    def ready(node: HerdNode, bridge) -> None:
+    def ready(node: HerdNode, bridge, http: HttpServer | None) -> None:
         host, port = node.address
         nbrs = ", ".join(sorted(node.links.neighbors)) or "none"
         where = f", bridge on {bridge.endpoint}" if bridge is not None else ""
+        where += f", herd page and /metrics on {http.url}" if http is not None else ""
         print(f"node {name} up: herd links on {host}:{port}{where}, neighbors {nbrs} (pid {os.getpid()})", flush=True)
 
     run(serve_node(config, name, apps, ready=ready), use_uvloop=use_uvloop)

@@ -225,6 +225,11 @@ class HerdNode(Node):
         await self.links.close("node shutdown")
 
     @property
+    def started(self) -> bool:
+        """True once :meth:`start` has bound the node's links (and still while it shuts down)."""
+        return self._started
+
+    @property
     def address(self) -> tuple[str, int]:
         """Where this node listens for herd links."""
         return self.links.address
@@ -740,35 +745,61 @@ class HerdNode(Node):
 
     # -- status ----------------------------------------------------------------------------------
 
-    def herd_status(self) -> dict:
-        """This node's view of the herd (msgpack-ready): membership, links, ring shares, stats."""
+    def herd_status(self, stats: dict | None = None) -> dict:
+        """This node's view of the herd (msgpack-ready): membership, links, ring shares, stats, and
+        its busiest actors. ``stats``: this node's :meth:`stats`, when the caller has it already."""
+        if stats is None:
+            stats = self.stats()
         links = self.links.stats()["links"]
         return {
             "node": self.name,
             "pid": os.getpid(),
             "incarnation": self.incarnation,
-            "address": list(self.address) if self._started else None,
+            "address": list(self.address) if self.started else None,
             "live": sorted(self.membership.live()),
             "nodes": list(self.config.nodes),
             "links": {
-                peer: {
-                    k: v
-                    for k, v in s.items()
-                    if k in ("frames_in", "frames_out", "bytes_in", "bytes_out", "queued", "overflows", "rtt", "errors")
-                }
+                peer: {k: v for k, v in s.items() if k in _LINK_KEYS}
                 for peer, s in links.items()
                 if not peer.startswith(P.CLIENT_PREFIX)
             },
             "clients": sum(peer.startswith(P.CLIENT_PREFIX) for peer in links),
             "ring_share": ring_shares(self.placement.ring),
-            "actors": len(self.actors()),
+            "actors": len(stats["actors"]),
             "keyed_actors": self.placement.running,
             "counters": dict(self.counters),
             "dead_letters": self.dead_letters.stats(),
             "credit": {"out": self.outflows.stats(), "in": self.inflows.stats()},
-            "stats": self.stats()["total"],
+            "stats": stats["total"],
+            "busiest": busiest(stats),
             **{name: report() for name, report in self._status.items()},
         }
+
+
+def busiest(stats: dict, n: int = 10) -> list[dict]:
+    """The ``n`` actors of ``stats`` (a node's :meth:`~herdrt.runtime.node.Node.stats`) that
+    handled the most messages, a family of keyed actors counted as one (``"kind:*"``)."""
+    rows = [(name, s) for name, s in stats["actors"].items() if ":" not in name] + [
+        (f"{kind}:*", s) for kind, s in stats["families"].items()
+    ]
+    rows.sort(key=lambda row: -row[1]["messages"])
+    return [
+        {
+            "actor": name,
+            "messages": s["messages"],
+            "failures": s["failures"],
+            "mailbox_depth": s["mailbox_depth"],
+            "handler_mean": s["handler_time"]["mean"] if s["handler_time"]["count"] else None,
+            "handler_p99": s["handler_quantiles"]["p99"],
+        }
+        for name, s in rows[:n]
+    ]
+
+
+#: The link statistics herd_status() shows per peer.
+_LINK_KEYS = frozenset(
+    ("state", "frames_in", "frames_out", "bytes_in", "bytes_out", "queued", "overflows", "rtt", "last_rtt", "errors")
+)
 
 
 #: What herd_status() itself reports (add_status may not take these names).
@@ -789,6 +820,7 @@ _STATUS_KEYS = frozenset(
         "dead_letters",
         "credit",
         "stats",
+        "busiest",
     )
 )
 

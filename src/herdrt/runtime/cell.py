@@ -21,7 +21,7 @@ from itertools import repeat
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from ..core import OnlineStats
+from ..core import OnlineStats, QuantileSketch
 from ..errors import ActorError, ActorStopped, MailboxFull
 from .actor import Actor, Deferred, Terminated, Timer, bind
 from .mailbox import Mailbox, Overflow
@@ -124,7 +124,7 @@ class Cell:
     __slots__ = (
         "node", "sched", "asks", "ref", "cls", "args", "kwargs", "actor", "receive", "is_async", "ctx",
         "mailbox", "queue", "state", "ready_at", "sys", "task", "timers", "watchers", "handler_stats",
-        "wait_stats", "hbuf", "wbuf", "messages", "failures", "restarts", "restart_times",
+        "handler_sketch", "wait_stats", "hbuf", "wbuf", "messages", "busy", "failures", "restarts", "restart_times",
         "stop_reason", "terminating", "done", "waiting_on", "__weakref__",
     )  # fmt: skip
 
@@ -163,10 +163,14 @@ class Cell:
         self.timers: set[Timer] | tuple[()] = ()
         self.watchers: list[Watcher] | tuple[()] = ()
         self.handler_stats = OnlineStats()
+        # Handler-time quantiles: made on the first flush (an actor that never ran costs nothing),
+        # shared by a family of actors (node.handler_sketch): a million keyed actors, one sketch.
+        self.handler_sketch: QuantileSketch | None = None
         self.wait_stats = OnlineStats()
         self.hbuf: list[float] = []  # buffered samples, folded in by flush_stats
         self.wbuf: list[float] = []
         self.messages = self.failures = self.restarts = 0
+        self.busy = 0.0  # seconds spent in the handler, all messages
         self.restart_times: collections.deque[float] | None = None
         self.stop_reason: str | None = None
         self.terminating = False
@@ -331,6 +335,7 @@ class Cell:
         t1 = perf_counter()
         if n:
             self.messages += n
+            self.busy += t1 - t0
             hbuf = self.hbuf
             hbuf.append((t1 - t0) / n)
             if len(hbuf) >= _FLUSH_AT:
@@ -567,6 +572,10 @@ class Cell:
     def flush_stats(self) -> None:
         if self.hbuf:
             self.handler_stats.update_many(self.hbuf)
+            sketch = self.handler_sketch
+            if sketch is None:
+                sketch = self.handler_sketch = self.node.handler_sketch(self.ref.name)
+            sketch.add_many(self.hbuf)
             self.hbuf.clear()
         if self.wbuf:
             self.wait_stats.update_many(self.wbuf)
@@ -577,6 +586,7 @@ class Cell:
         return {
             "name": self.ref.name,
             "messages": self.messages,
+            "busy": self.busy,
             "failures": self.failures,
             "restarts": self.restarts,
             "dropped": self.mailbox.dropped,
@@ -584,8 +594,16 @@ class Cell:
             "mailbox_depth": len(self.queue),
             "mailbox_size": max(self.mailbox.capacity, 0),
             "handler_time": self.handler_stats.to_dict(),
+            "handler_quantiles": quantiles(self.handler_sketch),
             "mailbox_wait": self.wait_stats.to_dict(),
         }
+
+
+def quantiles(sketch: QuantileSketch | None) -> dict[str, float | None]:
+    """p50, p90 and p99 of ``sketch`` (None while it holds no sample), msgpack-ready."""
+    if sketch is None or not sketch.count:
+        return {"p50": None, "p90": None, "p99": None}
+    return {"p50": sketch.quantile(0.5), "p90": sketch.quantile(0.9), "p99": sketch.quantile(0.99)}
 
 
 def notify(watcher: Watcher, notice: Terminated, sched: Scheduler) -> None:

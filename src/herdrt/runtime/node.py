@@ -20,11 +20,11 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, overload
 
-from ..core import OnlineStats
+from ..core import OnlineStats, QuantileSketch
 from ..errors import ActorError, ActorNotFound, ActorStopped, NodeUnavailable, RemoteError
 from .actor import Actor, Terminated
 from .asks import Asks, CallbackReply, ReplyProxy
-from .cell import STOPPED, Cell, Watcher, notify
+from .cell import STOPPED, Cell, Watcher, notify, quantiles
 from .deadletters import DeadLetter, DeadLetters
 from .mailbox import DEFAULT_MAILBOX_SIZE, Mailbox, Overflow
 from .ref import ActorRef, Poster, Sender, cell_of
@@ -77,9 +77,10 @@ class Node:
         self.asks = Asks(self.scheduler, ask_timeout, strict_messages)
         self._cells: dict[str, Cell] = {}
         self._names = itertools.count(1).__next__
-        self._retired = {"messages": 0, "failures": 0, "restarts": 0, "dropped": 0, "rejected": 0}
+        self._retired: dict[str, float] = dict.fromkeys(_COUNTS, 0)
         self._retired_handler = OnlineStats()
         self._retired_wait = OnlineStats()
+        self._families: dict[str, _Family] = {}
         self._closing = False
         self._closed = False
 
@@ -238,6 +239,7 @@ class Node:
         wait = self._retired_wait.copy()
         totals: dict[str, Any] = dict(self._retired)
         depth = 0
+        families = {kind: family.retired_view() for kind, family in self._families.items()}
         for name, cell in self._cells.items():
             s = actors[name] = cell.stats()
             for key in totals:
@@ -245,6 +247,17 @@ class Node:
             depth += s["mailbox_depth"]
             handler.merge(cell.handler_stats)
             wait.merge(cell.wait_stats)
+            kind = family_of(name)
+            if kind is not None:
+                view = families.get(kind) or families.setdefault(kind, self._family(kind).retired_view())
+                view["actors"] += 1
+                view["mailbox_depth"] += s["mailbox_depth"]
+                for key in _COUNTS:
+                    view[key] += s[key]
+                view["handler_time"].merge(cell.handler_stats)
+        for kind, view in families.items():
+            view["handler_time"] = view["handler_time"].to_dict()
+            view["handler_quantiles"] = quantiles(self._families[kind].sketch)
         totals.update(
             mailbox_depth=depth,
             actors=len(actors),
@@ -256,6 +269,7 @@ class Node:
             "dead_letters": self.dead_letters.stats(),
             "asks_pending": len(self.asks),
             "actors": actors,
+            "families": families,
             "total": totals,
         }
 
@@ -418,15 +432,63 @@ class Node:
             return  # nothing to fold into the node totals
         r = self._retired
         r["messages"] += cell.messages
+        r["busy"] += cell.busy
         r["failures"] += cell.failures
         r["restarts"] += cell.restarts
         r["dropped"] += mb.dropped
         r["rejected"] += mb.rejected
         self._retired_handler.merge(cell.handler_stats)
         self._retired_wait.merge(cell.wait_stats)
+        kind = family_of(cell.ref.name)
+        if kind is not None:
+            self._family(kind).retire(cell)
+
+    def handler_sketch(self, name: str) -> QuantileSketch:
+        """The handler-time sketch for actor ``name``: its own, or its family's, shared."""
+        kind = family_of(name)
+        return QuantileSketch() if kind is None else self._family(kind).sketch
+
+    def _family(self, kind: str) -> _Family:
+        family = self._families.get(kind)
+        if family is None:
+            family = self._families[kind] = _Family()
+        return family
 
     def __repr__(self) -> str:
         return f"<Node {self.name} actors={len(self._cells)}>"
+
+
+_COUNTS = ("messages", "busy", "failures", "restarts", "dropped", "rejected")
+
+
+def family_of(name: str) -> str | None:
+    """The family of actor ``name``: ``"kind"`` for ``"kind:key"`` (keyed actors), else None."""
+    kind, sep, _ = name.partition(":")
+    return kind if sep else None
+
+
+class _Family:
+    """What the stopped members of a family leave behind, and the family's handler-time sketch."""
+
+    __slots__ = ("counts", "handler", "sketch")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, float] = dict.fromkeys(_COUNTS, 0)
+        self.handler = OnlineStats()
+        self.sketch = QuantileSketch()
+
+    def retire(self, cell: Cell) -> None:
+        c = self.counts
+        c["messages"] += cell.messages
+        c["busy"] += cell.busy
+        c["failures"] += cell.failures
+        c["restarts"] += cell.restarts
+        c["dropped"] += cell.mailbox.dropped
+        c["rejected"] += cell.mailbox.rejected
+        self.handler.merge(cell.handler_stats)
+
+    def retired_view(self) -> dict[str, Any]:
+        return {"actors": 0, "mailbox_depth": 0, **self.counts, "handler_time": self.handler.copy()}
 
 
 def run(main: Callable[[], Coroutine[Any, Any, Any]] | Coroutine[Any, Any, Any], *, use_uvloop: bool = True) -> Any:

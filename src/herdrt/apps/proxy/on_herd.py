@@ -18,7 +18,7 @@ from typing import Any
 from ...config import ConfigError
 from ...errors import HerdError
 from ...runtime.actor import Actor
-from . import GazetteerPlaces, ProxyApp, ProxyLimits
+from . import CachedPlaces, GazetteerPlaces, ProxyApp, ProxyLimits
 
 __all__ = ["setup", "PEER_ACTOR"]
 
@@ -106,7 +106,7 @@ async def setup(node) -> ProxyApp | None:
     node.spawn(ProxyPeer, app, came_from, name=PEER_ACTOR, mailbox_size=None)
     await app.start()
     node.on_membership(catch_up)
-    node.add_status("proxy", lambda: dict(app.counters))  # herd_status()["proxy"]
+    node.add_status("proxy", lambda: proxy_status(app))  # herd_status()["proxy"]
     node.on_shutdown(app.close)
     # Load the offline gazetteer now, in a thread, rather than on the first WHATSAT (~1 s).
     gazetteer = getattr(app.places, "provider", app.places)
@@ -115,3 +115,13 @@ async def setup(node) -> ProxyApp | None:
         node.on_shutdown(lambda: asyncio.gather(preload, return_exceptions=True))
     log.info("%s: location proxy listening on %s:%d", node.name, me.host, app.port)
     return app
+
+
+def proxy_status(app: ProxyApp) -> dict[str, int]:
+    """The proxy's counters, with the places cache's hits and misses when it has a cache."""
+    report = dict(app.counters)
+    places = app.places
+    if isinstance(places, CachedPlaces):
+        report["cache_hits"] = places.hits
+        report["cache_misses"] = places.misses
+    return report
