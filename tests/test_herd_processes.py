@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -207,6 +208,9 @@ def test_serve_supervises_node_processes_and_stops_on_ctrl_c(tmp_path):
         env=herd.env,
         text=True,
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(serve.stdout), daemon=True)
+    reader.start()
     try:
 
         async def pids():
@@ -214,6 +218,14 @@ def test_serve_supervises_node_processes_and_stops_on_ctrl_c(tmp_path):
             return {n: (await status(herd.config, n))["pid"] for n in NAMES}
 
         before = asyncio.run(pids())
+        deadline = time.monotonic() + 20
+        while not any(line.startswith("herd ready: ") for line in lines):  # one line once all is up
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+        ready = next(line for line in lines if line.startswith("herd ready: "))
+        assert ready.startswith(
+            f"herd ready: {len(NAMES)}/{len(NAMES)} nodes up, {len(LINKS)}/{len(LINKS)} links up in "
+        )
         os.kill(before["b"], signal.SIGKILL)  # a node process crashes ...
         deadline = time.monotonic() + 20
         while True:  # ... and the supervisor starts it again; it rejoins
@@ -227,7 +239,9 @@ def test_serve_supervises_node_processes_and_stops_on_ctrl_c(tmp_path):
             time.sleep(0.1)
         asyncio.run(wait_live(herd.config, "a", NAMES))
         serve.send_signal(signal.SIGINT)  # Ctrl-C
-        out, _ = serve.communicate(timeout=20)
+        serve.wait(20)
+        reader.join(10)
+        out = "".join(lines)
     finally:
         if serve.poll() is None:
             serve.send_signal(signal.SIGINT)

@@ -165,12 +165,18 @@ def _setup_logging(level: str) -> None:
     help="With --node: run that node's ZMQ bridge on PORT (overrides bridge_port in the herd file).",
 )
 @click.option(
+    "--http-port",
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    help="With --node: serve that node's /metrics, /healthz and herd page on PORT (overrides http_port).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
-def serve(config_path, node_name, apps, print_config, log_dir, use_asyncio, bridge_port, log_level):
+def serve(config_path, node_name, apps, print_config, log_dir, use_asyncio, bridge_port, http_port, log_level):
     """Run a herd.
 
     With no options: the bundled herd, five nodes on 127.0.0.1, each its own OS process,
@@ -189,19 +195,20 @@ def serve(config_path, node_name, apps, print_config, log_dir, use_asyncio, brid
     os.environ["HERDRT_LOG_DIR"] = str(Path(log_dir).resolve())  # node processes inherit it
     config = _config(config_path, create_secret=True)
     if node_name is None:
-        if bridge_port is not None:
-            raise click.UsageError("--bridge-port needs --node (it sets the bridge of one node)")
+        if bridge_port is not None or http_port is not None:
+            raise click.UsageError("--bridge-port and --http-port need --node (they set the ports of one node)")
         run_herd(config, config_path, list(apps), echo=click.echo)
         return
     if node_name not in config.nodes:
         raise click.BadParameter(
             f"{node_name!r} is not a node of {config.source} (nodes: {', '.join(config.nodes)})", param_hint="--node"
         )
-    if bridge_port is not None:
+    ports = {k: v for k, v in (("bridge_port", bridge_port), ("http_port", http_port)) if v is not None}
+    if ports:
         from dataclasses import replace
 
         nodes = dict(config.nodes)
-        nodes[node_name] = replace(nodes[node_name], bridge_port=bridge_port)
+        nodes[node_name] = replace(nodes[node_name], **ports)
         config = replace(config, nodes=nodes)
     try:
         hooks = [load_app(spec) for spec in (*config.apps, *apps)]
@@ -369,6 +376,53 @@ def ask(node, target, message, kind, timeout, config_path):
     """Ask TARGET (NAME or NAME@NODE) through NODE with MESSAGE (JSON; default null); print the reply
     as JSON. `herdrt ask Bona '$node' '"status"'` shows one node's view of the herd."""
     _send(config_path, node, target, message, kind, timeout, asking=True)
+
+
+# --- herdrt top ------------------------------------------------------------------------------------
+
+
+@main.command()
+@_config_option
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Print one frame (two rounds INTERVAL apart, so rates are real) and exit: 1 if a node is down.",
+)
+@click.option(
+    "--interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Seconds between refreshes.",
+)
+@click.option(
+    "--timeout",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Seconds to wait for each node's answer.",
+)
+def top(config_path, once, interval, timeout):
+    """Watch the herd live: nodes, links and rates.
+
+    Shows every node (up or down), the links of the neighbor graph with their RTT, message rates,
+    the busiest actors, dead letters and bridge services. Keeps one client link to each node and
+    asks its admin actor for its status every INTERVAL seconds; Ctrl-C quits. With --once, prints
+    a single frame instead and exits 1 if any node is down, 0 otherwise (as `herdrt status` does).
+    """
+    from .observe.top import run_top
+
+    config = _config(config_path)
+    try:
+        view = asyncio.run(run_top(config, interval=interval, once=once, timeout=timeout))
+    except KeyboardInterrupt:
+        if once:
+            sys.exit(130)  # interrupted before the frame: no verdict on the herd
+        return
+    if view["summary"]["nodes_up"] < view["summary"]["nodes"]:
+        sys.exit(1)
 
 
 # --- herdrt keys -----------------------------------------------------------------------------------

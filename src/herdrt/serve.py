@@ -158,17 +158,54 @@ def node_command(name: str, config_path: str | None, apps: list[str]) -> list[st
     return argv
 
 
-async def _supervise(children: dict[str, list[str]]) -> None:
+async def _supervise(children: dict[str, list[str]], config: HerdConfig, echo: Callable[[str], None]) -> None:
     loop = asyncio.get_running_loop()
     stop = _stop_on_signals(loop)
     supervisor = ProcessSupervisor(children, env={**os.environ, "HERDRT_SUPERVISOR_PID": str(os.getpid())})
     await supervisor.start()
+    ready = asyncio.ensure_future(announce_ready(config, echo))
     try:
         await stop.wait()
     finally:
+        ready.cancel()
         print("stopping the herd ...", file=sys.stderr, flush=True)
         await supervisor.stop()
         print("herd stopped", file=sys.stderr, flush=True)
+
+
+async def announce_ready(
+    config: HerdConfig, echo: Callable[[str], None], *, every: float = 0.25, report_after: float = 5.0
+) -> dict[str, Any]:
+    """Ask the herd of ``config`` how it stands until every node is up and every link too, then
+    print one line saying so (and, every ``report_after`` seconds until then, what is missing).
+    Returns the herd view (:mod:`herdrt.observe.view`) that showed it ready."""
+    from .observe.top import HerdPoller
+
+    poller = HerdPoller(config, timeout=max(every, 1.0))
+    loop = asyncio.get_running_loop()
+    started = report_at = loop.time()
+    report_at += report_after
+    try:
+        while True:
+            view = await poller.poll()
+            s = view["summary"]
+            if s["nodes_up"] == s["nodes"] and s["links_up"] == s["links"]:
+                break
+            if loop.time() >= report_at:
+                report_at += report_after
+                waiting = ", ".join(n["name"] for n in view["nodes"] if not n["up"]) or "links"
+                up = f"{s['nodes_up']}/{s['nodes']} nodes up, {s['links_up']}/{s['links']} links up"
+                echo(f"herd starting: {up}; waiting for {waiting}")
+            await asyncio.sleep(every)
+    finally:
+        await poller.close()
+    pages = [f"http://{n.host}:{n.http_port}/" for n in config.nodes.values() if n.http_port]
+    where = f"; herd page {pages[0]}" if pages else ""
+    echo(
+        f"herd ready: {s['nodes_up']}/{s['nodes']} nodes up, {s['links_up']}/{s['links']} links up "
+        f"in {loop.time() - started:.1f} s{where}; `herdrt top` watches it"
+    )
+    return view
 
 
 def run_herd(
@@ -177,20 +214,28 @@ def run_herd(
     """Blocking: every node of ``config`` as its own supervised process (restarted if it dies)."""
     children = {name: node_command(name, config_path, apps) for name in config.nodes}
     echo(f"starting {len(children)} nodes from {config.source}; Ctrl-C stops them all\n")
-    echo(f"{'node':<12}{'herd links':<22}{'app port':<10}{'bridge':<8}neighbors")
+    echo(f"{'node':<12}{'herd links':<22}{'app port':<10}{'bridge':<8}{'http':<7}neighbors")
     for name, node in config.nodes.items():
         echo(
             f"{name:<12}{node.host + ':' + str(node.port):<22}{node.app_port or '-':<10}{node.bridge_port or '-':<8}"
-            f"{', '.join(config.neighbors(name))}"
+            f"{node.http_port or '-':<7}{', '.join(config.neighbors(name))}"
         )
     cfg = f" --config {config_path}" if config_path else ""
     first = next(iter(config.nodes))
-    echo(f"\ntalk to it from another terminal:\n  herdrt status{cfg}\n  herdrt ask{cfg} {first} '$node' '\"ping\"'")
+    echo(
+        f"\ntalk to it from another terminal:\n  herdrt top{cfg}\n  herdrt status{cfg}\n"
+        f"  herdrt ask{cfg} {first} '$node' '\"ping\"'"
+    )
     app_node = next((n for n in config.nodes.values() if n.app_port), None)
     if app_node is not None and config.apps:
         echo(
             f"  printf 'IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 %s\\n' \"$(date +%s.%N)\" "
-            f"| nc -q1 {app_node.host} {app_node.app_port}   # apps: {', '.join(config.apps)}"
+            f"| nc -q1 {app_node.host} {app_node.app_port}   # the location proxy"
+        )
+    web = next((n for n in config.nodes.values() if n.http_port), None)
+    if web is not None:
+        echo(
+            f"  curl http://{web.host}:{web.http_port}/metrics   # or open the herd page: http://{web.host}:{web.http_port}/"
         )
     echo("")
-    asyncio.run(_supervise(children))
+    asyncio.run(_supervise(children, config, echo))

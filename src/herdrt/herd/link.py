@@ -261,8 +261,10 @@ class Link(asyncio.Protocol):
 
     @property
     def _event_level(self) -> int:
-        # A client's link (the CLI, one per command) comes and goes often: its events are DEBUG.
-        return logging.DEBUG if self.peer.startswith(P.CLIENT_PREFIX) else logging.INFO
+        # A client's link (the CLI, one per command) comes and goes often: its events are DEBUG,
+        # on the node's side and on the client's.
+        client = self.peer.startswith(P.CLIENT_PREFIX) or self.settings.name.startswith(P.CLIENT_PREFIX)
+        return logging.DEBUG if client else logging.INFO
 
     def _desc(self) -> str:
         arrow = "->" if self.outbound else "<-"
