@@ -13,7 +13,7 @@ from pathlib import Path
 
 from herd_app import Counter, Echo
 from herdrt import Actor
-from herdrt.config import loads_config
+from herdrt.config import load_config, loads_config
 from herdrt.errors import NodeUnavailable
 from herdrt.herd import ADMIN_ACTOR, HerdNode
 from herdrt.herd.client import HerdClient
@@ -191,3 +191,50 @@ class Herd:
     async def __aexit__(self, *exc):
         for node in self.nodes.values():
             await node.shutdown()
+
+
+#: The bundled herd's five servers and its neighbor graph.
+BUNDLED_NAMES = ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"]
+BUNDLED_LINKS = [
+    ("Clark", "Jaquez"),
+    ("Clark", "Bona"),
+    ("Campbell", "Bailey"),
+    ("Campbell", "Bona"),
+    ("Campbell", "Jaquez"),
+    ("Bona", "Bailey"),
+]
+
+
+class FiveServers(NodeProcesses):
+    """The bundled herd's five servers and neighbor graph as `herdrt serve --node` processes on
+    free ports (each with an ``http_port`` too, when ``http``), running ``herd_app:setup``."""
+
+    def __init__(self, tmp_path: Path, *, http: bool = False):
+        super().__init__(tmp_path / "out")
+        ports = iter(free_ports(2 * len(BUNDLED_NAMES)))
+        text = f'[herd]\nsecret = "{SECRET}"\nheartbeat_interval = 0.2\n'
+        text += "links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in BUNDLED_LINKS) + "]\n"
+        for name in BUNDLED_NAMES:
+            text += f'[[nodes]]\nname = "{name}"\nport = {next(ports)}\n'
+            text += f"http_port = {next(ports)}\n" if http else ""
+        self.path = tmp_path / "herd.toml"
+        self.path.write_text(text)
+        self.config = load_config(self.path)
+
+    def start(self, name: str) -> None:
+        self.serve(name, self.path, "--app", "herd_app:setup")
+
+    def url(self, name: str) -> str:
+        """The herd page of node ``name`` (with ``http``)."""
+        node = self.config.node(name)
+        return f"http://{node.host}:{node.http_port}/"
+
+    async def linked(self, timeout: float = 15.0) -> None:
+        """Until every node sees the whole herd live and has a link up to each of its neighbors."""
+        config = self.config
+        await wait_live(config, BUNDLED_NAMES[0], BUNDLED_NAMES, timeout)
+        deadline = time.monotonic() + timeout
+        for name in BUNDLED_NAMES:
+            while set(config.neighbors(name)) - set((await status(config, name))["links"]):
+                assert time.monotonic() < deadline, f"{name} never linked to all of {config.neighbors(name)}"
+                await asyncio.sleep(0.05)

@@ -19,41 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from _herdtest import SECRET, NodeProcesses, free_ports, wait_live
-from herdrt.config import load_config
+from _herdtest import BUNDLED_NAMES, FiveServers
 from herdrt.herd.client import HerdClient
 from herdrt.observe.view import herd_edges
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 
-NAMES = ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"]
-LINKS = [("Clark", "Jaquez"), ("Clark", "Bona"), ("Campbell", "Bailey"), ("Campbell", "Bona"), ("Campbell", "Jaquez")]
-LINKS += [("Bona", "Bailey")]
+NAMES = BUNDLED_NAMES
 #: The node whose page the browser opens, and the node the test kills.
 VIEWER, VICTIM = "Bona", "Jaquez"
-
-
-class PageHerd(NodeProcesses):
-    def __init__(self, tmp_path: Path):
-        super().__init__(tmp_path / "logs")
-        ports = free_ports(2 * len(NAMES))
-        text = f'[herd]\nsecret = "{SECRET}"\nheartbeat_interval = 0.2\n'
-        text += "links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in LINKS) + "]\n"
-        for i, name in enumerate(NAMES):
-            text += f'[[nodes]]\nname = "{name}"\nport = {ports[2 * i]}\nhttp_port = {ports[2 * i + 1]}\n'
-        self.path = tmp_path / "herd.toml"
-        self.path.write_text(text)
-        self.config = load_config(self.path)
-        for name in NAMES:
-            self.start(name)
-
-    def start(self, name: str) -> None:
-        self.serve(name, self.path, "--app", "herd_app:setup")
-
-    def url(self, name: str) -> str:
-        node = self.config.node(name)
-        return f"http://{node.host}:{node.http_port}/"
 
 
 class Traffic(threading.Thread):
@@ -91,9 +66,11 @@ class Traffic(threading.Thread):
 
 @pytest.fixture
 def page_herd(tmp_path):
-    herd = PageHerd(tmp_path)
+    herd = FiveServers(tmp_path, http=True)
     try:
-        asyncio.run(wait_live(herd.config, VIEWER, NAMES))
+        for name in NAMES:
+            herd.start(name)
+        asyncio.run(herd.linked())
         yield herd
     finally:
         herd.stop_all()

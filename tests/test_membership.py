@@ -6,18 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _herdtest import BUNDLED_LINKS
 from herdrt.herd.membership import LinkState, PhiAccrualDetector, ReportPacer, ReportRefused, check_report, next_hops
 from herdrt.ratelog import RateLog
 
-# The bundled herd's neighbor graph.
-BUNDLED = [
-    ("Clark", "Jaquez"),
-    ("Clark", "Bona"),
-    ("Campbell", "Bailey"),
-    ("Campbell", "Bona"),
-    ("Campbell", "Jaquez"),
-    ("Bona", "Bailey"),
-]
+BUNDLED = BUNDLED_LINKS  # the bundled herd's neighbor graph
 
 
 def _graph(edges):

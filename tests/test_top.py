@@ -7,40 +7,16 @@ import io
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 from rich.console import Console
 
-from _herdtest import SECRET, Herd, NodeProcesses, free_ports, herd_config, node_env, status, wait_live
-from herdrt.config import load_config
+from _herdtest import BUNDLED_LINKS, BUNDLED_NAMES, FiveServers, Herd, herd_config, node_env, wait_live
 from herdrt.observe.top import HerdPoller, fmt_rate, fmt_seconds, render
 from herdrt.observe.view import HerdWatch
 
-#: The bundled herd's five servers and its neighbor graph.
-NAMES = ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"]
-LINKS = [
-    ("Clark", "Jaquez"),
-    ("Clark", "Bona"),
-    ("Campbell", "Bailey"),
-    ("Campbell", "Bona"),
-    ("Campbell", "Jaquez"),
-    ("Bona", "Bailey"),
-]
+NAMES, LINKS = BUNDLED_NAMES, BUNDLED_LINKS
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-class FiveServers(NodeProcesses):
-    """The five servers as `herdrt serve --node` processes, from a herd file with free ports."""
-
-    def __init__(self, tmp_path):
-        super().__init__(tmp_path / "out")
-        text = f'[herd]\nsecret = "{SECRET}"\nheartbeat_interval = 0.2\n'
-        text += "links = [" + ", ".join(f'["{a}", "{b}"]' for a, b in LINKS) + "]\n"
-        text += "".join(f'[[nodes]]\nname = "{n}"\nport = {p}\n' for n, p in zip(NAMES, free_ports(5), strict=True))
-        self.path = tmp_path / "herd.toml"
-        self.path.write_text(text)
-        self.config = load_config(self.path)
 
 
 @pytest.fixture
@@ -49,21 +25,11 @@ def herd(tmp_path):
     procs = FiveServers(tmp_path)
     try:
         for name in NAMES:
-            procs.serve(name, procs.path, "--app", "herd_app:setup")
-        asyncio.run(_linked(procs.config))
+            procs.start(name)
+        asyncio.run(procs.linked())
         yield procs
     finally:
         procs.stop_all()
-
-
-async def _linked(config, timeout: float = 15.0) -> None:
-    """Until every node sees the whole herd live and has a link up to each of its neighbors."""
-    await wait_live(config, NAMES[0], NAMES, timeout)
-    deadline = time.monotonic() + timeout
-    for name in NAMES:
-        while set(config.neighbors(name)) - set((await status(config, name))["links"]):
-            assert time.monotonic() < deadline, f"{name} never linked to all of {config.neighbors(name)}"
-            await asyncio.sleep(0.05)
 
 
 def top_once(path) -> tuple[int, str]:
