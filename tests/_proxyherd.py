@@ -9,8 +9,11 @@ import itertools
 import re
 import socket
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from _herdtest import NodeProcesses, free_ports, node_env
 from herdrt.config import bundled_config_text, load_config
@@ -25,17 +28,18 @@ WAIT = 20.0  # seconds: generous limits for things that should take milliseconds
 _ids = itertools.count(1)
 
 
-def herd_text(herd_ports: list[int], app_ports: list[int]) -> str:
+def herd_text(herd_ports: list[int], app_ports: list[int], http_ports: list[int]) -> str:
     """The bundled herd file with a test secret, a faster heartbeat and the given ports."""
     text = bundled_config_text()
     text, n = re.subn(r"(?m)^secret_file = .*$", 'secret = "proxy-herd-test-secret"', text)
     assert n == 1
     text, n = re.subn(r"(?m)^heartbeat_interval = .*$", "heartbeat_interval = 0.2", text)
     assert n == 1
-    for i in range(5):  # the bundled text uses 11000-11004 (herd links) and 12000-12004 (app)
-        text, n = re.subn(rf"(?m)^port = {11000 + i}$", f"port = {herd_ports[i]}", text)
-        assert n == 1
-        text, n = re.subn(rf"(?m)^app_port = {12000 + i}$", f"app_port = {app_ports[i]}", text)
+    for i in range(5):  # the bundled text uses 11000-11004 (herd links), 12000-12004 (app), 12100-12104 (http)
+        for key, base, ports in (("port", 11000, herd_ports), ("app_port", 12000, app_ports)):
+            text, n = re.subn(rf"(?m)^{key} = {base + i}$", f"{key} = {ports[i]}", text)
+            assert n == 1
+        text, n = re.subn(rf"(?m)^http_port = {12100 + i}$", f"http_port = {http_ports[i]}", text)
         assert n == 1
     return text
 
@@ -47,9 +51,9 @@ class ProxyHerd(NodeProcesses):
         """``edit(text) -> text`` changes the herd file first (extra nodes, links, a bridge)."""
         # The offline gazetteer answers WHATSAT, whatever the environment says.
         super().__init__(tmp / "out", node_env(HERDRT_PLACES_API_KEY=None))
-        ports = free_ports(10)
+        ports = free_ports(15)
         self.path = tmp / "herd.toml"
-        text = herd_text(ports[:5], ports[5:])
+        text = herd_text(ports[:5], ports[5:10], ports[10:])
         self.path.write_text(edit(text) if edit is not None else text)
         self.config = load_config(self.path)
         assert list(self.config.nodes)[:5] == NAMES and tuple(self.config.apps) == ("herdrt.apps.proxy:setup",)
@@ -71,6 +75,17 @@ class ProxyHerd(NodeProcesses):
 
     def port(self, name: str) -> int:
         return self.config.node(name).app_port
+
+    def metrics(self, name: str) -> dict[tuple[str, tuple], float]:
+        """Every sample of node ``name``'s /metrics, by (sample name, sorted labels)."""
+        node = self.config.node(name)
+        with urllib.request.urlopen(f"http://{node.host}:{node.http_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
 
     def start(self, name: str) -> None:
         self.serve(name, self.path, "--log-dir", str(self.log_dir))

@@ -722,3 +722,51 @@ def test_errors_answering_asks_carry_their_corr_and_an_oversized_reply_fails_its
                 await svc.close()
 
     run(main)
+
+
+def test_metrics_show_the_bridges_services_tells_asks_and_evictions(run):
+    """/metrics of a bridged node (read through its collector, as a scrape does): services live and
+    evicted, and the tells and asks from services moved by exactly what the service sent."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from herdrt.observe import node_registry
+
+    config = bridge_config(bridge_table="evict_after = 0.4")
+
+    async def main():
+        async with Herd(config) as nodes:
+            a = nodes["A"]
+            registry = node_registry(a)
+
+            def samples():
+                text = generate_latest(registry).decode()
+                return {
+                    (s.name, tuple(sorted(s.labels.items()))): s.value
+                    for f in text_string_to_metric_families(text)
+                    for s in f.samples
+                }
+
+            def event(sampled, name):
+                return sampled.get(("herdrt_bridge_events_total", (("event", name),)), 0)
+
+            svc = Service(a, names=["calc"])
+            try:
+                assert (await svc.hello())[0] == WELCOME
+                before = samples()
+                assert before[("herdrt_bridge_services", (("state", "live"),))] == 1
+                svc.send([TELLS, None, "echo", list(range(7))])
+                svc.send([TELL, None, "echo", 7])
+                svc.send([ASK, None, "echo", "x", "svc", 1])
+                assert (await svc.recv())[0] == REPLY
+                after = samples()
+                assert event(after, "tells_from_services") - event(before, "tells_from_services") == 8
+                assert event(after, "asks_from_services") - event(before, "asks_from_services") == 1
+                await until(lambda: not a.bridge.stats()["services"]["svc"]["live"], timeout=5.0)  # silent: evicted
+                evicted = samples()
+                assert evicted[("herdrt_bridge_services", (("state", "evicted"),))] == 1
+                assert event(evicted, "evictions") >= 1
+            finally:
+                await svc.close()
+
+    run(main)

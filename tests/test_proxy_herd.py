@@ -268,3 +268,26 @@ def test_a_killed_server_is_routed_around_then_catches_up_when_restarted(herd):
         wait_known(herd, server, from_clark, newer)
     assert herd.traffic("Bona").count(" Bona START ") == 2  # the traffic log was appended to
     assert "node Bona down" in herd.out("Clark") and "node Bona up" in herd.out("Clark")
+
+
+def test_metrics_count_the_proxy_traffic_exactly(herd):
+    """Bailey's /metrics: IAMATs and WHATSATs move by exactly what a client sent, the places cache
+    answers the repeated question, and the flood of the new location is counted."""
+
+    def events(samples):
+        return {
+            dict(labels)["event"]: v for (name, labels), v in samples.items() if name == "herdrt_proxy_events_total"
+        }
+
+    before = events(herd.metrics("Bailey"))
+    client = client_id("metrics")
+    iamat(herd, "Bailey", client)
+    for _ in range(2):
+        assert talk(herd.port("Bailey"), f"WHATSAT {client} 10 5\n".encode()).startswith(b"AT Bailey ")
+    after = events(herd.metrics("Bailey"))
+    moved = {event: after[event] - before.get(event, 0) for event in after}
+    assert (moved["iamats"], moved["whatsats"], moved["invalid"]) == (1, 2, 0)
+    assert moved["cache_hits"] >= 1 and moved["floods"] >= 1
+    samples = herd.metrics("Bailey")
+    assert samples[("herdrt_nodes_live", ())] == len(NAMES)
+    assert samples[("herdrt_link_up", (("peer", "Bona"),))] == 1
