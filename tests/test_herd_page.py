@@ -11,16 +11,20 @@ Set ``HERDRT_SCREENSHOT_DIR`` to keep the screenshots (the README's come from he
 from __future__ import annotations
 
 import asyncio
+import io
 import os
+import re
 import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from _herdtest import BUNDLED_NAMES, FiveServers
 from herdrt.herd.client import HerdClient
+from herdrt.observe.top import run_top
 from herdrt.observe.view import herd_edges
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -90,6 +94,15 @@ def test_the_herd_page_shows_a_killed_node_down_within_5_s_and_back_up(page_herd
     traffic = Traffic(page_herd.config)
     traffic.start()
     try:
+        # `herdrt top` on the same herd under the same traffic (its README screenshot comes from here)
+        console = Console(record=True, width=104, file=io.StringIO())
+        view = asyncio.run(run_top(page_herd.config, once=True, console=console))
+        assert view["summary"]["nodes_up"] == len(NAMES) and view["summary"]["rate"] > 0
+        assert all(name in console.export_text(clear=False) for name in NAMES)
+        keep = os.environ.get("HERDRT_SCREENSHOT_DIR")
+        if keep:  # without rich's web fonts: a screenshot that fetches nothing
+            svg = re.sub(r"@font-face\s*\{.*?\}", "", console.export_svg(title="herdrt top"), flags=re.DOTALL)
+            (Path(keep) / "herdrt-top.svg").write_text(svg)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             try:
