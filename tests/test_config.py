@@ -24,6 +24,7 @@ port = 7002
 name = "c"
 port = 7003
 bridge_port = 9003
+http_port = 9103
 """
 
 
@@ -35,6 +36,7 @@ def test_good_file_loads(tmp_path):
     assert cfg.node("b").address == ("127.0.0.2", 7002)
     assert cfg.node("a").host == "127.0.0.1"  # loopback unless told otherwise
     assert cfg.node("a").app_port == 8001 and cfg.node("c").bridge_port == 9003
+    assert cfg.node("c").http_port == 9103 and cfg.node("a").http_port is None
     assert cfg.neighbors("b") == ["a", "c"] and cfg.neighbors("a") == ["b"]
     assert cfg.secret == b"s3cret-s3cret"
     assert cfg.heartbeat_interval == 0.25 and cfg.failure_threshold == 8.0
@@ -85,6 +87,14 @@ def test_bundled_herd(monkeypatch, tmp_path):
         ('name = "b"', 'name = "a"', "nodes[1].name", "duplicate node name"),
         ('name = "b"', 'name = "b b"', "nodes[1].name", "not a valid node name"),
         ("port = 7003", "port = 7001", "nodes[2].port", "already used by a.port"),
+        ("http_port = 9103", "http_port = 9003", "nodes[2].http_port", "already used by c.bridge_port"),
+        ("http_port = 9103", "http_port = 0", "nodes[2].http_port", "between 1 and 65535"),
+        (
+            "http_port = 9103",
+            "web_port = 9103",
+            "nodes[2].web_port",
+            "unknown key (expected name, host, port, app_port",
+        ),
         ('["b", "c"]', '["b", "z"]', "herd.links[1]", "unknown node 'z'"),
         ('["b", "c"]', '["b"]', "herd.links[1]", "pair of node names"),
         ('["b", "c"]', '["c", "c"]', "herd.links[1]", "to itself"),

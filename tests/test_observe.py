@@ -4,13 +4,15 @@ real HTTP, the cardinality guard, and the herd view's rates and states."""
 from __future__ import annotations
 
 import json
+import time
+import urllib.request
 
 import aiohttp
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from _herdtest import Herd, Recorder, herd_config, until
+from _herdtest import SECRET, Herd, NodeProcesses, Recorder, free_ports, herd_config, until
 from herdrt import Actor
 from herdrt.herd import HerdNode
 from herdrt.observe import HerdWatch, HttpServer, node_registry
@@ -286,3 +288,38 @@ def test_herd_watch_rates_states_and_links():
     assert second["summary"] == {"nodes_up": 2, "nodes": 3, "links_up": 1, "links": 2, "rate": 125.0, "messages": 360}
     assert second["dead_letters"] == {"total": 4, "by_reason": {"unknown_actor": 4}}
     assert [(r["node"], r["rate"]) for r in second["busiest"]] == [("A", 100.0), ("B", 25.0)]
+
+
+def test_serve_node_with_http_port_serves_health_and_metrics(tmp_path):
+    """`herdrt serve --node A --http-port P` as a process: it says where, /healthz is ready (a herd
+    of one has no neighbor to wait for) and /metrics parses; `--http-port` without `--node` is a
+    usage error."""
+    from click.testing import CliRunner
+
+    from herdrt.cli import main as cli_main
+
+    herd_port, http_port = free_ports(2)
+    path = tmp_path / "herd.toml"
+    path.write_text(f'[herd]\nsecret = "{SECRET}"\n[[nodes]]\nname = "A"\nport = {herd_port}\n')
+    procs = NodeProcesses(tmp_path / "out")
+    procs.serve("A", path, "--http-port", str(http_port))
+    try:
+        url = f"http://127.0.0.1:{http_port}/"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(url + "healthz", timeout=2) as response:
+                    health = json.loads(response.read())
+                break
+            except OSError:
+                assert time.monotonic() < deadline, procs.output("A")
+                time.sleep(0.1)
+        assert health == {"node": "A", "ready": True, "reason": "links up to 0/0 neighbors; 1/1 nodes live"}
+        with urllib.request.urlopen(url + "metrics", timeout=5) as response:
+            names = {f.name for f in text_string_to_metric_families(response.read().decode())}
+        assert {"herdrt_messages", "herdrt_dead_letters", "herdrt_nodes_live", "herdrt_ring_share"} <= names
+        assert f"herd page and /metrics on {url}" in procs.output("A")
+    finally:
+        procs.stop_all()
+    result = CliRunner().invoke(cli_main, ["serve", "--config", str(path), "--http-port", "9999"])
+    assert result.exit_code == 2 and "--http-port need --node" in result.output

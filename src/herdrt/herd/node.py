@@ -52,7 +52,7 @@ from ..errors import (
 from ..ratelog import RateLog
 from ..runtime.actor import Actor
 from ..runtime.asks import ReplyProxy
-from ..runtime.node import Node
+from ..runtime.node import Node, family_of
 from ..runtime.ref import ActorRef, Sender
 from ..runtime.strict import check_msgpack
 from . import protocol as P
@@ -779,7 +779,7 @@ class HerdNode(Node):
 def busiest(stats: dict, n: int = 10) -> list[dict]:
     """The ``n`` actors of ``stats`` (a node's :meth:`~herdrt.runtime.node.Node.stats`) that
     handled the most messages, a family of keyed actors counted as one (``"kind:*"``)."""
-    rows = [(name, s) for name, s in stats["actors"].items() if ":" not in name] + [
+    rows = [(name, s) for name, s in stats["actors"].items() if family_of(name) is None] + [
         (f"{kind}:*", s) for kind, s in stats["families"].items()
     ]
     rows.sort(key=lambda row: -row[1]["messages"])

@@ -99,7 +99,7 @@ class HttpServer:
         if self._poller is not None:
             self._poller.cancel()
         for queue in list(self._watchers):
-            queue.put_nowait("")  # wakes each /events stream to end it
+            _offer(queue, "")  # wakes each /events stream to end it
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -157,9 +157,7 @@ class HttpServer:
                 log.exception("%s: the herd view failed", self.node.name)
                 data = json.dumps({"error": "the herd view failed; see the node's log"})
             for queue in list(self._watchers):
-                if queue.full():
-                    queue.get_nowait()
-                queue.put_nowait(data)
+                _offer(queue, data)
             await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
 
     async def _round(self) -> dict[str, Any]:
@@ -180,3 +178,10 @@ class HttpServer:
         names = list(node.config.nodes)
         answers = await asyncio.gather(*(status(name) for name in names))
         return self.watch.update(dict(zip(names, answers, strict=True)))
+
+
+def _offer(queue: asyncio.Queue[str], data: str) -> None:
+    """Put ``data`` in a one-slot queue, in place of what a slow reader has not taken yet."""
+    if queue.full():
+        queue.get_nowait()
+    queue.put_nowait(data)

@@ -21,6 +21,7 @@ from prometheus_client.samples import Sample
 
 from .. import __version__
 from ..core import IMPLEMENTATION
+from ..runtime.node import family_of
 
 if TYPE_CHECKING:
     from ..herd.node import HerdNode
@@ -50,7 +51,7 @@ class ActorSeries:
 
     def split(self, names: Iterable[str]) -> tuple[list[str], list[str]]:
         """The named (not keyed) live actors among ``names``: (own series, folded into other)."""
-        named = [n for n in names if ":" not in n]
+        named = [n for n in names if family_of(n) is None]
         live = set(named)
         self._own &= live
         self._other &= live

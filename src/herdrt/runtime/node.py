@@ -249,7 +249,9 @@ class Node:
             wait.merge(cell.wait_stats)
             kind = family_of(name)
             if kind is not None:
-                view = families.get(kind) or families.setdefault(kind, self._family(kind).retired_view())
+                view = families.get(kind)
+                if view is None:
+                    view = families[kind] = self._family(kind).retired_view()
                 view["actors"] += 1
                 view["mailbox_depth"] += s["mailbox_depth"]
                 for key in _COUNTS:
