@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import msgpack
 import pytest
@@ -22,6 +24,8 @@ from herdrt.core import FrameDecoder, encode_frame
 from herdrt.herd import protocol as P
 from herdrt.herd.handshake import LinkSession, RecordError, transcript
 from herdrt.herd.link import (
+    E_BAD_RTT,
+    E_UNKNOWN_ECHO,
     TELLS_MAX,
     LinkClosed,
     LinkOverflow,
@@ -133,6 +137,66 @@ async def raw_eof(reader, timeout: float = 3.0) -> bool:
         while await reader.read(65536):
             pass
     return True
+
+
+@contextlib.asynccontextmanager
+async def delaying_proxy(target: tuple[str, int], delay: float):
+    """A TCP proxy on loopback to ``target`` that holds every chunk it reads for at least ``delay``
+    seconds (on the monotonic clock) before passing it on, each way, in order: yields its address."""
+    conns: set[asyncio.Task] = set()
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        chunks: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def read() -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await reader.read(65536):
+                    chunks.put_nowait((time.perf_counter() + delay, data))
+            chunks.put_nowait((0.0, b""))
+
+        async def write() -> None:
+            while True:
+                due, data = await chunks.get()
+                # never early: uvloop's timers are in whole milliseconds
+                while (left := due - time.perf_counter()) > 0:
+                    await asyncio.sleep(left)
+                if not data:
+                    break
+                writer.write(data)
+            writer.close()
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(read())
+            tg.create_task(write())
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        conns.add(task)
+        # Cancelled when the proxy closes: end quietly (3.11's start_server asks a finished client
+        # task for its exception, which raises for a cancelled one).
+        with contextlib.suppress(asyncio.CancelledError):
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*target)
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(pump(reader, up_writer))
+                        tg.create_task(pump(up_reader, writer))
+                finally:
+                    up_writer.close()
+            finally:
+                writer.close()
+                conns.discard(task)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[:2]
+    finally:
+        server.close()
+        for task in list(conns):
+            task.cancel()
+        await asyncio.gather(*conns, return_exceptions=True)
+        await server.wait_closed()
 
 
 # --- protocol ------------------------------------------------------------------------------------
@@ -384,7 +448,7 @@ def test_wrong_secret_is_refused_on_both_sides_and_nothing_is_delivered(run, cap
         await srv.close()
 
     run(body)
-    lines = [r.getMessage() for r in caplog.records]
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("A -> B refused (auth)" in m for m in lines), lines
     assert any("B <- A refused (auth)" in m for m in lines), lines
 
@@ -606,6 +670,40 @@ def test_heartbeats_arrive_and_update_the_stats(run):
     run(body)
 
 
+def test_an_echo_of_no_heartbeat_and_an_impossible_hold_are_counted_not_dropped(run, caplog):
+    caplog.set_level(logging.INFO, "herdrt.links")
+
+    async def body():
+        inbox = Inbox()
+        srv = await LinkServer(settings("B"), inbox.on_envelopes, on_link_up=inbox.on_up).start()
+        raw = await raw_handshake(srv.address, "A", SECRET)
+        await inbox.until(lambda: inbox.ups)
+        link = inbox.ups[0]
+        raw.send([P.heartbeat(1, time.time(), 12345.5, 0.0)])  # B never sent a heartbeat at 12345.5
+        await until(lambda: link.errors.get(E_UNKNOWN_ECHO) == 1)
+        (hb,) = await raw.read(1)
+        assert hb[0] == P.HEARTBEAT
+        raw.send([P.heartbeat(2, time.time(), hb[2], 10.0)])  # held longer than the round trip took
+        await until(lambda: link.errors.get(E_BAD_RTT) == 1)
+        (hb,) = await raw.read(1)
+        raw.send([P.heartbeat(3, time.time(), hb[2], 0.0)])  # a proper echo: a sample
+        await until(lambda: link.rtt.count == 1)
+        raw.send([P.heartbeat(4, time.time(), hb[2], 0.0)])  # the same one again: no probe pending
+        await until(lambda: link.errors.get(E_UNKNOWN_ECHO) == 2)
+        assert link.rtt.count == 1 and link.last_rtt is not None and link.last_rtt > 0
+        assert link.is_up  # a peer's bad echo costs a sample, not the link
+        assert link.stats()["errors"] == {E_UNKNOWN_ECHO: 2, E_BAD_RTT: 1}
+        assert link.echoes_in == 4
+        raw.close()
+        await srv.close()
+
+    run(body)
+    unknown = [r for r in caplog.records if "names no heartbeat sent on this link" in r.getMessage()]
+    bad = [r for r in caplog.records if "held 10.000000 s by the peer" in r.getMessage()]
+    assert [r.levelno for r in unknown] == [logging.WARNING]  # the second one is held back (rate limit)
+    assert [r.levelno for r in bad] == [logging.INFO]
+
+
 def test_slow_reader_makes_the_sender_overflow_with_bounded_memory(run):
     async def body():
         inbox = Inbox()
@@ -720,6 +818,61 @@ def test_simultaneous_dials_end_with_exactly_one_link(run):
     run(body, timeout=20)
 
 
+def test_simultaneous_dials_of_a_full_mesh_starting_at_once_log_no_warning(run, caplog):
+    caplog.set_level(logging.DEBUG, "herdrt")
+
+    async def body() -> int:
+        duplicates = 0
+        for _ in range(3):
+            # (a twin's HELLO always precedes the peer's first heartbeat; a slower one makes sure)
+            config = dataclasses.replace(herd("A", "B", "C"), heartbeat_interval=0.5)
+            inboxes = {n: Inbox() for n in "ABC"}
+            mgrs = {n: await manager(config, n, inboxes[n]).start(dial=False) for n in "ABC"}
+            for m in mgrs.values():  # all at once: every pair dials both ways
+                m.dial_neighbors()
+            for m in mgrs.values():
+                for peer in m.neighbors:
+                    await m.wait_up(peer, 5)
+            duplicates += sum(m.duplicates for m in mgrs.values())
+            for m in mgrs.values():
+                await m.close()
+        return duplicates
+
+    assert run(body, timeout=30) > 0  # the dials did collide
+    herdrt_records = [r for r in caplog.records if r.name.startswith("herdrt")]
+    routine = [r for r in herdrt_records if "(duplicate)" in r.getMessage()]
+    assert routine and all(r.levelno == logging.DEBUG for r in routine)
+    warnings = [r.getMessage() for r in herdrt_records if r.levelno >= logging.WARNING]
+    assert not [m for m in warnings if "simultaneous dial" in m or "duplicate" in m], warnings
+
+
+def test_a_second_link_claiming_a_linked_peer_after_its_heartbeats_is_refused_with_a_warning(run, caplog):
+    """No late twin of a simultaneous dial: someone using B's name (or B back behind a stale link)."""
+    caplog.set_level(logging.DEBUG, "herdrt")
+
+    async def body():
+        config = herd("A", "B")
+        a_in, b_in = Inbox(), Inbox()
+        a = await manager(config, "A", a_in).start(dial=False)
+        b = await manager(config, "B", b_in).start()
+        link = await a.wait_up("B", 5)
+        await until(lambda: link.heartbeats_in > 0)
+        raw = await RawLink.connect(a.address)
+        await raw.hello()
+        raw.write_plain([P.hello("B", raw.nonce)])
+        (verdict,) = await raw.read(1)
+        assert verdict[:3] == [P.ERROR, None, P.E_DUPLICATE], verdict
+        assert await raw.until_eof()
+        raw.close()
+        assert a.link("B") is link and link.is_up
+        await a.close()
+        await b.close()
+
+    run(body)
+    refused = [r for r in caplog.records if "A <- B refused (duplicate)" in r.getMessage()]
+    assert [r.levelno for r in refused] == [logging.WARNING], refused
+
+
 def test_manager_refuses_a_known_node_that_is_not_a_neighbor(run):
     async def body():
         config = herd("A", "B", "C", links=[("A", "B")])
@@ -769,6 +922,10 @@ _PEER = textwrap.dedent(
             for env in envs:
                 if env[1] == "stop":
                     done.set()
+                elif env[1] == "stats":  # this end's view of the link
+                    st = link.stats()
+                    keys = ("rtt", "last_rtt", "errors", "echoes_in")
+                    link.send([env[0], "stats", {k: st[k] for k in keys}])
                 else:
                     link.send([env[0], "echo", env[2]])
         settings = LinkSettings("B", b"correct horse battery", frozenset({"A", "B"}), heartbeat_interval=0.05)
@@ -782,12 +939,25 @@ _PEER = textwrap.dedent(
 )
 
 
-def test_link_between_two_processes(run):
+@contextlib.contextmanager
+def peer_process(flavour: str):
+    """Node B (the :data:`_PEER` script) in a process of its own on ``flavour``'s loop: yields its port.
+    It stops when told "stop"; the block must make it stop."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(herdrt.__file__)), env.get("PYTHONPATH", "")])
-    child = subprocess.Popen([sys.executable, "-c", _PEER, run.flavour], stdout=subprocess.PIPE, text=True, env=env)
+    child = subprocess.Popen([sys.executable, "-c", _PEER, flavour], stdout=subprocess.PIPE, text=True, env=env)
     try:
-        port = int(child.stdout.readline())
+        yield int(child.stdout.readline())
+        assert child.wait(10) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+
+
+def test_link_between_two_processes(run):
+    with peer_process(run.flavour) as port:
 
         async def body():
             inbox = Inbox()
@@ -803,12 +973,43 @@ def test_link_between_two_processes(run):
             assert link.close_reason == "closed by the peer: shutdown"
 
         run(body)
-        assert child.wait(10) == 0
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        child.stdout.close()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02])
+def test_rtt_between_two_processes_is_the_round_trip_on_each_side(run, delay):
+    """Each side times its own heartbeats on its own clock: through a proxy that holds the bytes
+    ``delay`` each way, every RTT sample is at least ``2 * delay``, and only a little more."""
+    with peer_process(run.flavour) as port:
+
+        async def body():
+            async with contextlib.AsyncExitStack() as stack:
+                address = ("127.0.0.1", port)
+                if delay:
+                    address = await stack.enter_async_context(delaying_proxy(address, delay))
+                inbox = Inbox()
+                link = await connect(
+                    *address, settings("A", known_nodes=frozenset({"A", "B"})), inbox.on_envelopes, peer="B"
+                )
+                await until(lambda: link.rtt.count >= 10)
+                link.send([P.TELL, "stats", None])
+                await inbox.until(lambda: inbox.envs)
+                link.send([P.TELL, "stop", None])
+                await link.wait_closed()
+                return link.stats(), inbox.envs[0][2]
+
+        ours, theirs = run(body)
+    for side in (ours, theirs):
+        rtt = side["rtt"]
+        assert side["errors"] == {} and rtt["count"] == side["echoes_in"], side  # every echo made a sample
+        assert rtt["count"] >= 5
+        if delay:
+            assert 2 * delay <= rtt["min"] <= side["last_rtt"], side
+            assert rtt["min"] < 2 * delay + 0.005 and rtt["mean"] < 2 * delay + 0.02, side
+        else:
+            # A TCP round trip between two processes, each woken by its event loop, takes tens of
+            # microseconds at least (the clocks once mixed here gave 2-8 µs, and negative samples).
+            assert 20e-6 < rtt["min"] < 0.005, side
+            assert side["last_rtt"] > 20e-6
 
 
 def test_a_flooding_peer_cannot_keep_the_loop_from_timers_and_other_links(run):

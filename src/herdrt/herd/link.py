@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -40,6 +42,7 @@ from typing import Any
 from ..config import HerdConfig
 from ..core import FrameDecoder, OnlineStats, RecordOpener, encode_frames
 from ..errors import FrameError, FrameTooLarge, HerdError
+from ..ratelog import RateLog
 from . import protocol as P
 from .handshake import Handshake, LinkSession, RecordError, Refusal
 from .tls import client_context, misnamed, server_context
@@ -62,6 +65,12 @@ TELLS_MAX = 1024
 CREDITED_FACTOR = 4
 #: A read this big makes the link yield the loop before reading more (see data_received).
 YIELD_AFTER = 1 << 16
+#: Heartbeats of ours a link remembers while it waits for their echo (the peer echoes one per
+#: heartbeat of its own, so one or two are pending; more only if the peer stops echoing).
+_PROBES_MAX = 32
+#: ``Link.errors`` codes of heartbeat echoes that yield no RTT sample.
+E_UNKNOWN_ECHO = "unknown_echo"  # an echo_time that names no heartbeat this link sent (or one echoed already)
+E_BAD_RTT = "bad_rtt"  # the peer's hold is longer than the round trip (a peer timing its hold coarsely)
 
 
 class LinkError(HerdError):
@@ -156,6 +165,18 @@ def _noop(*_args):
     return None
 
 
+#: What an ``admit`` hook answers: None to admit, ``(code, message)`` to refuse, or
+#: ``(code, message, level)`` to refuse and log it at ``level`` instead of :func:`_refusal_level`'s.
+Admission = tuple[str, str] | tuple[str, str, int] | None
+
+
+def _refusal_level(code: str) -> int:
+    # A simultaneous dial (both nodes dial each other at start-up) ends with one of the two
+    # links refused as a duplicate: routine, not worth a warning. Every other refusal is (and
+    # LinkManager's admit raises a duplicate that is no twin back to WARNING: see Admission).
+    return logging.DEBUG if code == P.E_DUPLICATE else logging.WARNING
+
+
 class Link(asyncio.Protocol):
     """One authenticated TCP link to a peer node (an ``asyncio.Protocol``).
 
@@ -164,6 +185,15 @@ class Link(asyncio.Protocol):
     dialled), ``dialer`` (name of the node that dialled), ``state``, ``last_heard`` (``loop.time()``
     of the last bytes received), ``heartbeat_intervals`` and ``rtt`` (:class:`OnlineStats` of the
     heartbeat inter-arrival times and of round-trip times, in seconds), ``close_reason``.
+
+    RTT: each heartbeat is a probe, named by its ``sent_time`` (strictly increasing per link); the
+    link remembers when it sent each on its own monotonic clock (``time.perf_counter``). The peer
+    echoes the ``sent_time`` of the last heartbeat it received with its next one, with ``hold``
+    (the seconds it held it, a duration on its own clock). A sample is ``now - sent - hold``, both
+    times read here: no timestamp of the peer's clock is ever compared with one of ours. An echo
+    that names no probe, or a sample that is not positive, is counted in ``errors``
+    (:data:`E_UNKNOWN_ECHO`, :data:`E_BAD_RTT`) and logged rate-limited: ``echoes_in`` is always
+    ``rtt.count`` plus those two counts.
     """
 
     def __init__(
@@ -173,7 +203,7 @@ class Link(asyncio.Protocol):
         *,
         outbound: bool,
         peer: str | None = None,
-        admit: Callable[[Link], tuple[str, str] | None] | None = None,
+        admit: Callable[[Link], Admission] | None = None,
         on_up: Callable[[Link], None] | None = None,
         on_down: Callable[[Link, str], None] | None = None,
     ):
@@ -221,7 +251,10 @@ class Link(asyncio.Protocol):
         self._hb_timer: asyncio.TimerHandle | None = None
         self._hb_seq = 0
         self._hb_last_at: float | None = None
-        self._echo: tuple[float, float] | None = None  # (peer's sent_time, loop time it arrived)
+        self._hb_sent_time = 0.0  # sent_time of our last heartbeat (it names the probe: kept increasing)
+        self._probes: deque[tuple[float, float]] = deque()  # (sent_time, perf_counter() when sent), oldest first
+        self._echo: tuple[float, float] | None = None  # (peer's sent_time, perf_counter() when it arrived)
+        self._echo_log: RateLog | None = None  # made at the first impossible echo (rare)
         self.heartbeat_intervals = OnlineStats()
         self.rtt = OnlineStats()
         self.last_rtt: float | None = None
@@ -232,6 +265,7 @@ class Link(asyncio.Protocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self.heartbeats_in = 0
+        self.echoes_in = 0  # heartbeats echoing one of ours: each is an rtt sample or an error (E_*)
         self.overflows = 0
         self.lost_on_close = 0  # messages still queued when the connection went away...
         self.lost: list = []  # ...and their envelopes, for on_down to account for
@@ -471,10 +505,12 @@ class Link(asyncio.Protocol):
         if self.state is _HANDSHAKE:
             self._refuse(P.E_TIMEOUT, f"handshake not finished within {self.settings.handshake_timeout} s")
 
-    def _refuse(self, code: str, message: str) -> None:
+    def _refuse(self, code: str, message: str, level: int | None = None) -> None:
         """Refuse the link during the handshake: ERROR to the peer, log, close."""
         self._count_error(code)
-        log.warning("link %s refused (%s): %s", self._desc(), code, message)
+        log.log(
+            _refusal_level(code) if level is None else level, "link %s refused (%s): %s", self._desc(), code, message
+        )
         self._write_now(P.error(code, message))
         self._set_refused(LinkRefused(code, message, self.peer, "local"))
         self._close_transport(f"refused ({code}): {message}")
@@ -485,7 +521,9 @@ class Link(asyncio.Protocol):
         except P.ProtocolError as exc:
             code, message = P.E_PROTOCOL, f"malformed ERROR: {exc}"
         self._count_error(code)
-        log.warning("link %s refused by %s (%s): %s", self._desc(), self.peer or "the peer", code, message)
+        log.log(
+            _refusal_level(code), "link %s refused by %s (%s): %s", self._desc(), self.peer or "the peer", code, message
+        )
         self._set_refused(LinkRefused(code, message, self.peer, "peer"))
         self._close_transport(f"refused by the peer ({code}): {message}")
 
@@ -570,7 +608,7 @@ class Link(asyncio.Protocol):
                     self._call_up([env])  # an error answering a request: the node layer's
                 else:
                     self._count_error(code)
-                    log.warning("link %s: peer reports error (%s): %s", self._desc(), code, message)
+                    log.log(_refusal_level(code), "link %s: peer reports error (%s): %s", self._desc(), code, message)
             elif kind == P.BYE:
                 reason = P.parse_bye(env)
                 log.log(self._event_level, "link %s closed by the peer: %s", self._desc(), reason)
@@ -585,17 +623,56 @@ class Link(asyncio.Protocol):
             self._fail(exc.code, f"from {self.peer}: {exc}")
 
     def _on_heartbeat(self, seq: int, sent: float, echo: float | None, hold: float) -> None:
+        # perf_counter, not loop.time(): uvloop's loop.time() is in whole milliseconds and cached
+        # per loop turn, far too coarse for a hold or an RTT of tens of microseconds.
+        arrived = time.perf_counter()
         now = self._loop.time()
         self.heartbeats_in += 1
         if self._hb_last_at is not None:
             self.heartbeat_intervals.update(now - self._hb_last_at)
         self._hb_last_at = now
-        self._echo = (sent, now)
+        self._echo = (sent, arrived)
         if echo is not None:
-            rtt = time.time() - echo - hold
-            if rtt >= 0.0:
-                self.last_rtt = rtt
-                self.rtt.update(rtt)
+            self._on_echo(echo, hold, arrived)
+
+    def _on_echo(self, echo: float, hold: float, arrived: float) -> None:
+        self.echoes_in += 1
+        probes = self._probes
+        sent_at = next((at for sent_time, at in probes if sent_time == echo), None)
+        if sent_at is None:
+            self._count_error(E_UNKNOWN_ECHO)
+            self._echo_ratelog().warning(
+                E_UNKNOWN_ECHO,
+                "link %s: heartbeat echo of %r names no heartbeat sent on this link (%d pending); no RTT sample",
+                self._desc(),
+                echo,
+                len(probes),
+            )
+            return
+        # The peer echoes the last heartbeat it received and TCP keeps order: the ones before this
+        # one will never be echoed.
+        while probes.popleft()[0] != echo:
+            pass
+        rtt = arrived - sent_at - hold
+        if rtt > 0.0 and hold >= 0.0:
+            self.last_rtt = rtt
+            self.rtt.update(rtt)
+            return
+        self._count_error(E_BAD_RTT)
+        self._echo_ratelog().info(
+            E_BAD_RTT,
+            "link %s: heartbeat echo held %.6f s by the peer, %.6f s round trip here; no RTT sample "
+            "(the peer times its hold too coarsely, or reports it wrong)",
+            self._desc(),
+            hold,
+            arrived - sent_at,
+        )
+
+    def _echo_ratelog(self) -> RateLog:
+        # Impossible echoes are counted each (errors) and logged at most once a minute per link.
+        if self._echo_log is None:
+            self._echo_log = RateLog(log, interval=60.0, max_keys=2)
+        return self._echo_log
 
     def _heartbeat(self) -> None:
         self._hb_timer = None
@@ -605,12 +682,20 @@ class Link(asyncio.Protocol):
         if self.queued >= self._max_queued:
             return  # the peer is not reading; do not pile heartbeats onto a full queue
         self._hb_seq += 1
+        # sent_time is the wall clock (PROTOCOL.md); here it only names the probe, so it must not
+        # repeat even if the wall clock stands still or steps back.
+        sent_time = max(time.time(), math.nextafter(self._hb_sent_time, math.inf))
+        self._hb_sent_time = sent_time
+        now = time.perf_counter()
+        if len(self._probes) >= _PROBES_MAX:
+            self._probes.popleft()
+        self._probes.append((sent_time, now))
         if self._echo is not None:
-            sent, at = self._echo
+            echo, arrived = self._echo
             self._echo = None
-            env = P.heartbeat(self._hb_seq, time.time(), sent, self._loop.time() - at)
+            env = P.heartbeat(self._hb_seq, sent_time, echo, now - arrived)
         else:
-            env = P.heartbeat(self._hb_seq, time.time())
+            env = P.heartbeat(self._hb_seq, sent_time)
         self._enqueue(env)
 
     # --- sending ----------------------------------------------------------------------------
@@ -874,6 +959,7 @@ class Link(asyncio.Protocol):
             "pauses": self.pauses,
             "errors": dict(self.errors),
             "heartbeats_in": self.heartbeats_in,
+            "echoes_in": self.echoes_in,
             "heartbeat_intervals": self.heartbeat_intervals.to_dict(),
             "rtt": self.rtt.to_dict(),
             "last_rtt": self.last_rtt,

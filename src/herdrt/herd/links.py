@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 
 from ..config import HerdConfig
 from . import protocol as P
-from .link import Link, LinkClosed, LinkRefused, LinkSettings
+from .link import Admission, Link, LinkClosed, LinkRefused, LinkSettings
 
 __all__ = ["LinkServer", "LinkManager", "connect"]
 
@@ -36,7 +36,8 @@ class LinkServer:
 
     ``on_link_up(link)`` fires when a link is established, ``on_link_down(link, reason)`` when an
     established link closes; refused handshakes fire neither. ``admit(link)`` (optional) is asked
-    after the peer's HELLO and may return ``(code, message)`` to refuse it.
+    after the peer's HELLO and may return ``(code, message)`` to refuse it (or ``(code, message,
+    level)``: see :data:`herdrt.herd.link.Admission`).
     """
 
     def __init__(
@@ -46,7 +47,7 @@ class LinkServer:
         *,
         on_link_up: Callable[[Link], None] | None = None,
         on_link_down: Callable[[Link, str], None] | None = None,
-        admit: Callable[[Link], tuple[str, str] | None] | None = None,
+        admit: Callable[[Link], Admission] | None = None,
     ):
         self.settings = settings
         self._on_envelopes = on_envelopes
@@ -290,7 +291,7 @@ class LinkManager:
 
     # --- link hooks -------------------------------------------------------------------------
 
-    def _admit(self, link: Link) -> tuple[str, str] | None:
+    def _admit(self, link: Link) -> Admission:
         peer = link.peer
         if self._closing:
             return ("closed", f"{self.name} is shutting down")
@@ -313,7 +314,13 @@ class LinkManager:
                 if canonical:
                     continue
                 self.duplicates += 1
-                return (P.E_DUPLICATE, f"already linked to {peer} by a link dialled by {winner}")
+                # The late twin of a simultaneous dial said HELLO before the peer took the link it
+                # lost to, so before the peer's first heartbeat on that link (an interval later):
+                # routine, DEBUG as every duplicate. After that heartbeat it is no twin but someone
+                # using the peer's name (a relay), or the peer back behind a stale link: a warning.
+                late_twin = other.heartbeats_in == 0
+                message = f"already linked to {peer} by a link dialled by {winner}"
+                return (P.E_DUPLICATE, message) if late_twin else (P.E_DUPLICATE, message, logging.WARNING)
             if canonical:
                 self.duplicates += 1
                 other.abort_handshake(P.E_DUPLICATE, f"simultaneous dial: keeping the link dialled by {winner}")
