@@ -9,6 +9,22 @@ import pytest
 from herdrt.core import _pure
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _herdrt_home(tmp_path_factory):
+    """`herdrt serve` keeps pid files and logs under $HERDRT_HOME/herds: the tests' own, never the
+    user's ~/.herdrt (node processes the tests start inherit it)."""
+    import os
+
+    home = tmp_path_factory.mktemp("herdrt-home")
+    old = os.environ.get("HERDRT_HOME")
+    os.environ["HERDRT_HOME"] = str(home)
+    yield home
+    if old is None:
+        del os.environ["HERDRT_HOME"]
+    else:
+        os.environ["HERDRT_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def pure():
     """The pure-Python twin."""

@@ -1,11 +1,15 @@
 """The command line, run as a user runs it: a real `herdrt` process."""
 
+import os
 import re
 import shutil
 import subprocess
 import sys
 
 import pytest
+from click.testing import CliRunner
+
+from herdrt.cli import main
 
 
 def _herdrt(*args, check=True):
@@ -23,10 +27,38 @@ def test_help_lists_commands():
     assert "ring" in out
 
 
-@pytest.mark.parametrize("command", ["ring"])
+def _summaries(help_text: str) -> dict[str, str]:
+    """The commands `herdrt --help` lists, with their summaries (a long one wraps onto more lines)."""
+    summaries: dict[str, str] = {}
+    for line in help_text.split("\nCommands:\n", 1)[1].splitlines():
+        m = re.match(r"  (\S+)\s+(.*)", line)
+        if m:
+            summaries[m.group(1)] = m.group(2)
+        elif line.strip() and summaries:
+            last = list(summaries)[-1]
+            summaries[last] += " " + line.strip()
+    return summaries
+
+
+@pytest.mark.parametrize("columns", ["80", "50"])
+def test_help_summaries_are_whole_phrases(columns):
+    cmd = [shutil.which("herdrt") or sys.executable, *([] if shutil.which("herdrt") else ["-m", "herdrt.cli"])]
+    out = subprocess.run(
+        [*cmd, "--help"], capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": columns}
+    )
+    assert out.returncode == 0, out.stderr
+    summaries = _summaries(out.stdout)
+    assert set(summaries) == set(main.commands)
+    assert {"status", "tell", "ask", "actors", "owner", "top", "ring"} <= set(summaries)
+    for command, summary in summaries.items():
+        assert not summary.endswith("...") and summary.endswith("."), (command, summary)
+
+
+@pytest.mark.parametrize("command", sorted(main.commands))
 def test_every_command_has_help(command):
-    out = _herdrt(command, "--help").stdout
-    assert f"Usage: herdrt {command}" in out
+    out = CliRunner().invoke(main, [command, "--help"], prog_name="herdrt")
+    assert out.exit_code == 0, out.output
+    assert f"Usage: herdrt {command}" in out.output
 
 
 def _table(out):

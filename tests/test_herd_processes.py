@@ -172,7 +172,7 @@ def test_cli_status_ask_and_tell_against_the_herd(herd):
     out = subprocess.run(
         cli + ["ask", "--config", str(herd.path), "a", "ghost@b"], capture_output=True, text=True, timeout=60
     )
-    assert out.returncode == 1 and "ActorNotFound" in out.stderr
+    assert out.returncode == 1 and "no actor 'ghost' on node b; `herdrt actors b" in out.stderr
     out = subprocess.run(
         cli + ["tell", "--config", str(herd.path), "b", "news@d", '"told"'], capture_output=True, text=True, timeout=60
     )
@@ -180,7 +180,14 @@ def test_cli_status_ask_and_tell_against_the_herd(herd):
     out = subprocess.run(
         cli + ["tell", "--config", str(herd.path), "b", "ghost@b", '"lost"'], capture_output=True, text=True, timeout=60
     )
-    assert out.returncode == 0, out.stderr  # a tell is fire-and-forget: its loss is a dead letter on b
+    assert out.returncode == 1 and "no actor 'ghost' on node b" in out.stderr  # the CLI's tell is confirmed
+
+    async def tell_ghost():  # a program's tell is fire-and-forget: its loss is a dead letter on b
+        async with HerdClient(herd.config, "b") as client:
+            client.tell("ghost@b", "lost")
+            await client.ask("echo@b", "flush")  # behind the tell on the same link
+
+    asyncio.run(tell_ghost())
     out = subprocess.run(cli + ["status", "--config", str(herd.path)], capture_output=True, text=True, timeout=60)
     assert "dead letters: 1 (unknown_actor 1)" in out.stdout, out.stdout
     herd.kill("d")

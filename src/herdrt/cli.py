@@ -52,7 +52,7 @@ def _read_words(words_file: Path | None) -> tuple[list[str], str]:
     return words, source
 
 
-@main.command()
+@main.command(short_help="Compare ways of spreading words over servers.")
 @click.argument("words_file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-n", "--servers", default=5, show_default=True, type=click.IntRange(1, 1000), help="How many servers.")
 @click.option(
@@ -153,9 +153,14 @@ def _setup_logging(level: str) -> None:
 @click.option(
     "--log-dir",
     type=click.Path(file_okay=False),
-    default="logs",
-    show_default=True,
-    help="Where applications write per-node traffic logs (the location proxy: DIR/<node>.log).",
+    help="Where applications write per-node traffic logs (the location proxy: DIR/<node>.log). "
+    "Default: the herd's state directory, ~/.herdrt/herds/<herd>/logs.",
+)
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Run the herd in the background (output in its state directory); return once it is ready. "
+    "`herdrt stop` stops it.",
 )
 @click.option("--asyncio", "use_asyncio", is_flag=True, help="Run on stdlib asyncio instead of uvloop.")
 @click.option(
@@ -176,33 +181,44 @@ def _setup_logging(level: str) -> None:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
-def serve(config_path, node_name, apps, print_config, log_dir, use_asyncio, bridge_port, http_port, log_level):
+def serve(config_path, node_name, apps, print_config, log_dir, detach, use_asyncio, bridge_port, http_port, log_level):
     """Run a herd.
 
     With no options: the bundled herd, five nodes on 127.0.0.1, each its own OS process,
-    restarted if it dies, each serving the location proxy (IAMAT / WHATSAT) on its app port;
-    Ctrl-C stops them all. `--config herd.toml` runs every node of that
-    file the same way; add `--node NAME` to run just that node in this process (one per host in
-    a real deployment).
+    restarted if it dies, each serving the location proxy (IAMAT / WHATSAT) on its app port and
+    its metrics and herd page on its HTTP port; Ctrl-C stops them all. `--config herd.toml` runs
+    every node of that file the same way; add `--node NAME` to run just that node in this process
+    (one per host in a real deployment). A node that cannot start (a port in use, an app that
+    fails) stops the whole herd, with its error and a non-zero exit.
     """
     from .config import bundled_config_text
-    from .serve import load_app, run_herd, run_node
+    from .serve import FATAL_EXIT, StartupError, load_app, run_herd, run_node, state_dir
+    from .serve import detach as run_detached
 
     if print_config:
         click.echo(bundled_config_text(), nl=False)
         return
+    if node_name is None and (bridge_port is not None or http_port is not None):
+        raise click.UsageError("--bridge-port and --http-port need --node (they set the ports of one node)")
+    if detach and node_name is not None:
+        raise click.UsageError("--detach runs a whole herd; run one node in the background with your service manager")
     _setup_logging(log_level)
-    os.environ["HERDRT_LOG_DIR"] = str(Path(log_dir).resolve())  # node processes inherit it
     config = _config(config_path, create_secret=True)
-    if node_name is None:
-        if bridge_port is not None or http_port is not None:
-            raise click.UsageError("--bridge-port and --http-port need --node (they set the ports of one node)")
-        run_herd(config, config_path, list(apps), echo=click.echo)
-        return
-    if node_name not in config.nodes:
+    if node_name is not None and node_name not in config.nodes:
         raise click.BadParameter(
             f"{node_name!r} is not a node of {config.source} (nodes: {', '.join(config.nodes)})", param_hint="--node"
         )
+    try:  # here, in both modes: a bad app is a usage error before any node starts
+        hooks = [load_app(spec) for spec in (*config.apps, *apps)]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--app") from None
+    logs = Path(log_dir) if log_dir else state_dir(config_path) / "logs"
+    os.environ["HERDRT_LOG_DIR"] = str(logs.resolve())  # node processes inherit it
+    if node_name is None:
+        if detach:
+            argv = [sys.executable, "-m", "herdrt.cli", *[a for a in sys.argv[1:] if a != "--detach"]]
+            sys.exit(run_detached(argv, config, config_path))
+        sys.exit(run_herd(config, config_path, list(apps), echo=click.echo, log_dir=logs, log_level=log_level))
     ports = {k: v for k, v in (("bridge_port", bridge_port), ("http_port", http_port)) if v is not None}
     if ports:
         from dataclasses import replace
@@ -211,16 +227,109 @@ def serve(config_path, node_name, apps, print_config, log_dir, use_asyncio, brid
         nodes[node_name] = replace(nodes[node_name], **ports)
         config = replace(config, nodes=nodes)
     try:
-        hooks = [load_app(spec) for spec in (*config.apps, *apps)]
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--app") from None
-    try:
         run_node(config, node_name, hooks, use_uvloop=not use_asyncio)
+    except StartupError as exc:
+        error = click.ClickException(str(exc))
+        error.exit_code = FATAL_EXIT  # not restarted by `herdrt serve`: it stops the herd
+        raise error from None
+
+
+@main.command(short_help="Stop a herd started with `herdrt serve --detach`.")
+@_config_option
+@click.option("--timeout", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+def stop(config_path, timeout):
+    """Stop the herd that `herdrt serve --detach` started from this herd file (or the bundled
+    herd): SIGTERM to its `herdrt serve` (found by the pid file in the herd's state directory),
+    which stops every node; waits until it has exited. Exits 1 if no such herd runs."""
+    from .serve import stop_herd
+
+    config = _config(config_path)
+    stopped, message = stop_herd(config, config_path, timeout=timeout)
+    click.echo(message, err=not stopped)
+    if not stopped:
+        sys.exit(1)
+
+
+@main.command(short_help="Make a random secret for a herd file.")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write it to this new file (mode 0600) instead of printing it.",
+)
+def secret(path):
+    """Make a random shared secret for a herd (43 URL-safe characters). Point the herd file at it
+    with `secret_file = "PATH"` under [herd] (or export it and use `secret_env`); every node and
+    every client of the herd needs the same one."""
+    import secrets as random_secrets
+
+    from .serve import make_secret_file
+
+    if path is None:
+        click.echo(random_secrets.token_urlsafe(32))
+        return
+    try:
+        make_secret_file(path)
     except OSError as exc:
-        raise click.ClickException(f"node {node_name} cannot start: {exc} (is another herd already running?)") from None
+        raise click.ClickException(f"cannot create {path}: {exc.strerror or exc}") from None
+    click.echo(f'secret written to {path} (mode 0600); in the herd file: secret_file = "{path}"')
 
 
-async def _query_all(config, timeout):
+#: A timeout: seconds, more than zero (`--timeout 0` would fail every request at once).
+_SECONDS = click.FloatRange(min=0, min_open=True)
+
+
+def _timeout_option(default: float, help: str):
+    return click.option("--timeout", default=default, show_default=True, type=_SECONDS, metavar="SECONDS", help=help)
+
+
+def _with_config(config_path) -> str:
+    """`` --config PATH`` when the command was given one: for the commands an error suggests."""
+    import shlex
+
+    return f" --config {shlex.quote(str(config_path))}" if config_path else ""
+
+
+def _quiet_client_logs() -> None:
+    """The client commands report failures themselves: keep the herd layer's warnings (a refused
+    handshake, ...) from printing the same thing again on stderr."""
+    logging.getLogger("herdrt").setLevel(logging.ERROR)
+
+
+def _why_down(exc: BaseException, timeout: float) -> str:
+    """Why a node did not answer, in a few words (a row of `herdrt status`)."""
+    from .errors import HerdError
+    from .herd.link import LinkRefused
+
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(exc, LinkRefused):
+        return f"link refused: {exc.reason}"
+    if isinstance(exc, HerdError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _nobody_answered(config, config_path, answers: dict, timeout: float) -> click.ClickException:
+    """The error when no node of ``config`` answered: no herd runs there when every connection
+    was refused; else each node's reason."""
+    if all(isinstance(a, ConnectionRefusedError) for a in answers.values()):
+        where = ", ".join(f"{n.host}:{n.port}" for n in config.nodes.values())
+        return click.ClickException(
+            f"no herd running at {where}; start one with `herdrt serve{_with_config(config_path)}`"
+        )
+    reasons = "; ".join(f"{name}: {_why_down(exc, timeout)}" for name, exc in answers.items())
+    return click.ClickException(f"no node of the herd answered ({reasons})")
+
+
+async def _ask_admins(config, names, request, timeout, *, first=False):
+    """Ask the admin actor of each node of ``names`` ``request``, at once: {node: its reply, or the
+    exception that kept it from answering}. ``first``: stop at the first reply (only that node
+    then has a reply; the others that failed by then have their exceptions)."""
     from .herd import ADMIN_ACTOR
     from .herd.client import HerdClient
 
@@ -229,39 +338,68 @@ async def _query_all(config, timeout):
             async with asyncio.timeout(timeout):
                 client = await HerdClient(config, name).connect(timeout)
                 try:
-                    return name, await client.ask(ADMIN_ACTOR, "status", timeout=timeout)
+                    return name, await client.ask(ADMIN_ACTOR, request, timeout=timeout)
                 finally:
                     await client.close()
         except Exception as exc:  # down, refused, wrong secret: report it, keep going
             return name, exc
 
-    return dict(await asyncio.gather(*(one(name) for name in config.nodes)))
+    if not first:
+        return dict(await asyncio.gather(*(one(name) for name in names)))
+    answers = {}
+    tasks = [asyncio.ensure_future(one(name)) for name in names]
+    try:
+        for done in asyncio.as_completed(tasks):
+            name, answer = await done
+            answers[name] = answer
+            if not isinstance(answer, Exception):
+                return {name: answer}
+        return answers
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _query_all(config, timeout):
+    return await _ask_admins(config, list(config.nodes), "status", timeout)
 
 
 def _ms(stats) -> str:
     return "-" if not stats or not stats.get("count") else f"{stats['mean'] * 1e3:.3f} ms"
 
 
-@main.command()
+def _max_ms(stats) -> str:
+    return "-" if not stats or not stats.get("count") else f"{stats['max'] * 1e3:.3f} ms"
+
+
+@main.command(short_help="Show which nodes are up, their links, actors and message statistics.")
 @_config_option
-@click.option("--timeout", default=2.0, show_default=True, help="Seconds to wait for each node.")
+@_timeout_option(2.0, "Seconds to wait for each node.")
 @click.option("--json", "as_json", is_flag=True, help="Print every node's raw status as JSON.")
 def status(config_path, timeout, as_json):
     """Show the herd: which nodes are up, their links, ring shares, actors and message statistics
-    (merged herd-wide)."""
+    (merged herd-wide). Exits 1 if a node does not answer; when none does because nothing listens
+    at the addresses of the herd file, says that no herd runs there."""
     from .core import OnlineStats
 
+    _quiet_client_logs()
     config = _config(config_path)
     answers = asyncio.run(_query_all(config, timeout))
+    down = {n: _why_down(a, timeout) for n, a in answers.items() if not isinstance(a, dict)}
     if as_json:
         click.echo(
             json.dumps(
-                {n: (a if isinstance(a, dict) else {"error": str(a)}) for n, a in answers.items()},
+                {n: (a if isinstance(a, dict) else {"error": down[n]}) for n, a in answers.items()},
                 indent=2,
                 default=str,
             )
         )
+        if down:
+            sys.exit(1)
         return
+    if all(isinstance(a, ConnectionRefusedError) for a in answers.values()):
+        raise _nobody_answered(config, config_path, answers, timeout)
     up = {n: a for n, a in answers.items() if isinstance(a, dict)}
     click.echo(f"herd of {len(config.nodes)} nodes from {config.source}: {len(up)} answering\n")
     shares = next(iter(up.values()))["ring_share"] if up else {}
@@ -275,7 +413,7 @@ def status(config_path, timeout, as_json):
     for name in config.nodes:
         a = answers[name]
         if not isinstance(a, dict):
-            click.echo(f"{name:<12}{'DOWN':<8}{type(a).__name__}: {a}")
+            click.echo(f"{name:<12}DOWN ({down[name]})")
             continue
         total = a["stats"]
         messages += total["messages"]
@@ -290,14 +428,15 @@ def status(config_path, timeout, as_json):
             f"{shares.get(name, 0):>8.1%}{total['messages']:>10,}{_ms(total['handler_time']):>12}"
             f"{letters.get('total', 0):>8,}"
         )
+    handled = handler.to_dict()
     click.echo(
-        f"\nherd-wide: {messages:,} messages; handler time mean {_ms(handler.to_dict())}, "
-        f"max {handler.max * 1e3 if handler.count else 0:.3f} ms; mailbox wait mean {_ms(wait.to_dict())}"
+        f"\nherd-wide: {messages:,} messages; handler time mean {_ms(handled)}, max {_max_ms(handled)}; "
+        f"mailbox wait mean {_ms(wait.to_dict())}"
     )
     if dead:
         reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(dead.items(), key=lambda item: -item[1]))
         click.echo(f"dead letters: {sum(dead.values()):,} ({reasons}); see `herdrt status --json` for their targets")
-    if len(up) < len(config.nodes):
+    if down:
         sys.exit(1)
 
 
@@ -312,6 +451,14 @@ def _message(text):
         ) from None
 
 
+def _node_of(config, node: str) -> str:
+    if node not in config.nodes:
+        raise click.BadParameter(
+            f"{node!r} is not a node of {config.source} (nodes: {', '.join(config.nodes)})", param_hint="NODE"
+        )
+    return node
+
+
 async def _client_call(config, node, fn, timeout):
     from .herd.client import HerdClient
 
@@ -322,27 +469,75 @@ async def _client_call(config, node, fn, timeout):
         await client.close()
 
 
-def _send(config_path, node, target, message, kind, timeout, asking):
-    from .errors import HerdError
+def _call_node(config, config_path, node, fn, timeout, *, what: str, where: str | None = None, keyed=False):
+    """``fn(client)`` on a client of ``node``; its result. A failure exits 1 with a message that
+    says what to do: ``what`` names the request (``"ask echo@Bona"``), ``where`` the node whose
+    actors an unknown-actor error is about (default: ``node``), ``keyed`` whether it was a keyed one."""
+    from .errors import ActorNotFound, AskTimeout, HerdError, NodeUnavailable, RemoteError
 
+    try:
+        return asyncio.run(_client_call(config, node, fn, timeout))
+    except RemoteError as exc:
+        if exc.type_name == "BadRequest":
+            raise click.ClickException(f"{what}: refused: {exc.message}") from None
+        raise click.ClickException(
+            f"{what}: the handler raised {exc.type_name}: {exc.message} (the node running it logs the traceback)"
+        ) from None
+    except ActorNotFound as exc:
+        where = where or node
+        listing = "the kinds of keyed actors running on" if keyed else "the actors on"
+        raise click.ClickException(
+            f"{what}: {exc}; `herdrt actors {where}{_with_config(config_path)}` lists {listing} {where}"
+        ) from None
+    except NodeUnavailable as exc:
+        raise click.ClickException(
+            f"{what}: {exc}; `herdrt status{_with_config(config_path)}` shows which nodes are up"
+        ) from None
+    except AskTimeout as exc:
+        raise click.ClickException(f"{what}: {exc}") from None
+    except ConnectionRefusedError:
+        host, port = config.node(node).address
+        raise click.ClickException(
+            f"{what}: cannot reach node {node} at {host}:{port} (connection refused); is the herd running? "
+            f"`herdrt status{_with_config(config_path)}` shows which nodes are up"
+        ) from None
+    except TimeoutError as exc:
+        raise click.ClickException(f"{what}: {str(exc) or f'no answer from node {node} within {timeout:g}s'}") from None
+    except (HerdError, OSError) as exc:
+        raise click.ClickException(f"{what}: {type(exc).__name__}: {exc}") from None
+
+
+def _send(config_path, node, target, message, kind, timeout, asking):
+    from .errors import AskTimeout
+    from .herd import ADMIN_ACTOR
+    from .herd.client import parse_target
+
+    _quiet_client_logs()
     config = _config(config_path)
-    if node not in config.nodes:
-        raise click.BadParameter(
-            f"{node!r} is not a node of {config.source} (nodes: {', '.join(config.nodes)})", param_hint="NODE"
-        )
+    _node_of(config, node)
     payload = _message(message)
+    if kind is not None:
+        shown, where = f"{kind}:{target}", node
+    else:
+        try:
+            where, name = parse_target(target, node)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="TARGET") from None
+        shown = f"{name}@{where}"
+    verb = "ask" if asking else "tell"
 
     async def call(client):
         if asking:
             return await client.ask(target, payload, timeout=timeout, kind=kind)
-        client.tell(target, payload, kind=kind)
-        await asyncio.sleep(0)  # let the link flush before closing
-        return None
+        request = {"op": "tell", "target": target, "message": payload, "kind": kind}
+        try:  # the node confirms once the message is in the target's mailbox (or fails)
+            return await client.ask(ADMIN_ACTOR, request, timeout=timeout)
+        except AskTimeout:
+            raise AskTimeout(f"no confirmation of the tell from {node} within {timeout:g}s") from None
 
-    try:
-        reply = asyncio.run(_client_call(config, node, call, timeout))
-    except (TimeoutError, HerdError, OSError) as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    reply = _call_node(
+        config, config_path, node, call, timeout, what=f"{verb} {shown}", where=where, keyed=kind is not None
+    )
     if asking:
         click.echo(json.dumps(reply, default=lambda b: b.hex() if isinstance(b, bytes) else str(b)))
 
@@ -352,7 +547,7 @@ _target_args = [
     click.argument("target"),
     click.argument("message", required=False),
     click.option("--kind", help="TARGET is the key of a keyed actor of this kind (placed by the ring)."),
-    click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait."),
+    _timeout_option(5.0, "Seconds to wait for the node's answer."),
     _config_option,
 ]
 
@@ -363,25 +558,119 @@ def _with_target_args(fn):
     return fn
 
 
-@main.command()
+@main.command(short_help="Send a message to an actor; exit 1 if it cannot be delivered.")
 @_with_target_args
 def tell(node, target, message, kind, timeout, config_path):
-    """Send MESSAGE (JSON; default null) to TARGET (NAME or NAME@NODE) through NODE; no reply."""
+    """Send MESSAGE (JSON; default null) to TARGET (NAME or NAME@NODE) through NODE; no reply.
+
+    NODE confirms once the message is in the mailbox of a live actor (for an actor on another node,
+    once that node confirms). An unknown actor, a full mailbox or an unreachable node is an error
+    (exit 1); `herdrt actors NODE` lists the actors of a node. What the actor then does with the
+    message is not awaited (use `herdrt ask` for a reply)."""
     _send(config_path, node, target, message, kind, timeout, asking=False)
 
 
-@main.command()
+@main.command(short_help="Ask an actor and print its reply as JSON.")
 @_with_target_args
 def ask(node, target, message, kind, timeout, config_path):
     """Ask TARGET (NAME or NAME@NODE) through NODE with MESSAGE (JSON; default null); print the reply
-    as JSON. `herdrt ask Bona '$node' '"status"'` shows one node's view of the herd."""
+    as JSON. `herdrt ask Bona '$node' '"status"'` shows one node's view of the herd. A refused
+    message, an unknown actor or a handler that raised is an error (exit 1)."""
     _send(config_path, node, target, message, kind, timeout, asking=True)
+
+
+# --- herdrt actors / owner -------------------------------------------------------------------------
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _mailbox(depth: int, size: int | None) -> str:
+    return f"{depth:,}/{'unbounded' if size is None else f'{size:,}'}"
+
+
+@main.command(short_help="List the actors of one node.")
+@click.argument("node")
+@_config_option
+@_timeout_option(5.0, "Seconds to wait for the node's answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the node's answer as JSON.")
+def actors(node, config_path, timeout, as_json):
+    """List the actors running on NODE: each named actor with the messages it handled, its
+    failures and restarts and its mailbox (queued/capacity); keyed actors one line per kind, with
+    how many of that kind run there (their counts include those that stopped or moved away)."""
+    from .herd import ADMIN_ACTOR
+
+    _quiet_client_logs()
+    config = _config(config_path)
+    _node_of(config, node)
+
+    async def call(client):
+        return await client.ask(ADMIN_ACTOR, "actors", timeout=timeout)
+
+    report = _call_node(config, config_path, node, call, timeout, what=f"actors of {node}")
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    named, keyed = report["actors"], report["keyed"]
+    running = sum(row["running"] for row in keyed)
+    click.echo(
+        f"{node}: {_count(len(named), 'named actor')}, {_count(running, 'keyed actor')} "
+        f"({_count(len(keyed), 'kind')})\n"
+    )
+    width = max([len("actor"), *(len(row["name"]) for row in named)]) + 2
+    click.echo(f"{'actor':<{width}}{'messages':>12}{'failures':>10}{'restarts':>10}  mailbox")
+    for row in named:
+        click.echo(
+            f"{row['name']:<{width}}{row['messages']:>12,}{row['failures']:>10,}{row['restarts']:>10,}  "
+            f"{_mailbox(row['mailbox_depth'], row['mailbox_size'])}"
+        )
+    if keyed:
+        width = max(len("kind"), *(len(row["kind"]) for row in keyed)) + 2
+        click.echo(f"\n{'kind':<{width}}{'running':>10}{'messages':>12}{'failures':>10}{'queued':>10}")
+        for row in keyed:
+            click.echo(
+                f"{row['kind']:<{width}}{row['running']:>10,}{row['messages']:>12,}{row['failures']:>10,}"
+                f"{row['mailbox_depth']:>10,}"
+            )
+
+
+@main.command(short_help="Show which node owns a keyed actor's key.")
+@click.argument("kind")
+@click.argument("key")
+@_config_option
+@_timeout_option(2.0, "Seconds to wait for each node.")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+def owner(kind, key, config_path, timeout, as_json):
+    """Show which node owns keyed actor KIND KEY now: its place on the MD5 ring of the live nodes
+    (PROTOCOL.md, Placement), as the first node to answer sees it. Exits 1 if no node answers."""
+    _quiet_client_logs()
+    config = _config(config_path)
+    request = {"op": "owner", "kind": kind, "key": key}
+    answers = asyncio.run(_ask_admins(config, list(config.nodes), request, timeout, first=True))
+    replies = [a for a in answers.values() if isinstance(a, dict)]
+    if not replies:
+        raise _nobody_answered(config, config_path, answers, timeout)
+    answer = replies[0]
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    live = answer["live"]
+    click.echo(
+        f"{answer['ring_key']} is owned by {answer['owner']} (on the ring of the {len(live)} live nodes "
+        f"{', '.join(live)}, as {answer['node']} sees it)"
+    )
+    if not answer["registered"]:
+        click.echo(
+            f"note: no actor kind {kind!r} is registered on {answer['node']}: messages to it fail there",
+            err=True,
+        )
 
 
 # --- herdrt top ------------------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(short_help="Watch the herd live: nodes, links and rates.")
 @_config_option
 @click.option(
     "--once",
@@ -414,6 +703,7 @@ def top(config_path, once, interval, timeout):
     """
     from .observe.top import run_top
 
+    _quiet_client_logs()  # (a node that refuses the link is shown as down, with the reason)
     config = _config(config_path)
     try:
         view = asyncio.run(run_top(config, interval=interval, once=once, timeout=timeout))
@@ -428,7 +718,7 @@ def top(config_path, once, interval, timeout):
 # --- herdrt keys -----------------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(short_help="Make a CURVE key pair for the ZMQ bridge.")
 @click.option(
     "--secret-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -461,7 +751,7 @@ def keys(secret_file):
 # --- herdrt certs ----------------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(short_help="Make TLS certificates for the herd's links.")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("nodes", nargs=-1, required=True)
 @click.option("--days", default=365, show_default=True, type=click.IntRange(1, 36500), help="How long they are valid.")

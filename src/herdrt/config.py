@@ -198,12 +198,15 @@ def _get(table: dict, key: str, kind, source: str, where: str, default=None, req
     return value
 
 
-def read_secret_file(path: Path, source: str, key: str, allow_readable: bool = False) -> str:
-    """The text of a file holding a secret; a :class:`ConfigError` (naming ``source`` and ``key``)
-    if it cannot be read, or if other users may read it and ``allow_readable`` is false."""
+def read_secret_file(path: Path, source: str, key: str, allow_readable: bool = False, missing_hint: str = "") -> str:
+    """The text of a file holding a secret; a :class:`ConfigError` (naming ``source`` and ``key``,
+    and adding ``missing_hint`` when there is no such file) if it cannot be read, or if other users
+    may read it and ``allow_readable`` is false."""
     try:
         mode = path.stat().st_mode
         text = path.read_text("utf-8")
+    except FileNotFoundError:
+        _fail(source, key, f"cannot read {path}: no such file{missing_hint}")
     except (OSError, UnicodeDecodeError) as exc:
         _fail(source, key, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
     if mode & (stat.S_IRWXG | stat.S_IRWXO) and not allow_readable:
@@ -246,7 +249,8 @@ def _secret(herd: dict, source: str, base: Path | None, allow_readable: bool) ->
         path = Path(value).expanduser()
         if not path.is_absolute() and base is not None:
             path = base / path
-        secret = read_secret_file(path, source, "herd.secret_file", allow_readable).strip()
+        hint = f"; make one with `herdrt secret --file {path}`"
+        secret = read_secret_file(path, source, "herd.secret_file", allow_readable, hint).strip()
     else:
         secret = os.environ.get(value, "")
         if not secret:

@@ -22,6 +22,7 @@ __all__ = [
     "AskDeadlock",
     "RemoteError",
     "NodeUnavailable",
+    "BadRequest",
 ]
 
 
@@ -99,3 +100,13 @@ class RemoteError(ActorError):
 
 class NodeUnavailable(ActorError):
     """The node that hosts the target is down or unreachable; raised at once, not after a timeout."""
+
+
+class BadRequest(HerdError, ValueError):
+    """Raised by a handler to refuse a message as invalid: the sender's error, not the actor's.
+
+    Supervision treats it as an answer, not a failure: no restart, not counted in ``failures``,
+    logged at INFO without a traceback, and the batch goes on. An asker gets it as
+    :class:`RemoteError` (``type_name == "BadRequest"``) carrying the message, on this node and
+    across the herd; a refused tell is only logged. Say in the message what a valid one looks like.
+    """

