@@ -335,9 +335,10 @@ class Cell:
         t1 = perf_counter()
         if n:
             self.messages += n
-            self.busy += t1 - t0
+            dt = t1 - t0
+            self.busy += dt
             hbuf = self.hbuf
-            hbuf.append((t1 - t0) / n)
+            hbuf.append(dt / n)
             if len(hbuf) >= _FLUSH_AT:
                 self.flush_stats()
         if self.state == RUNNING:
