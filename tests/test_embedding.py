@@ -181,6 +181,29 @@ def test_an_orderly_shutdown_logs_no_warning(run, caplog, names):
         assert f"{first}: node {last} down (it left the herd)" in infos
 
 
+def test_a_node_leaving_is_no_warning_two_hops_away_either(run, caplog):
+    """A line a - b - c: when c shuts down, a (no neighbor of c) hears of it by c's last report,
+    which lists no links, ahead of its BYE: c left, it did not fail."""
+    caplog.set_level(logging.INFO, logger="herdrt")
+    config = herd_config(["a", "b", "c"], links=[("a", "b"), ("b", "c")])
+
+    async def main():
+        nodes = {name: await started(config, name) for name in "abc"}
+        try:
+            for node in nodes.values():
+                await node.wait_for()
+            caplog.clear()
+            await nodes.pop("c").shutdown()
+            await until(lambda: nodes["a"].membership.live() == {"a", "b"})
+        finally:
+            await shut_down(*nodes.values())
+
+    run(main)
+    warnings = [f"{r.name} {r.levelname}: {r.getMessage()}" for r in herd_records(caplog)]
+    assert not warnings, "an orderly shutdown logged warnings:\n" + "\n".join(warnings)
+    assert "a: node c down (it left the herd)" in [r.getMessage() for r in herd_records(caplog, logging.INFO)]
+
+
 def test_a_link_lost_abruptly_still_warns(run, caplog):
     caplog.set_level(logging.INFO, logger="herdrt")
     config = herd_config(["a", "b"])

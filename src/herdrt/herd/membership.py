@@ -403,6 +403,13 @@ class Membership:
         self.node.flood([P.MEMBERSHIP, self.name, self.incarnation, seq, sorted(nbrs)])
         self._changed()
 
+    def leave(self) -> None:
+        """This node shuts down: flood a last report with no live links, ahead of the BYEs on the
+        same links, so that every node, neighbor or not, takes it off the live graph at once and
+        knows it left rather than failed."""
+        seq, _ = self.state.local_report(())
+        self.node.flood([P.MEMBERSHIP, self.name, self.incarnation, seq, []])
+
     def on_report(self, peer: str, env: list) -> None:
         """A MEMBERSHIP that came from neighbor ``peer``."""
         node = self.node
@@ -448,6 +455,10 @@ class Membership:
     def _take(self, peer: str, env: list) -> None:
         _, origin, incarnation, seq, nbrs = env
         if self.state.apply(origin, (incarnation, seq), nbrs):
+            if not nbrs:
+                # A node sends a report with no live links only as it leaves (with none, it
+                # could not send one): that is an orderly departure, not a failure.
+                self._departed.add(origin)
             # Onwards to every neighbor but the sender: the origin's neighbors pass it to the
             # origin, which refutes it if it is forged.
             self.node.flood(env, (peer,))

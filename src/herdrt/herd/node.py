@@ -308,6 +308,8 @@ class HerdNode(Node):
             except Exception:
                 log.exception("%s: shutdown hook %r failed", self.name, hook)
         await super().shutdown()
+        if self._started:
+            self.membership.leave()
         await self.links.close("node shutdown")
 
     @property
