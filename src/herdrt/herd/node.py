@@ -892,7 +892,19 @@ def busiest(stats: dict, n: int = 10) -> list[dict]:
 
 #: The link statistics herd_status() shows per peer.
 _LINK_KEYS = frozenset(
-    ("state", "frames_in", "frames_out", "bytes_in", "bytes_out", "queued", "overflows", "rtt", "last_rtt", "errors")
+    (
+        "state",
+        "frames_in",
+        "frames_out",
+        "bytes_in",
+        "bytes_out",
+        "queued",
+        "overflows",
+        "heartbeats_in",
+        "rtt",
+        "last_rtt",
+        "errors",
+    )
 )
 
 
