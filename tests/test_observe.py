@@ -3,6 +3,7 @@ real HTTP, the cardinality guard, and the herd view's rates and states."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.request
@@ -233,6 +234,36 @@ def test_the_page_is_self_contained_and_events_stream_the_herd_view(run):
                 assert views[1]["summary"] == {**views[1]["summary"], "nodes_up": 3, "links_up": 2, "links": 2}
                 assert views[1]["nodes"][0]["rate"] is not None  # the second view has rates
                 await until(lambda: not server._watchers, timeout=5.0)  # the stream closed: polling stops
+            finally:
+                await server.close()
+
+    run(main)
+
+
+def test_many_http_clients_ask_the_herd_at_most_once_per_interval(run):
+    """The routes need no credentials, so no number of HTTP clients may turn into load on the
+    herd: 30 /view requests at once, and a page watching, share one round per interval."""
+    config = herd_config(["A", "B"])
+
+    async def main():
+        async with Herd(config) as nodes, aiohttp.ClientSession() as session:
+            server = await HttpServer(nodes["A"], interval=60.0).start()
+            try:
+                asked = nodes["B"].stats()["actors"]["$node"]["messages"]
+
+                async def view():
+                    async with session.get(server.url + "view") as response:
+                        assert response.status == 200
+                        return await response.json()
+
+                views = await asyncio.gather(*(view() for _ in range(30)))
+                assert all(v == views[0] for v in views) and views[0]["summary"]["nodes_up"] == 2
+                async with session.get(server.url + "events") as response:
+                    async for line in response.content:
+                        if line.startswith(b"data: "):
+                            assert json.loads(line[6:]) == views[0]  # the same round, not a new one
+                            break
+                assert nodes["B"].stats()["actors"]["$node"]["messages"] == asked + 1
             finally:
                 await server.close()
 

@@ -10,7 +10,9 @@ Routes (all GET):
 - ``/view``: one herd view as JSON.
 
 The herd view asks every live node's admin actor for its status over the herd's own links, only
-while someone watches (an open ``/events`` stream, or a ``/view`` request).
+while someone watches (an open ``/events`` stream, or a ``/view`` request), and at most once per
+interval however many watch. Every route only reads, and none is authenticated: the server
+listens on the node's host (127.0.0.1 unless the herd file says otherwise).
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ class HttpServer:
         self._runner: web.AppRunner | None = None
         self._watchers: set[asyncio.Queue[str]] = set()
         self._poller: asyncio.Task[None] | None = None
+        self._shared: asyncio.Future[dict[str, Any]] | None = None  # the latest round (see _latest)
+        self._shared_at = 0.0
         self._page: bytes | None = None
 
     @property
@@ -98,6 +102,8 @@ class HttpServer:
     async def close(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
+        if self._shared is not None:
+            self._shared.cancel()
         for queue in list(self._watchers):
             _offer(queue, "")  # wakes each /events stream to end it
         if self._runner is not None:
@@ -122,7 +128,7 @@ class HttpServer:
         return web.Response(body=self._page, content_type="text/html", charset="utf-8")
 
     async def _view(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._round())
+        return web.json_response(await self._latest())
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -152,13 +158,26 @@ class HttpServer:
         while self._watchers:
             started = loop.time()
             try:
-                data = json.dumps(await self._round(), default=str)
+                data = json.dumps(await self._latest(), default=str)
             except Exception:
                 log.exception("%s: the herd view failed", self.node.name)
                 data = json.dumps({"error": "the herd view failed; see the node's log"})
             for queue in list(self._watchers):
                 _offer(queue, data)
             await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
+
+    async def _latest(self) -> dict[str, Any]:
+        """The herd view, at most about ``interval`` old: every ``/events`` stream and ``/view``
+        request in that time shares one round, so however many HTTP clients come, the herd is
+        asked about once per interval (and the rates stay those of whole intervals)."""
+        loop = asyncio.get_running_loop()
+        # 0.9: the poller's next tick comes one interval after it *asked*, a hair before the
+        # shared round is a whole interval old; it must get a new one.
+        fresh_for = 0.9 * self.interval
+        if self._shared is None or (self._shared.done() and loop.time() - self._shared_at >= fresh_for):
+            self._shared_at = loop.time()
+            self._shared = asyncio.ensure_future(self._round())
+        return await asyncio.shield(self._shared)
 
     async def _round(self) -> dict[str, Any]:
         node = self.node
