@@ -31,7 +31,7 @@ import pytest
 import uvloop
 
 from _harness import free_ports, record_paired
-from herdrt import Actor
+from _herd_node import Echo, Sink
 from herdrt.config import loads_config
 from herdrt.herd import HerdNode
 from herdrt.observe import HttpServer
@@ -50,24 +50,6 @@ def _small_when_disabled(request, monkeypatch):
     if request.config.getoption("benchmark_disable", False):
         for key, value in {"N_TELL": 2_000, "N_ASK": 100, "PAIRED_ROUNDS": 1}.items():
             monkeypatch.setitem(globals(), key, value)
-
-
-class Sink(Actor):
-    """Counts tells; answers an ask with the count."""
-
-    def __init__(self):
-        self.count = 0
-
-    def receive(self, message, ctx):
-        if ctx.is_ask:
-            return self.count
-        self.count += 1
-        return None
-
-
-class Echo(Actor):
-    def receive(self, message, ctx):
-        return message
 
 
 class Scraper(threading.Thread):

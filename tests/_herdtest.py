@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from herd_app import Counter, Echo
 from herdrt import Actor
@@ -221,6 +224,19 @@ class FiveServers(NodeProcesses):
         self.path.write_text(text)
         self.config = load_config(self.path)
 
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, tmp_path: Path, *, http: bool = False):
+        """All five started and linked (:meth:`linked`); stopped, their logs checked, at the end."""
+        herd = cls(tmp_path, http=http)
+        try:
+            for name in BUNDLED_NAMES:
+                herd.start(name)
+            asyncio.run(herd.linked())
+            yield herd
+        finally:
+            herd.stop_all()
+
     def start(self, name: str) -> None:
         self.serve(name, self.path, "--app", "herd_app:setup")
 
@@ -238,3 +254,12 @@ class FiveServers(NodeProcesses):
             while set(config.neighbors(name)) - set((await status(config, name))["links"]):
                 assert time.monotonic() < deadline, f"{name} never linked to all of {config.neighbors(name)}"
                 await asyncio.sleep(0.05)
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of a Prometheus text exposition (``/metrics``), by (sample name, sorted labels)."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

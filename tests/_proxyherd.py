@@ -13,9 +13,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from _herdtest import NodeProcesses, free_ports, node_env
+from _herdtest import NodeProcesses, free_ports, metric_samples, node_env
 from herdrt.config import bundled_config_text, load_config
 from herdrt.errors import NodeUnavailable
 from herdrt.herd import ADMIN_ACTOR
@@ -80,12 +78,7 @@ class ProxyHerd(NodeProcesses):
         """Every sample of node ``name``'s /metrics, by (sample name, sorted labels)."""
         node = self.config.node(name)
         with urllib.request.urlopen(f"http://{node.host}:{node.http_port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
+            return metric_samples(response.read().decode())
 
     def start(self, name: str) -> None:
         self.serve(name, self.path, "--log-dir", str(self.log_dir))

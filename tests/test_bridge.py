@@ -728,8 +728,8 @@ def test_metrics_show_the_bridges_services_tells_asks_and_evictions(run):
     """/metrics of a bridged node (read through its collector, as a scrape does): services live and
     evicted, and the tells and asks from services moved by exactly what the service sent."""
     from prometheus_client import generate_latest
-    from prometheus_client.parser import text_string_to_metric_families
 
+    from _herdtest import metric_samples
     from herdrt.observe import node_registry
 
     config = bridge_config(bridge_table="evict_after = 0.4")
@@ -740,12 +740,7 @@ def test_metrics_show_the_bridges_services_tells_asks_and_evictions(run):
             registry = node_registry(a)
 
             def samples():
-                text = generate_latest(registry).decode()
-                return {
-                    (s.name, tuple(sorted(s.labels.items()))): s.value
-                    for f in text_string_to_metric_families(text)
-                    for s in f.samples
-                }
+                return metric_samples(generate_latest(registry).decode())
 
             def event(sampled, name):
                 return sampled.get(("herdrt_bridge_events_total", (("event", name),)), 0)

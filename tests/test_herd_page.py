@@ -70,14 +70,8 @@ class Traffic(threading.Thread):
 
 @pytest.fixture
 def page_herd(tmp_path):
-    herd = FiveServers(tmp_path, http=True)
-    try:
-        for name in NAMES:
-            herd.start(name)
-        asyncio.run(herd.linked())
+    with FiveServers.running(tmp_path, http=True) as herd:
         yield herd
-    finally:
-        herd.stop_all()
 
 
 def _shoot(page, tmp_path: Path, name: str) -> None:

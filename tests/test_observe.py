@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from _herdtest import SECRET, Herd, NodeProcesses, Recorder, free_ports, herd_config, until
+from _herdtest import SECRET, Herd, NodeProcesses, Recorder, free_ports, herd_config, metric_samples, until
 from herdrt import Actor
 from herdrt.herd import HerdNode
 from herdrt.observe import HerdWatch, HttpServer, node_registry
@@ -30,12 +30,7 @@ async def scrape(session: aiohttp.ClientSession, server: HttpServer) -> dict[tup
     async with session.get(server.url + "metrics") as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain; version=")
-        text = await response.text()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+        return metric_samples(await response.text())
 
 
 def value(samples, name: str, **labels) -> float:
@@ -129,12 +124,7 @@ def test_a_million_keyed_actors_do_not_make_a_million_series(run):
             registry = node_registry(node, max_actor_series=10)
 
             def samples():
-                text = generate_latest(registry).decode()
-                return {
-                    (s.name, tuple(sorted(s.labels.items()))): s.value
-                    for f in text_string_to_metric_families(text)
-                    for s in f.samples
-                }
+                return metric_samples(generate_latest(registry).decode())
 
             await until(lambda: node.stats()["total"]["messages"] == 3000 + 120)
             first = samples()

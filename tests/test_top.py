@@ -22,14 +22,8 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 @pytest.fixture
 def herd(tmp_path):
     """The five servers running, every link of the graph up."""
-    procs = FiveServers(tmp_path)
-    try:
-        for name in NAMES:
-            procs.start(name)
-        asyncio.run(procs.linked())
+    with FiveServers.running(tmp_path) as procs:
         yield procs
-    finally:
-        procs.stop_all()
 
 
 def top_once(path) -> tuple[int, str]:

@@ -112,6 +112,14 @@ def ring(words_file: Path | None, servers: int, vnodes: int):
 
 # --- herdrt serve / status / tell / ask ------------------------------------------------------------
 
+#: A timeout: seconds, more than zero (`--timeout 0` would fail every request at once).
+_SECONDS = click.FloatRange(min=0, min_open=True)
+
+
+def _timeout_option(default: float, help: str):
+    return click.option("--timeout", default=default, show_default=True, type=_SECONDS, metavar="SECONDS", help=help)
+
+
 _config_option = click.option(
     "-c",
     "--config",
@@ -236,7 +244,7 @@ def serve(config_path, node_name, apps, print_config, log_dir, detach, use_async
 
 @main.command(short_help="Stop a herd started with `herdrt serve --detach`.")
 @_config_option
-@click.option("--timeout", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@_timeout_option(20.0, "Seconds to wait for the herd to stop.")
 def stop(config_path, timeout):
     """Stop the herd that `herdrt serve --detach` started from this herd file (or the bundled
     herd): SIGTERM to its `herdrt serve` (found by the pid file in the herd's state directory),
@@ -273,14 +281,6 @@ def secret(path):
     except OSError as exc:
         raise click.ClickException(f"cannot create {path}: {exc.strerror or exc}") from None
     click.echo(f'secret written to {path} (mode 0600); in the herd file: secret_file = "{path}"')
-
-
-#: A timeout: seconds, more than zero (`--timeout 0` would fail every request at once).
-_SECONDS = click.FloatRange(min=0, min_open=True)
-
-
-def _timeout_option(default: float, help: str):
-    return click.option("--timeout", default=default, show_default=True, type=_SECONDS, metavar="SECONDS", help=help)
 
 
 def _with_config(config_path) -> str:
@@ -678,21 +678,9 @@ def owner(kind, key, config_path, timeout, as_json):
     help="Print one frame (two rounds INTERVAL apart, so rates are real) and exit: 1 if a node is down.",
 )
 @click.option(
-    "--interval",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="SECONDS",
-    help="Seconds between refreshes.",
+    "--interval", default=1.0, show_default=True, type=_SECONDS, metavar="SECONDS", help="Seconds between refreshes."
 )
-@click.option(
-    "--timeout",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="SECONDS",
-    help="Seconds to wait for each node's answer.",
-)
+@_timeout_option(1.0, "Seconds to wait for each node's answer.")
 def top(config_path, once, interval, timeout):
     """Watch the herd live: nodes, links and rates.
 
