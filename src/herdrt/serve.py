@@ -266,7 +266,8 @@ class PidFile:
 
 
 def busy_ports(config: HerdConfig) -> list[str]:
-    """The ports of ``config`` that something already listens on, each as a line naming its use."""
+    """The addresses of ``config`` this machine cannot listen on (in use, or not its own), each as
+    a line naming its use and why."""
     problems = []
     for node in config.nodes.values():
         for key, what in (
@@ -422,7 +423,7 @@ def run_herd(
         return FATAL_EXIT
     taken = busy_ports(config)
     if taken:
-        _say("error: the herd cannot start, these ports are in use (is another herd running?):")
+        _say("error: the herd cannot start, it cannot listen on these (is another herd running?):")
         for line in taken:
             _say(f"  {line}")
         return FATAL_EXIT
